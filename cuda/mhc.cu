@@ -12,11 +12,23 @@
 //     in tf32, and fn = hi + lo with hi = fn's top 11 significant bits and lo = tf32(fn - hi); two tf32 MMAs
 //     (x*lo, then x*hi) leave an error of about 2^-22 |fn| per product, below fp32 summation noise; MMA chains
 //     are one step long (see mma_step) and folded with fp32 adds.
-//  2. finalize, one block per token: sums the partials of its token in a fixed order (deterministic), forms
-//     mix = partial * rsqrt(mean(X^2) + eps), the pre/post weights and the Sinkhorn-normalized comb, re-reads
-//     X (issued first, so the loads overlap the partial sums), y = bf16(sum_i pre_i X_i), then the RMSNorm and
-//     the FP8 quantization per 128 (hc_pre) or the optional RMSNorm (hc_head).
-// X is therefore read twice (once per kernel): bytes moved = fn + 2 X + partials + outputs.
+//  2. finalize: sums a token's partials in a fixed order (deterministic), forms mix = partial * rsqrt(mean(X^2) +
+//     eps), the pre/post weights and the Sinkhorn-normalized comb, re-reads X, y = bf16(sum_i pre_i X_i), then the
+//     RMSNorm and the FP8 quantization per 128 (hc_pre) or the optional RMSNorm (hc_head). A block per token (8
+//     warps share its partial sums and its row), except for hc_pre from kWarpFinMinTokens tokens: a warp per
+//     token, y parked in shared memory between its two passes, so one token's Sinkhorn (~40 dependent IEEE
+//     divisions) hides behind other warps' loads (ncu, hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre
+//     from given partials 197 -> 145 us; hc_head, without a Sinkhorn, was faster with a block per token).
+// Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
+// hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
+// so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
+// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 262 + 147 us.
+//
+// Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
+// tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
+// X re-read for y from L2): 417 us at 4096 tokens. fn, fp32 and read once per tile, cost more L2 traffic than X
+// itself at 32-token tiles (352 MB against 235 MB), and the re-read of X missed L2 (ncu: L2 hit rate 43%, DRAM at
+// 29% of peak). A standalone single-read hc_pre has to hold a tile's X on chip while fn streams past >= 64 tokens.
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
@@ -67,10 +79,10 @@ struct MixPartialArgs {
     int num_mix;           // fn rows: 24 or 4
 };
 
-// One warp step's operands: 8 consecutive K elements per lane for each of its 4 token rows and n8 fn rows.
-template <int kNTiles>
+// One warp step's operands: 8 consecutive K elements per lane for each of its 2 * kMTiles token rows and n8 fn rows.
+template <int kMTiles, int kNTiles>
 struct MixStep {
-    Vec16 x[2][2];            // [m tile][row half]: bf16 X[row, k0 .. k0 + 7]
+    Vec16 x[kMTiles][2];      // [m tile][row half]: bf16 X[row, k0 .. k0 + 7]
     float4 fn[kNTiles][2];    // [n tile]: fp32 fn[row, k0 .. k0 + 7]
 };
 
@@ -111,15 +123,15 @@ __device__ __forceinline__ uint32_t word(const Vec16& v, int i) {
 // The tensor cores add into the accumulator without rounding to nearest (truncation after alignment): over a chain
 // of hundreds of MMAs that error builds up (~2e-5 relative at K = 28672, measured). So each step's 8 MMAs per tile
 // accumulate into fresh registers, folded into acc by one fp32 (round-to-nearest) add per element.
-template <int kNTiles>
-__device__ __forceinline__ void mma_step(float (&acc)[2][kNTiles][4], float (&sumsq)[2][2],
-                                         const MixStep<kNTiles>& s) {
-    float part[2][kNTiles][4] = {};
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], float (&sumsq)[kMTiles][2],
+                                         const MixStep<kMTiles, kNTiles>& s) {
+    float part[kMTiles][kNTiles][4] = {};
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-        uint32_t a[2][4];
+        uint32_t a[kMTiles][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const uint32_t w = word(s.x[mt][h], u);  // bf16 elements 2u (low half) and 2u + 1
@@ -138,14 +150,14 @@ __device__ __forceinline__ void mma_step(float (&acc)[2][kNTiles][4], float (&su
             const uint32_t lo0 = tf32_round(f0 - __uint_as_float(hi0));
             const uint32_t lo1 = tf32_round(f1 - __uint_as_float(hi1));
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
+            for (int mt = 0; mt < kMTiles; ++mt) {
                 mma_tf32(part[mt][nt], a[mt], lo0, lo1);
                 mma_tf32(part[mt][nt], a[mt], hi0, hi1);
             }
         }
     }
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -194,7 +206,7 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
         const int64_t x_step = int64_t(args.phases) * kStepK / kBf16PerVec;  // vectors between this warp's steps
         const int64_t fn_step = int64_t(args.phases) * kStepK / 4;
 
-        auto load = [&](MixStep<kNTiles>& s, int i) {
+        auto load = [&](MixStep<2, kNTiles>& s, int i) {
             const bool ok = i < warp_steps;
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
@@ -208,7 +220,7 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
                     s.fn[nt][v] = ok && fnrow[nt] ? __ldg(fnrow[nt] + i * fn_step + v) : make_float4(0, 0, 0, 0);
         };
 
-        MixStep<kNTiles> ring[kStages];
+        MixStep<2, kNTiles> ring[kStages];
 #pragma unroll
         for (int s = 0; s < kStages - 1; ++s) load(ring[s], s);
         for (int i = 0; i < warp_steps; i += kStages) {
@@ -292,10 +304,14 @@ size_t mix_workspace_bytes(int64_t n_tokens, int64_t k) {
 
 // ---- kernel 2: finalize ------------------------------------------------------------------------------------------
 
-constexpr int kFinThreads = 256;
-constexpr int kFinWarps = kFinThreads / dsv4::kWarpSize;
-constexpr int kFinVecs = 4;                                       // 16-byte vectors per thread per copy
-constexpr int64_t kMaxDim = int64_t(kFinThreads) * kFinVecs * kBf16PerVec;  // 8192
+constexpr int kBlockFinThreads = 256;                              // finalize_block_kernel: a block per token
+constexpr int kBlockFinWarps = kBlockFinThreads / dsv4::kWarpSize;
+constexpr int kBlockFinVecs = 4;                                  // 16-byte vectors per thread per copy: dim <= 8192
+constexpr int64_t kWarpFinMinTokens = 1024;                       // hc_pre from here: finalize_warp_kernel
+constexpr int kFinWarps = 4;                                      // finalize_warp_kernel: tokens per block
+constexpr int kFinThreads = kFinWarps * dsv4::kWarpSize;
+constexpr int kFinBatch = 4;                                      // 16-byte vectors per lane per copy in flight
+constexpr int64_t kMaxDim = 8192;                                 // y of a token in shared memory: <= 16 KB
 constexpr int kQuantLanes = kQuantBlock / kBf16PerVec;            // 16 lanes hold one quantization block
 
 struct FinalizeArgs {
@@ -309,6 +325,7 @@ struct FinalizeArgs {
     const float* hc_scale;      // [3] (hc_pre) or [1] (hc_head)
     const float* hc_base;       // [24] or [4]
     const float4* norm_weight;  // [dim / 4], or NULL (hc_head without norm)
+    int64_t n_tokens;
     int64_t vecs;               // dim / 8
     int64_t scale_stride_token, scale_stride_block;
     int splits;
@@ -337,10 +354,99 @@ __device__ __forceinline__ float comb_col_sum(float c, int lane) {
     return s;
 }
 
-// One block per token. kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y, optionally normed).
+// Called by a whole warp for token t, lane c holding the token's summed partial c (mix column c < 24 / 4, the
+// sum of X^2 in slot kSumSqSlot). hc_pre writes post[t] and comb[t]; returns pre[lane] on lanes 0..3.
 template <bool kPre>
-__global__ void __launch_bounds__(kFinThreads, 2) finalize_kernel(const FinalizeArgs args) {
-    __shared__ float warp_sums[kFinWarps][kPartialStride];
+__device__ float token_weights(float total, int lane, int64_t t, const FinalizeArgs& args) {
+    const float sumsq = __shfl_sync(0xFFFFFFFFu, total, kSumSqSlot);
+    const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.k), args.mix_eps)));
+    const float mix = __fmul_rn(total, inv_rms);  // lane c: mix[c]
+    float pre = 0.0f;
+    if constexpr (kPre) {
+        const float s0 = __ldg(args.hc_scale), s1 = __ldg(args.hc_scale + 1), s2 = __ldg(args.hc_scale + 2);
+        if (lane < kHc) {
+            pre = __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, s0), __ldg(args.hc_base + lane))), args.hc_eps);
+        } else if (lane < 2 * kHc) {
+            const float v = __fadd_rn(__fmul_rn(mix, s1), __ldg(args.hc_base + lane));
+            args.post[t * kHc + lane - kHc] = __fmul_rn(2.0f, sigmoid(v));
+        }
+        // Sinkhorn on lanes 16..31: entry e = lane - 16 = 4i + j of the 4 x 4 matrix; lanes 0..15 run the
+        // same code on copies (their shuffles stay among lanes 0..15) and write nothing.
+        const int e = lane & 15;
+        const float logit = __fadd_rn(__fmul_rn(__shfl_sync(0xFFFFFFFFu, mix, 2 * kHc + e), s2),
+                                      __ldg(args.hc_base + 2 * kHc + e));
+        float m = fmaxf(logit, __shfl_xor_sync(0xFFFFFFFFu, logit, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 2));
+        const float ex = expf(__fsub_rn(logit, m));
+        float c = __fadd_rn(__fdiv_rn(ex, comb_row_sum(ex, lane)), args.hc_eps);
+        c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
+        for (int it = 1; it < args.sinkhorn_iters; ++it) {
+            c = __fdiv_rn(c, __fadd_rn(comb_row_sum(c, lane), args.hc_eps));
+            c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
+        }
+        if (lane >= 16) args.comb[t * kHc * kHc + e] = c;
+    } else if (lane < kHc) {
+        pre = __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, __ldg(args.hc_scale)), __ldg(args.hc_base + lane))),
+                        args.hc_eps);
+    }
+    return pre;
+}
+
+// y = bf16(sum_i pre_i X_i) at 8 elements, an fp32 fma chain in i order; adds the squares of y's bf16 values.
+__device__ __forceinline__ Vec16 weighted_sum(const Vec16 (&x)[kHc], const float (&pre)[kHc], float& sumsq) {
+    float x0[8], x1[8], x2[8], x3[8], y[8];
+    dsv4::unpack_bf16x8(x[0], x0);
+    dsv4::unpack_bf16x8(x[1], x1);
+    dsv4::unpack_bf16x8(x[2], x2);
+    dsv4::unpack_bf16x8(x[3], x3);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        y[e] = fmaf(pre[3], x3[e], fmaf(pre[2], x2[e], fmaf(pre[1], x1[e], __fmul_rn(pre[0], x0[e]))));
+    const Vec16 packed = dsv4::pack_bf16x8(y);
+    dsv4::unpack_bf16x8(packed, y);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sumsq = fmaf(y[e], y[e], sumsq);
+    return packed;
+}
+
+// Token t's outputs at vector idx from its bf16 y: y (normed when norm), and for hc_pre q with its scale. Every lane
+// of the warp calls it (the quantizer's group shuffles); valid = idx < vecs is uniform over each quantization group.
+template <bool kPre>
+__device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t t, int64_t idx, bool valid, Vec16 y,
+                                              bool norm, float inv_rms) {
+    float f[8];
+    if (norm) {
+        dsv4::unpack_bf16x8(y, f);
+        float w[8] = {};
+        if (valid) {
+            const float4 w0 = __ldg(args.norm_weight + 2 * idx), w1 = __ldg(args.norm_weight + 2 * idx + 1);
+            w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) f[e] = __fmul_rn(w[e], __fmul_rn(f[e], inv_rms));
+        y = dsv4::pack_bf16x8(f);
+    }
+    if (valid && args.y != nullptr) args.y[t * args.vecs + idx] = y;
+    if constexpr (kPre) {
+        if (args.q != nullptr) {
+            dsv4::unpack_bf16x8(y, f);  // the quantizer sees the bf16 normed values
+            const int exponent = dsv4::group_e4m3_exponent<kQuantLanes>(f);
+            if (valid) {
+                args.q[t * args.vecs + idx] = dsv4::e4m3x8(f, exponent);
+                if (threadIdx.x % kQuantLanes == 0)
+                    args.y_scale[t * args.scale_stride_token + (idx / kQuantLanes) * args.scale_stride_block] =
+                        dsv4::exp2_int(exponent);
+            }
+        }
+    }
+}
+
+// Small batches: a block per token, its 8 warps sharing the token's partial sums and its row (a warp per token
+// would stream a whole row alone). kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y,
+// optionally normed).
+template <bool kPre>
+__global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(const FinalizeArgs args) {
+    __shared__ float warp_sums[kBlockFinWarps][kPartialStride];
     __shared__ float pre[kHc];
 
     const int64_t t = blockIdx.x;
@@ -348,10 +454,10 @@ __global__ void __launch_bounds__(kFinThreads, 2) finalize_kernel(const Finalize
 
     // X first: its loads are in flight while the partials are summed and the weights formed.
     const Vec16* xt = args.x + t * kHc * args.vecs;
-    Vec16 raw[kFinVecs][kHc];
+    Vec16 raw[kBlockFinVecs][kHc];
 #pragma unroll
-    for (int v = 0; v < kFinVecs; ++v) {
-        const int64_t idx = tid + int64_t(v) * kFinThreads;
+    for (int v = 0; v < kBlockFinVecs; ++v) {
+        const int64_t idx = tid + int64_t(v) * kBlockFinThreads;
 #pragma unroll
         for (int i = 0; i < kHc; ++i)
             raw[v][i] = idx < args.vecs ? __ldg(xt + i * args.vecs + idx) : make_uint4(0, 0, 0, 0);
@@ -361,109 +467,123 @@ __global__ void __launch_bounds__(kFinThreads, 2) finalize_kernel(const Finalize
     const float* pt = args.partial + t * args.splits * kPartialStride;
     float sum = 0.0f;
 #pragma unroll 4
-    for (int s = warp; s < args.splits; s += kFinWarps) sum += __ldg(pt + s * kPartialStride + lane);
+    for (int s = warp; s < args.splits; s += kBlockFinWarps) sum += __ldg(pt + s * kPartialStride + lane);
     warp_sums[warp][lane] = sum;
     __syncthreads();
     if (warp == 0) {
         float total = 0.0f;
 #pragma unroll
-        for (int w = 0; w < kFinWarps; ++w) total += warp_sums[w][lane];
-        const float sumsq = __shfl_sync(0xFFFFFFFFu, total, kSumSqSlot);
-        const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.k), args.mix_eps)));
-        const float mix = __fmul_rn(total, inv_rms);  // lane c: mix[c] (c < 24 / 4)
-        if constexpr (kPre) {
-            const float s0 = __ldg(args.hc_scale), s1 = __ldg(args.hc_scale + 1), s2 = __ldg(args.hc_scale + 2);
-            if (lane < kHc) {
-                pre[lane] = __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, s0), __ldg(args.hc_base + lane))), args.hc_eps);
-            } else if (lane < 2 * kHc) {
-                const float v = __fadd_rn(__fmul_rn(mix, s1), __ldg(args.hc_base + lane));
-                args.post[t * kHc + lane - kHc] = __fmul_rn(2.0f, sigmoid(v));
-            }
-            // Sinkhorn on lanes 16..31: entry e = lane - 16 = 4i + j of the 4 x 4 matrix; lanes 0..15 run the
-            // same code on copies (their shuffles stay among lanes 0..15) and write nothing.
-            const int e = lane & 15;
-            const float logit = __fadd_rn(__fmul_rn(__shfl_sync(0xFFFFFFFFu, mix, 2 * kHc + e), s2),
-                                          __ldg(args.hc_base + 2 * kHc + e));
-            float m = fmaxf(logit, __shfl_xor_sync(0xFFFFFFFFu, logit, 1));
-            m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 2));
-            const float ex = expf(__fsub_rn(logit, m));
-            float c = __fadd_rn(__fdiv_rn(ex, comb_row_sum(ex, lane)), args.hc_eps);
-            c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
-            for (int it = 1; it < args.sinkhorn_iters; ++it) {
-                c = __fdiv_rn(c, __fadd_rn(comb_row_sum(c, lane), args.hc_eps));
-                c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
-            }
-            if (lane >= 16) args.comb[t * kHc * kHc + e] = c;
-        } else {
-            if (lane < kHc) {
-                const float v = __fadd_rn(__fmul_rn(mix, __ldg(args.hc_scale)), __ldg(args.hc_base + lane));
-                pre[lane] = __fadd_rn(sigmoid(v), args.hc_eps);
-            }
-        }
+        for (int w = 0; w < kBlockFinWarps; ++w) total += warp_sums[w][lane];
+        const float p = token_weights<kPre>(total, lane, t, args);
+        if (lane < kHc) pre[lane] = p;
     }
     __syncthreads();
 
     // y = bf16(sum_i pre_i X_i), kept packed in raw[v][0].
-    const float p0 = pre[0], p1 = pre[1], p2 = pre[2], p3 = pre[3];
-    float sumsq = 0.0f;
+    const float p[kHc] = {pre[0], pre[1], pre[2], pre[3]};
+    float sumsq = 0.0f;  // zero from vectors past the row
 #pragma unroll
-    for (int v = 0; v < kFinVecs; ++v) {
-        float x0[8], x1[8], x2[8], x3[8], y[8];
-        dsv4::unpack_bf16x8(raw[v][0], x0);
-        dsv4::unpack_bf16x8(raw[v][1], x1);
-        dsv4::unpack_bf16x8(raw[v][2], x2);
-        dsv4::unpack_bf16x8(raw[v][3], x3);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) y[e] = fmaf(p3, x3[e], fmaf(p2, x2[e], fmaf(p1, x1[e], __fmul_rn(p0, x0[e]))));
-        raw[v][0] = dsv4::pack_bf16x8(y);
-        dsv4::unpack_bf16x8(raw[v][0], y);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) sumsq = fmaf(y[e], y[e], sumsq);  // zero for vectors past the row
-    }
+    for (int v = 0; v < kBlockFinVecs; ++v) raw[v][0] = weighted_sum(raw[v], p, sumsq);
 
     const bool norm = kPre || args.norm_weight != nullptr;
     float inv_rms = 1.0f;
     if (norm) {
-        sumsq = dsv4::block_reduce_sum<kFinThreads>(sumsq);
+        sumsq = dsv4::block_reduce_sum<kBlockFinThreads>(sumsq);
         inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
     }
+#pragma unroll
+    for (int v = 0; v < kBlockFinVecs; ++v) {
+        const int64_t idx = tid + int64_t(v) * kBlockFinThreads;
+        store_outputs<kPre>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms);
+    }
+}
 
+// Large batches: a warp per token (kFinWarps tokens per block, no block-wide barrier), so one token's partial sums
+// and Sinkhorn overlap the others' streaming. kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y,
+// optionally normed). Shared memory: kFinWarps rows of vecs 16-byte vectors, each warp's bf16 y between the pass
+// that forms it (and its sum of squares) and the pass that normalizes and quantizes it; none for hc_head without
+// norm.
+template <bool kPre>
+__global__ void __launch_bounds__(kFinThreads) finalize_warp_kernel(const FinalizeArgs args) {
+    extern __shared__ Vec16 y_rows[];  // [kFinWarps][vecs]
+    const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    const int64_t t = int64_t(blockIdx.x) * kFinWarps + warp;
+    if (t >= args.n_tokens) return;
+    const bool norm = kPre || args.norm_weight != nullptr;
+    Vec16* y_row = y_rows + warp * args.vecs;
+    const Vec16* xt = args.x + t * kHc * args.vecs;
+
+    // X batch b: vectors b * 32 * kFinBatch + lane + 32 v of the 4 copies. The first is in flight while the
+    // partials are summed and the weights formed.
+    constexpr int kBatchVecs = kFinBatch * dsv4::kWarpSize;
+    Vec16 raw[kFinBatch][kHc];
+    auto load = [&](int64_t first) {
 #pragma unroll
-    for (int v = 0; v < kFinVecs; ++v) {
-        const int64_t idx = tid + int64_t(v) * kFinThreads;
-        const bool valid = idx < args.vecs;  // uniform over each group of kQuantLanes lanes (dim % 128 == 0)
-        Vec16 out = raw[v][0];
-        float f[8];
-        if (norm) {
-            dsv4::unpack_bf16x8(out, f);
-            float w[8] = {};
-            if (valid) {
-                const float4 w0 = __ldg(args.norm_weight + 2 * idx), w1 = __ldg(args.norm_weight + 2 * idx + 1);
-                w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
-            }
+        for (int v = 0; v < kFinBatch; ++v) {
+            const int64_t idx = first + lane + v * dsv4::kWarpSize;
 #pragma unroll
-            for (int e = 0; e < 8; ++e) f[e] = __fmul_rn(w[e], __fmul_rn(f[e], inv_rms));
-            out = dsv4::pack_bf16x8(f);
+            for (int i = 0; i < kHc; ++i)
+                raw[v][i] = idx < args.vecs ? load_stream(xt + i * args.vecs + idx) : make_uint4(0, 0, 0, 0);
         }
-        if (valid && args.y != nullptr) args.y[t * args.vecs + idx] = out;
-        if constexpr (kPre) {
-            if (args.q != nullptr) {
-                dsv4::unpack_bf16x8(out, f);  // the quantizer sees the bf16 normed values
-                const int exponent = dsv4::group_e4m3_exponent<kQuantLanes>(f);
-                if (valid) {
-                    args.q[t * args.vecs + idx] = dsv4::e4m3x8(f, exponent);
-                    if (tid % kQuantLanes == 0)
-                        args.y_scale[t * args.scale_stride_token + (idx / kQuantLanes) * args.scale_stride_block] =
-                            dsv4::exp2_int(exponent);
-                }
+    };
+    load(0);
+
+    // Lane c sums partial c over the splits in order.
+    const float* pt = args.partial + t * args.splits * kPartialStride + lane;
+    float total = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < args.splits; ++s) total += __ldg(pt + s * kPartialStride);
+    const float pre = token_weights<kPre>(total, lane, t, args);
+    const float p[kHc] = {__shfl_sync(0xFFFFFFFFu, pre, 0), __shfl_sync(0xFFFFFFFFu, pre, 1),
+                          __shfl_sync(0xFFFFFFFFu, pre, 2), __shfl_sync(0xFFFFFFFFu, pre, 3)};
+
+    // Pass 1: y and its sum of squares; y parked in y_row (or, unnormed, written out).
+    float sumsq = 0.0f;  // zero from vectors past the row
+    for (int64_t first = 0; first < args.vecs; first += kBatchVecs) {
+        Vec16 cur[kFinBatch][kHc];
+#pragma unroll
+        for (int v = 0; v < kFinBatch; ++v)
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) cur[v][i] = raw[v][i];
+        load(first + kBatchVecs);
+#pragma unroll
+        for (int v = 0; v < kFinBatch; ++v) {
+            const int64_t idx = first + lane + v * dsv4::kWarpSize;
+            const Vec16 y = weighted_sum(cur[v], p, sumsq);
+            if (idx < args.vecs) {
+                if (norm)
+                    y_row[idx] = y;
+                else
+                    args.y[t * args.vecs + idx] = y;
             }
         }
+    }
+    if (!norm) return;
+
+    // Pass 2: RMSNorm (+ FP8) from y_row.
+    sumsq = dsv4::warp_reduce_sum(sumsq);
+    const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
+    __syncwarp();
+    for (int64_t first = 0; first < args.vecs; first += dsv4::kWarpSize) {
+        const int64_t idx = first + lane;
+        const bool valid = idx < args.vecs;
+        store_outputs<kPre>(args, t, idx, valid, valid ? y_row[idx] : make_uint4(0, 0, 0, 0), true, inv_rms);
     }
 }
 
 // ---- hc_post -----------------------------------------------------------------------------------------------------
 
 constexpr int kPostThreads = 128;
+
+// Copy j of the new stream at 8 elements: bf16(post_j f + sum_i comb_ij X_i) as an fp32 fma chain in i order.
+__device__ __forceinline__ Vec16 post_combine(const float (&xs)[kHc][8], const float (&fs)[8], float pj, float cj0,
+                                              float cj1, float cj2, float cj3) {
+    float o[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        o[e] = fmaf(pj, fs[e], fmaf(cj3, xs[3][e], fmaf(cj2, xs[2][e], fmaf(cj1, xs[1][e], __fmul_rn(cj0, xs[0][e])))));
+    return dsv4::pack_bf16x8(o);
+}
 
 // grid (n_tokens, ceil(vecs / kPostThreads)): thread = one 16-byte column vector of one token, all 4 copies.
 // out may be x itself: each thread reads its 4 vectors before writing the same 4.
@@ -492,15 +612,207 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
     dsv4::unpack_bf16x8(fin, fs);
     Vec16* ot = out + t * kHc * vecs + idx;
 #pragma unroll
-    for (int j = 0; j < kHc; ++j) {
-        const float cj0 = component(c[0], j), cj1 = component(c[1], j), cj2 = component(c[2], j),
-                    cj3 = component(c[3], j), pj = component(p, j);
-        float o[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-            o[e] = fmaf(pj, fs[e], fmaf(cj3, xs[3][e], fmaf(cj2, xs[2][e], fmaf(cj1, xs[1][e], __fmul_rn(cj0, xs[0][e])))));
-        ot[j * vecs] = dsv4::pack_bf16x8(o);
+    for (int j = 0; j < kHc; ++j)
+        ot[j * vecs] = post_combine(xs, fs, component(p, j), component(c[0], j), component(c[1], j), component(c[2], j),
+                                    component(c[3], j));
+}
+
+// ---- hc_post fused with the next mix product ------------------------------------------------------------------------
+//
+// Block (c, y): dims 128c .. 128c + 127 of all 4 copies for the 16-token m tiles of token group y; its fn slice
+// (fp32, 48 KB for 24 rows) sits in shared memory for the whole block. Warp w takes the group's tiles w, w + 8, ...
+// and walks their 4 steps of 32 dims each as one sequence: per step, cp.async brings X's 4 copies and f of its
+// 2 x 8 rows into the warp's ring three steps ahead (a lane reads back only what it copied), the lane forms the 4
+// new copies (exactly hc_post_kernel's arithmetic), stores them, and feeds each to the tensor cores as one K step
+// of the mix (kernel 1's tf32 split and per-step fold). A tile's partials over the block's 512 K elements are
+// complete in the warp's registers after its 4 steps: partial[t, c, :], dim / 128 splits.
+// Measured alternatives (V4-Pro x 4096): 256-dim chunks with 6 warps, 290 us (fewer warps; half the partials, so
+// the finalize took 138 us instead of 146); registers instead of the cp.async ring, 340 us (long-scoreboard
+// stalls); a persistent grid balancing (chunk, tile) units over all SMs, 289 us (fn reloads, ring restarts).
+
+constexpr int kPostMixDims = 128;                           // dims per block; splits of the partials = dim / 128
+constexpr int kPostMixWarps = 8;                            // one block per SM: 8 warps of ~250 registers
+constexpr int kPostMixThreads = kPostMixWarps * dsv4::kWarpSize;
+constexpr int kPostMixSteps = kPostMixDims / kStepK;        // 4 steps of 32 dims per m tile
+constexpr int kPostMixTile = 16;                            // tokens per m tile
+constexpr int kPostMixStages = 4;                           // cp.async ring: three steps in flight while one computes
+constexpr int kStepVecs = 2 * (kHc + 1);                    // per lane per step: rows g, g + 8 x (4 copies, f)
+constexpr int kFnSmemPitch = kHc * kPostMixDims + 4;        // floats per fn row (+16 B: conflict-free B fragments)
+constexpr int kWeightsPerTile = kPostMixTile * kHc * 5;     // post_j, comb_0j .. comb_3j per token and copy j
+
+struct PostMixArgs {
+    Vec16* out;             // [n_tokens, 4, vecs] bf16: the new stream (may be x)
+    float* partial;         // [n_tokens, dim / 128, kPartialStride] fp32
+    const Vec16* x;         // [n_tokens, 4, vecs] bf16
+    const Vec16* f;         // [n_tokens, vecs] bf16
+    const float* post;      // [n_tokens, 4]
+    const float* comb;      // [n_tokens, 4, 4]
+    const float4* fn;       // [num_mix, 4 * dim / 4] fp32
+    int64_t n_tokens;
+    int64_t vecs;           // dim / 8
+    int64_t tiles;          // 16-token m tiles
+    int64_t tiles_per_group;
+    int num_mix;            // 24 or 4
+};
+
+// fn slice, then each warp's ring of steps.
+size_t post_mix_smem_bytes(int n_tiles) {
+    return sizeof(float) * n_tiles * 8 * kFnSmemPitch +
+           sizeof(Vec16) * kPostMixWarps * kPostMixStages * kStepVecs * dsv4::kWarpSize;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
+
+// grid (dim / 128, groups): block (c, y) takes chunk c and the token tiles of group y; kPostMixThreads threads,
+// post_mix_smem_bytes(kNTiles) bytes of shared memory. Warp w walks its tiles' steps as one sequence (tile-major),
+// so the ring stays full across tile boundaries.
+template <int kNTiles>
+__global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const PostMixArgs args) {
+    extern __shared__ float4 smem4[];
+    float4* fn_smem = smem4;  // [kNTiles * 8 rows][kFnSmemPitch / 4]: copy j at floats j * kPostMixDims ..
+    // [warp][stage][kStepVecs][lane] 16-byte vectors after the fn slice
+    Vec16* rings = reinterpret_cast<Vec16*>(smem4 + kNTiles * 8 * (kFnSmemPitch / 4));
+    __shared__ float weights[kPostMixWarps][kPostMixTile][kHc][5];
+    const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    const int g = lane / 4, q = lane % 4;
+    const int chunk = blockIdx.x, splits = gridDim.x;
+    const int64_t dim4 = args.vecs * 2;  // float4s per fn row per copy
+    constexpr int kRowVec4 = kPostMixDims / 4;
+
+    for (int i = threadIdx.x; i < kNTiles * 8 * kHc * kRowVec4; i += kPostMixThreads) {
+        const int row = i / (kHc * kRowVec4), j = (i / kRowVec4) % kHc, v = i % kRowVec4;
+        fn_smem[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] =
+            row < args.num_mix ? __ldg(args.fn + row * kHc * dim4 + j * dim4 + chunk * kRowVec4 + v)
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
     }
+    __syncthreads();
+
+    const int64_t tile_begin = int64_t(blockIdx.y) * args.tiles_per_group;
+    const int64_t tile_end = min(args.tiles, tile_begin + args.tiles_per_group);
+    const int64_t tile_first = tile_begin + warp;
+    const int64_t my_tiles = tile_first < tile_end ? (tile_end - tile_first + kPostMixWarps - 1) / kPostMixWarps : 0;
+    const int64_t total_steps = my_tiles * kPostMixSteps;
+    const int64_t vec0 = int64_t(chunk) * (kPostMixDims / kBf16PerVec) + q;  // this lane's first vector in a row
+    Vec16* ring = rings + warp * kPostMixStages * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
+
+    // Step k: tile tile_first + (k / kPostMixSteps) * kPostMixWarps, vectors vec0 + 4 (k % kPostMixSteps) of rows
+    // g and g + 8 (4 copies, then f).
+    auto issue = [&](int64_t k) {
+        if (k < total_steps) {
+            const int64_t tile = tile_first + (k / kPostMixSteps) * kPostMixWarps;
+            const int64_t vec = vec0 + 4 * (k % kPostMixSteps);
+            Vec16* slot = ring + (k % kPostMixStages) * kStepVecs * dsv4::kWarpSize;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int64_t token = tile * kPostMixTile + h * 8 + g;
+                const bool valid = token < args.n_tokens;
+#pragma unroll
+                for (int i = 0; i < kHc; ++i)
+                    cp_async16(slot + (h * (kHc + 1) + i) * dsv4::kWarpSize,
+                               valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
+                cp_async16(slot + (h * (kHc + 1) + kHc) * dsv4::kWarpSize,
+                           valid ? args.f + token * args.vecs + vec : args.f, valid);
+            }
+        }
+        cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+    };
+    // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[warp] (token e / 20, copy e / 5 % 4,
+    // term e % 5).
+    float next_weights[kWeightsPerTile / dsv4::kWarpSize];
+    auto fetch_weights = [&](int64_t tile) {
+#pragma unroll
+        for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
+            const int e = lane + r * dsv4::kWarpSize;
+            const int row = e / (kHc * 5), j = (e / 5) % kHc, i = e % 5;
+            const int64_t t = tile * kPostMixTile + row;
+            next_weights[r] = t >= args.n_tokens || tile >= tile_end ? 0.0f
+                              : i == 0 ? __ldg(args.post + t * kHc + j)
+                                       : __ldg(args.comb + (t * kHc + i - 1) * kHc + j);
+        }
+    };
+#pragma unroll
+    for (int k = 0; k < kPostMixStages - 1; ++k) issue(k);
+    fetch_weights(tile_first);
+
+    float acc[1][kNTiles][4];
+    float sumsq[1][2];
+    for (int64_t k = 0; k < total_steps; ++k) {
+        const int s = static_cast<int>(k % kPostMixSteps);
+        const int64_t tile = tile_first + (k / kPostMixSteps) * kPostMixWarps;
+        int64_t token[2];
+        bool ok[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            token[h] = tile * kPostMixTile + h * 8 + g;
+            ok[h] = token[h] < args.n_tokens;
+        }
+        if (s == 0) {
+            __syncwarp();  // the previous tile's readers are done with weights[warp]
+#pragma unroll
+            for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r)
+                (&weights[warp][0][0][0])[lane + r * dsv4::kWarpSize] = next_weights[r];
+            __syncwarp();
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[0][nt][i] = 0.0f;
+            sumsq[0][0] = sumsq[0][1] = 0.0f;
+        }
+        if (s == kPostMixSteps / 2) fetch_weights(tile + kPostMixWarps);  // the next tile's, in flight meanwhile
+
+        cp_async_wait<kPostMixStages - 2>();  // step k's group is complete (each lane reads only its own slots)
+        const Vec16* slot = ring + (k % kPostMixStages) * kStepVecs * dsv4::kWarpSize;
+        float xs[2][kHc][8], fs[2][8];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + i) * dsv4::kWarpSize], xs[h][i]);
+            dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + kHc) * dsv4::kWarpSize], fs[h]);
+        }
+        issue(k + kPostMixStages - 1);  // into the slot step k - 1 used
+
+#pragma unroll
+        for (int j = 0; j < kHc; ++j) {
+            MixStep<1, kNTiles> step;  // new copy j of rows token[h] (A) and the fn slice's B fragments
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float* w = weights[warp][h * 8 + g][j];
+                step.x[0][h] = post_combine(xs[h], fs[h], w[0], w[1], w[2], w[3], w[4]);
+                if (ok[h]) args.out[(token[h] * kHc + j) * args.vecs + vec0 + 4 * s] = step.x[0][h];
+            }
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                for (int v = 0; v < 2; ++v)
+                    step.fn[nt][v] =
+                        fn_smem[(nt * 8 + g) * (kFnSmemPitch / 4) + j * kRowVec4 + s * (kStepK / 4) + 2 * q + v];
+            mma_step(acc, sumsq, step);
+        }
+
+        if (s == kPostMixSteps - 1) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 1);
+                sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 2);
+                if (!ok[h]) continue;
+                float* row = args.partial + (token[h] * splits + chunk) * kPartialStride;
+#pragma unroll
+                for (int nt = 0; nt < kNTiles; ++nt)
+                    *reinterpret_cast<float2*>(row + nt * 8 + 2 * q) =
+                        make_float2(acc[0][nt][2 * h], acc[0][nt][2 * h + 1]);
+                for (int col = kNTiles * 8 + q; col < kSumSqSlot; col += 4) row[col] = 0.0f;  // unused slots
+                if (q == 0) row[kSumSqSlot] = sumsq[0][h];
+            }
+        }
+    }
+    cp_async_wait<0>();
 }
 
 // ---- host side ---------------------------------------------------------------------------------------------------
@@ -547,10 +859,70 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
 }
 
 template <bool kPre>
-int launch_finalize(const FinalizeArgs& args, int64_t n_tokens, cudaStream_t stream) {
-    finalize_kernel<kPre><<<static_cast<unsigned>(n_tokens), kFinThreads, 0, stream>>>(args);
+int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
+    args.n_tokens = n_tokens;
+    if (!kPre || n_tokens < kWarpFinMinTokens) {
+        finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), kBlockFinThreads, 0, stream>>>(args);
+        DSV4_CHECK_LAUNCH();
+        return DSV4_OK;
+    }
+    const size_t smem = kPre || args.norm_weight != nullptr ? sizeof(Vec16) * kFinWarps * args.vecs : 0;
+    DSV4_CHECK_CUDA(cudaFuncSetAttribute(finalize_warp_kernel<kPre>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    const int64_t blocks = (n_tokens + kFinWarps - 1) / kFinWarps;
+    finalize_warp_kernel<kPre><<<static_cast<unsigned>(blocks), kFinThreads, smem, stream>>>(args);
     DSV4_CHECK_LAUNCH();
     return DSV4_OK;
+}
+
+template <int kNTiles>
+int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
+    PostMixArgs args = base;
+    const int64_t splits = args.vecs * kBf16PerVec / kPostMixDims;
+    args.tiles = (args.n_tokens + kPostMixTile - 1) / kPostMixTile;
+    // One block per SM, each loading its fn slice once: as many token groups as fill the SMs in one wave.
+    int device = 0, sms = 0;
+    DSV4_CHECK_CUDA(cudaGetDevice(&device));
+    DSV4_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t want_groups = std::clamp<int64_t>(sms / splits, 1, args.tiles);
+    args.tiles_per_group = (args.tiles + want_groups - 1) / want_groups;
+    const int64_t groups = (args.tiles + args.tiles_per_group - 1) / args.tiles_per_group;
+    const size_t smem = post_mix_smem_bytes(kNTiles);
+    DSV4_CHECK_CUDA(cudaFuncSetAttribute(post_mix_kernel<kNTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(groups));
+    post_mix_kernel<kNTiles><<<grid, kPostMixThreads, smem, stream>>>(args);
+    DSV4_CHECK_LAUNCH();
+    return DSV4_OK;
+}
+
+// hc_post's out may be x itself (each element is read before it is written, by the same thread) but not overlap it
+// otherwise.
+int check_in_place(const void* out, const void* x, int64_t n_tokens, int64_t dim) {
+    const char* o = static_cast<const char*>(out);
+    const char* xi = static_cast<const char*>(x);
+    const int64_t bytes = n_tokens * kHc * dim * 2;
+    DSV4_CHECK_ARG(o == xi || o + bytes <= xi || xi + bytes <= o, DSV4_ERR_ARGUMENT,
+                   "out overlaps x without being equal to it");
+    return DSV4_OK;
+}
+
+// The finalize's partials: given by dsv4_mhc_post_mix_bf16 (dim / 128 splits), or formed here by kernel 1 in the
+// workspace. Params: dsv4_mhc_pre_params or dsv4_mhc_head_params.
+template <int kNTiles, typename Params>
+int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float** partial, int* splits) {
+    if (p.partials != nullptr) {
+        DSV4_CHECK_FIELD_PTR(p, partials, 16);
+        *partial = p.partials;
+        *splits = static_cast<int>(p.dim / kPostMixDims);
+        return DSV4_OK;
+    }
+    const int64_t k = kHc * p.dim;
+    DSV4_CHECK_FIELD_PTR(p, fn, 16);
+    DSV4_RETURN_IF_FAILED(check_workspace(p.workspace, p.workspace_bytes, p.n_tokens, k));
+    *partial = static_cast<const float*>(p.workspace);
+    *splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
+    return launch_mix_partial<kNTiles>(static_cast<float*>(p.workspace), p.x, p.fn, num_mix, p.n_tokens, k, stream);
 }
 
 }  // namespace
@@ -590,15 +962,13 @@ DSV4_API int dsv4_mhc_pre_bf16(const dsv4_mhc_pre_params* params, cudaStream_t s
             DSV4_CHECK_FIELD_PTR(p, scale, 4);
         }
         DSV4_CHECK_FIELD_PTR(p, x, 16);
-        DSV4_CHECK_FIELD_PTR(p, fn, 16);
         DSV4_CHECK_FIELD_PTR(p, hc_scale, 4);
         DSV4_CHECK_FIELD_PTR(p, hc_base, 4);
         DSV4_CHECK_FIELD_PTR(p, norm_weight, 16);
         const int64_t k = kHc * p.dim;
-        DSV4_RETURN_IF_FAILED(check_workspace(p.workspace, p.workspace_bytes, p.n_tokens, k));
-
-        float* partial = static_cast<float*>(p.workspace);
-        DSV4_RETURN_IF_FAILED(launch_mix_partial<kPreMix / 8>(partial, p.x, p.fn, kPreMix, p.n_tokens, k, stream));
+        const float* partial = nullptr;
+        int splits = 0;
+        DSV4_RETURN_IF_FAILED(mix_partials<kPreMix / 8>(p, kPreMix, stream, &partial, &splits));
         FinalizeArgs args{};
         args.post = p.post;
         args.comb = p.comb;
@@ -613,7 +983,7 @@ DSV4_API int dsv4_mhc_pre_bf16(const dsv4_mhc_pre_params* params, cudaStream_t s
         args.vecs = p.dim / kBf16PerVec;
         args.scale_stride_token = p.scale_stride_token;
         args.scale_stride_block = p.scale_stride_block;
-        args.splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
+        args.splits = splits;
         args.sinkhorn_iters = static_cast<int>(p.sinkhorn_iters);
         args.k = static_cast<float>(k);
         args.dim = static_cast<float>(p.dim);
@@ -635,15 +1005,13 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         if (p.n_tokens == 0) return DSV4_OK;
         DSV4_CHECK_FIELD_PTR(p, y, 16);
         DSV4_CHECK_FIELD_PTR(p, x, 16);
-        DSV4_CHECK_FIELD_PTR(p, fn, 16);
         DSV4_CHECK_FIELD_PTR(p, hc_scale, 4);
         DSV4_CHECK_FIELD_PTR(p, hc_base, 4);
         if (p.norm_weight != nullptr) DSV4_CHECK_FIELD_PTR(p, norm_weight, 16);
         const int64_t k = kHc * p.dim;
-        DSV4_RETURN_IF_FAILED(check_workspace(p.workspace, p.workspace_bytes, p.n_tokens, k));
-
-        float* partial = static_cast<float*>(p.workspace);
-        DSV4_RETURN_IF_FAILED(launch_mix_partial<1>(partial, p.x, p.fn, kHeadMix, p.n_tokens, k, stream));
+        const float* partial = nullptr;
+        int splits = 0;
+        DSV4_RETURN_IF_FAILED(mix_partials<kHeadMix / 4>(p, kHeadMix, stream, &partial, &splits));
         FinalizeArgs args{};
         args.y = static_cast<Vec16*>(p.y);
         args.partial = partial;
@@ -652,7 +1020,7 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         args.hc_base = p.hc_base;
         args.norm_weight = reinterpret_cast<const float4*>(p.norm_weight);
         args.vecs = p.dim / kBf16PerVec;
-        args.splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
+        args.splits = splits;
         args.k = static_cast<float>(k);
         args.dim = static_cast<float>(p.dim);
         args.hc_eps = p.hc_eps;
@@ -676,16 +1044,55 @@ DSV4_API int dsv4_mhc_post_bf16(void* out, const void* x, const void* f, const f
         DSV4_CHECK_PTR(post, 16);
         DSV4_CHECK_PTR(comb, 16);
         const int64_t vecs = dim / kBf16PerVec;
-        const char* o = static_cast<const char*>(out);
-        const char* xi = static_cast<const char*>(x);
-        const int64_t bytes = n_tokens * kHc * dim * 2;
-        DSV4_CHECK_ARG(o == xi || o + bytes <= xi || xi + bytes <= o, DSV4_ERR_ARGUMENT,
-                       "out overlaps x without being equal to it");
+        DSV4_RETURN_IF_FAILED(check_in_place(out, x, n_tokens, dim));
         const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>((vecs + kPostThreads - 1) / kPostThreads));
         hc_post_kernel<<<grid, kPostThreads, 0, stream>>>(static_cast<Vec16*>(out), static_cast<const Vec16*>(x),
                                                           static_cast<const Vec16*>(f), reinterpret_cast<const float4*>(post),
                                                           reinterpret_cast<const float4*>(comb), vecs);
         DSV4_CHECK_LAUNCH();
         return DSV4_OK;
+    });
+}
+
+DSV4_API size_t dsv4_mhc_post_mix_params_size(void) { return sizeof(dsv4_mhc_post_mix_params); }
+
+DSV4_API size_t dsv4_mhc_post_mix_partials_bytes(int64_t n_tokens, int64_t dim) {
+    if (n_tokens <= 0 || n_tokens > kMaxTokens || dim <= 0 || dim % kPostMixDims != 0 || dim > kMaxDim) return 0;
+    return static_cast<size_t>(n_tokens * (dim / kPostMixDims) * kPartialStride * sizeof(float));
+}
+
+DSV4_API int dsv4_mhc_post_mix_bf16(const dsv4_mhc_post_mix_params* params, cudaStream_t stream) {
+    return dsv4::guarded(__func__, [&] {
+        DSV4_CHECK_PTR(params, alignof(dsv4_mhc_post_mix_params));
+        const dsv4_mhc_post_mix_params& p = *params;
+        DSV4_CHECK_ARG(p.n_tokens >= 0 && p.n_tokens <= kMaxTokens, DSV4_ERR_SHAPE,
+                       "n_tokens = %lld is not in [0, %lld]", (long long)p.n_tokens, (long long)kMaxTokens);
+        DSV4_CHECK_ARG(p.dim > 0 && p.dim % kPostMixDims == 0 && p.dim <= kMaxDim, DSV4_ERR_SHAPE,
+                       "dim = %lld is not a positive multiple of %d at most %lld", (long long)p.dim, kPostMixDims,
+                       (long long)kMaxDim);
+        DSV4_CHECK_ARG(p.num_mix == kPreMix || p.num_mix == kHeadMix, DSV4_ERR_ARGUMENT,
+                       "num_mix = %lld is neither %d (hc_pre) nor %d (hc_head)", (long long)p.num_mix, kPreMix,
+                       kHeadMix);
+        if (p.n_tokens == 0) return DSV4_OK;
+        DSV4_CHECK_FIELD_PTR(p, out, 16);
+        DSV4_CHECK_FIELD_PTR(p, partials, 16);
+        DSV4_CHECK_FIELD_PTR(p, x, 16);
+        DSV4_CHECK_FIELD_PTR(p, f, 16);
+        DSV4_CHECK_FIELD_PTR(p, post, 16);
+        DSV4_CHECK_FIELD_PTR(p, comb, 16);
+        DSV4_CHECK_FIELD_PTR(p, fn, 16);
+        DSV4_RETURN_IF_FAILED(check_in_place(p.out, p.x, p.n_tokens, p.dim));
+        PostMixArgs args{};
+        args.out = static_cast<Vec16*>(p.out);
+        args.partial = p.partials;
+        args.x = static_cast<const Vec16*>(p.x);
+        args.f = static_cast<const Vec16*>(p.f);
+        args.post = p.post;
+        args.comb = p.comb;
+        args.fn = reinterpret_cast<const float4*>(p.fn);
+        args.n_tokens = p.n_tokens;
+        args.vecs = p.dim / kBf16PerVec;
+        args.num_mix = static_cast<int>(p.num_mix);
+        return p.num_mix == kPreMix ? launch_post_mix<kPreMix / 8>(args, stream) : launch_post_mix<1>(args, stream);
     });
 }

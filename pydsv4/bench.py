@@ -180,7 +180,7 @@ def rope_cases(width, d, H, tokens):
 
 def mhc_cases(width, d, H, tokens):
     from pydsv4.cuda import lib
-    from pydsv4.cuda.families.mhc import HeadParams, PreParams
+    from pydsv4.cuda.families.mhc import HeadParams, PostMixParams, PreParams
     K = HC * d
     rng = _rng(3)
     fn = _upload(rng.standard_normal((24, K), np.float32) * np.float32(0.01))
@@ -189,44 +189,85 @@ def mhc_cases(width, d, H, tokens):
     hc_base = _upload(rng.standard_normal(24).astype(np.float32))
     norm_w = _upload(rng.uniform(0.5, 1.5, d).astype(np.float32))
 
+    def pre_params(x, post, comb, y, q, sc, ws, ws_bytes, partials):
+        return PreParams(post.ptr, comb.ptr, y.ptr, q.ptr, sc.ptr, x.ptr, fn.ptr, hc_scale.ptr, hc_base.ptr, norm_w.ptr,
+                         partials.ptr if partials else 0, ws.ptr if ws else 0, ws_bytes, tokens, d, d // 128, 1, 20,
+                         1e-6, 1e-6, 1e-6)
+
+    def pre_outputs():
+        return (_empty((tokens, HC), np.float32), _empty((tokens, HC, HC), np.float32),
+                _empty((tokens, d), ml_dtypes.bfloat16), _empty((tokens, d), ml_dtypes.float8_e4m3fn),
+                _empty((tokens, d // 128), np.float32))
+
     def make_pre(i):
         x = _upload(_bf16(_rng(i), (tokens, HC, d)))
-        post, comb = _empty((tokens, HC), np.float32), _empty((tokens, HC, HC), np.float32)
-        y, q = _empty((tokens, d), ml_dtypes.bfloat16), _empty((tokens, d), ml_dtypes.float8_e4m3fn)
-        sc = _empty((tokens, d // 128), np.float32)
+        post, comb, y, q, sc = pre_outputs()
         ws_bytes = lib.dsv4_mhc_pre_workspace_bytes(tokens, d)
         ws = _empty(max(ws_bytes, 16), np.uint8)
-        p = PreParams(post.ptr, comb.ptr, y.ptr, q.ptr, sc.ptr, x.ptr, fn.ptr, hc_scale.ptr, hc_base.ptr, norm_w.ptr,
-                      ws.ptr, ws_bytes, tokens, d, d // 128, 1, 20, 1e-6, 1e-6, 1e-6)
+        p = pre_params(x, post, comb, y, q, sc, ws, ws_bytes, None)
         return lambda s, keep=(x, post, comb, y, q, sc, ws): lib.dsv4_mhc_pre_bf16(p, s)
+
+    def post_mix_params(x, f, post, comb, out, partials, mix_fn, num_mix):
+        return PostMixParams(out.ptr, partials.ptr, x.ptr, f.ptr, post.ptr, comb.ptr, mix_fn.ptr, tokens, d, num_mix)
+
+    def post_inputs(i):
+        x = _upload(_bf16(_rng(i), (tokens, HC, d)))
+        f = _upload(_bf16(_rng(i + 1000), (tokens, d)))
+        post = _upload(_rng(i).uniform(0, 2, (tokens, HC)).astype(np.float32))
+        comb = _upload(_rng(i).uniform(0, 0.5, (tokens, HC, HC)).astype(np.float32))
+        return x, f, post, comb
+
+    def make_post_mix(i):
+        x, f, post, comb = post_inputs(i)
+        out = _empty((tokens, HC, d), ml_dtypes.bfloat16)
+        partials = _empty((max(lib.dsv4_mhc_post_mix_partials_bytes(tokens, d), 16),), np.uint8)
+        p = post_mix_params(x, f, post, comb, out, partials, fn, 24)
+        return lambda s, keep=(x, f, post, comb, out, partials): lib.dsv4_mhc_post_mix_bf16(p, s)
+
+    def make_pre_given(i):
+        """hc_pre on the stream and partials a post_mix just wrote (the layer's path)."""
+        from pydsv4.cuda import runtime
+        x_old, f, post_in, comb_in = post_inputs(i)
+        x = _empty((tokens, HC, d), ml_dtypes.bfloat16)
+        partials = _empty((max(lib.dsv4_mhc_post_mix_partials_bytes(tokens, d), 16),), np.uint8)
+        stream = runtime.new_stream()
+        lib.dsv4_mhc_post_mix_bf16(post_mix_params(x_old, f, post_in, comb_in, x, partials, fn, 24), stream)
+        runtime.stream_synchronize(stream)
+        post, comb, y, q, sc = pre_outputs()
+        p = pre_params(x, post, comb, y, q, sc, None, 0, partials)
+        return lambda s, keep=(x, partials, post, comb, y, q, sc): lib.dsv4_mhc_pre_bf16(p, s)
 
     def make_head(i):
         x = _upload(_bf16(_rng(i), (tokens, HC, d)))
         y = _empty((tokens, d), ml_dtypes.bfloat16)
         ws_bytes = lib.dsv4_mhc_head_workspace_bytes(tokens, d)
         ws = _empty(max(ws_bytes, 16), np.uint8)
-        p = HeadParams(y.ptr, x.ptr, head_fn.ptr, hc_scale.ptr, hc_base.ptr, norm_w.ptr, ws.ptr, ws_bytes, tokens, d,
-                       1e-6, 1e-6, 1e-6)
+        p = HeadParams(y.ptr, x.ptr, head_fn.ptr, hc_scale.ptr, hc_base.ptr, norm_w.ptr, 0, ws.ptr, ws_bytes, tokens,
+                       d, 1e-6, 1e-6, 1e-6)
         return lambda s, keep=(x, y, ws): lib.dsv4_mhc_head_bf16(p, s)
 
     def make_post(i):
-        x = _upload(_bf16(_rng(i), (tokens, HC, d)))
-        f = _upload(_bf16(_rng(i + 1000), (tokens, d)))
-        post = _upload(_rng(i).uniform(0, 2, (tokens, HC)).astype(np.float32))
-        comb = _upload(_rng(i).uniform(0, 0.5, (tokens, HC, HC)).astype(np.float32))
+        x, f, post, comb = post_inputs(i)
         out = _empty((tokens, HC, d), ml_dtypes.bfloat16)
-        return lambda s: lib.dsv4_mhc_post_bf16(out, x, f, post, comb, tokens, d, s)
+        return lambda s, keep=(x, f, post, comb, out): lib.dsv4_mhc_post_bf16(out, x, f, post, comb, tokens, d, s)
 
     x_bytes = tokens * K * 2
     mixing = tokens * (HC + HC * HC) * 4
+    pre_out = mixing + d * 4 + tokens * d * 2 + tokens * d + tokens * d // 128 * 4  # + norm weight; y, q, scales
+    post_bytes = tokens * d * 2 + 2 * x_bytes + mixing
+    min_partials = tokens * 25 * 4  # the 24 mix sums and sum(x^2) of each token, once
     return [
         # minimum: fn and x read once, post/comb, y and FP8 q + scales written (the kernel reads x twice)
-        Case("mhc_pre_bf16(+norm+fp8)", width, tokens,
-             24 * K * 4 + x_bytes + mixing + d * 4 + tokens * d * 2 + tokens * d + tokens * d // 128 * 4, make_pre,
+        Case("mhc_pre_bf16(+norm+fp8)", width, tokens, 24 * K * 4 + x_bytes + pre_out, make_pre,
              note="reads x twice (mix product, then finalize); bytes count it once"),
         Case("mhc_head_bf16(+norm)", width, tokens, HC * K * 4 + x_bytes + d * 4 + tokens * d * 2, make_head,
              note="reads x twice; bytes count it once"),
-        Case("mhc_post_bf16", width, tokens, tokens * d * 2 + 2 * x_bytes + mixing, make_post),
+        Case("mhc_post_bf16", width, tokens, post_bytes, make_post),
+        # the layer's path: hc_post fused with the next hc_pre's mix, then hc_pre finalizing from its partials
+        Case("mhc_post_mix_bf16(24)", width, tokens, post_bytes + 24 * K * 4 + min_partials, make_post_mix,
+             note=f"writes {d // 128} partial rows of 128 B per token; bytes count 100 B"),
+        Case("mhc_pre_bf16(partials given)", width, tokens, x_bytes + min_partials + pre_out, make_pre_given,
+             note=f"reads {d // 128} partial rows of 128 B per token; bytes count 100 B"),
     ]
 
 

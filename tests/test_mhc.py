@@ -26,7 +26,7 @@ import pytest
 from compare import assert_bit_exact, assert_close
 
 from pydsv4.cuda import DeviceArray, DSV4Error, bindings, lib
-from pydsv4.cuda.families.mhc import HeadParams, PreParams
+from pydsv4.cuda.families.mhc import HeadParams, PostMixParams, PreParams
 from pydsv4.reference import ops, quant
 
 pytestmark = pytest.mark.gpu("mhc")
@@ -134,8 +134,10 @@ def workspace(n, dim, entry=None):
     return DeviceArray.empty(max(nbytes, 16), np.uint8).fill_poison(), nbytes
 
 
-def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, transposed=False, iters=ITERS):
-    """Runs dsv4_mhc_pre_bf16 on poisoned outputs with one spare token row each; returns host arrays."""
+def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, transposed=False, iters=ITERS,
+            partials=None):
+    """Runs dsv4_mhc_pre_bf16 on poisoned outputs with one spare token row each; returns host arrays.
+    partials: a DeviceArray from dsv4_mhc_post_mix_bf16 (then fn is not passed and there is no workspace)."""
     n, _, dim = x_host.shape
     nb = dim // 128
     x = DeviceArray.from_numpy(x_host, stream)
@@ -146,10 +148,11 @@ def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, t
     q = DeviceArray.empty((n + 1, dim), E4M3).fill_poison(stream) if with_q else None
     shape, sst, ssb, view = scale_layout(n, nb, transposed)
     s = DeviceArray.empty(shape, np.float32).fill_poison(stream) if with_q else None
-    ws, ws_bytes = workspace(n, dim)
+    ws, ws_bytes = workspace(n, dim) if partials is None else (None, 0)
     p = PreParams(post=post.ptr, comb=comb.ptr, y=y.ptr if y else 0, q=q.ptr if q else 0, scale=s.ptr if s else 0,
-                  x=x.ptr, fn=dev[0].ptr, hc_scale=dev[1].ptr, hc_base=dev[2].ptr, norm_weight=dev[3].ptr,
-                  workspace=ws.ptr, workspace_bytes=ws_bytes, n_tokens=n, dim=dim, scale_stride_token=sst,
+                  x=x.ptr, fn=dev[0].ptr if partials is None else 0, hc_scale=dev[1].ptr, hc_base=dev[2].ptr,
+                  norm_weight=dev[3].ptr, partials=partials.ptr if partials else 0, workspace=ws.ptr if ws else 0,
+                  workspace_bytes=ws_bytes, n_tokens=n, dim=dim, scale_stride_token=sst,
                   scale_stride_block=ssb, sinkhorn_iters=iters, hc_eps=HC_EPS, mix_eps=NORM_EPS,
                   norm_eps=NORM_EPS)  # fmt: skip
     lib.dsv4_mhc_pre_bf16(p, stream)
@@ -203,7 +206,7 @@ def test_pre_matches_reference_at_v4_shapes(dim, n_tokens, rng, stream):
     check_pre(out, reference_pre(x, fn, scale, base, weight), f"hc_pre {n_tokens}x{dim}")
 
 
-@pytest.mark.parametrize("dim, n_tokens", [(128, 5), (384, 33), (8192, 7), (1024, 300)])
+@pytest.mark.parametrize("dim, n_tokens", [(128, 5), (384, 33), (8192, 7), (1024, 300), (8192, 1025)])
 def test_pre_odd_shapes(dim, n_tokens, rng, stream):
     x = random_stream(rng, n_tokens, dim)
     fn, scale, base = random_hc_weights(rng, dim)
@@ -239,8 +242,9 @@ def test_pre_degenerate_rows(rng, stream):
     assert (out["y"][0].astype(np.float32) == 0).all() and (out["q"][0].view(np.uint8) == 0).all()
 
 
-def test_pre_is_deterministic(rng, stream):
-    n, dim = 300, 4096
+@pytest.mark.parametrize("n", [300, 1100], ids=["block finalize", "warp finalize"])
+def test_pre_is_deterministic(n, rng, stream):
+    dim = 4096
     x = random_stream(rng, n, dim)
     fn, scale, base = random_hc_weights(rng, dim)
     weight = random_norm_weight(rng, dim)
@@ -315,16 +319,17 @@ def test_params_structs_match_the_library():
 # ---- hc_head -----------------------------------------------------------------------------------------------------
 
 
-def run_head(x_host, fn, scale, base, weight, stream):
+def run_head(x_host, fn, scale, base, weight, stream, partials=None):
     n, _, dim = x_host.shape
     x = DeviceArray.from_numpy(x_host, stream)
     dev = [DeviceArray.from_numpy(a, stream) for a in (fn, scale, base)]
     w = DeviceArray.from_numpy(weight, stream) if weight is not None else None
     y = DeviceArray.empty((n + 1, dim), BF16).fill_poison(stream)
-    ws, ws_bytes = workspace(n, dim, lib.dsv4_mhc_head_workspace_bytes)
-    p = HeadParams(y=y.ptr, x=x.ptr, fn=dev[0].ptr, hc_scale=dev[1].ptr, hc_base=dev[2].ptr,
-                   norm_weight=w.ptr if w else 0, workspace=ws.ptr, workspace_bytes=ws_bytes, n_tokens=n, dim=dim,
-                   hc_eps=HC_EPS, mix_eps=NORM_EPS, norm_eps=NORM_EPS)  # fmt: skip
+    ws, ws_bytes = workspace(n, dim, lib.dsv4_mhc_head_workspace_bytes) if partials is None else (None, 0)
+    p = HeadParams(y=y.ptr, x=x.ptr, fn=dev[0].ptr if partials is None else 0, hc_scale=dev[1].ptr,
+                   hc_base=dev[2].ptr, norm_weight=w.ptr if w else 0, partials=partials.ptr if partials else 0,
+                   workspace=ws.ptr if ws else 0, workspace_bytes=ws_bytes, n_tokens=n, dim=dim, hc_eps=HC_EPS,
+                   mix_eps=NORM_EPS, norm_eps=NORM_EPS)  # fmt: skip
     lib.dsv4_mhc_head_bf16(p, stream)
     out = y.to_numpy(stream)
     assert (out[n:].view(np.uint16) == 0xFFFF).all(), "hc_head wrote past n_tokens rows"
@@ -430,3 +435,83 @@ def test_post_zero_tokens_and_bad_arguments(stream):
         with pytest.raises(DSV4Error, match=message) as info:
             lib.dsv4_mhc_post_bf16(*args, None)
         assert info.value.status == status, info.value
+
+
+# ---- hc_post fused with the next mix product ---------------------------------------------------------------------
+# The stream it writes is hc_post's, bit for bit (the same fp32 fma chain); its partials, handed to hc_pre /
+# hc_head, must give what those compute from the stream alone, within the same tolerances (another K split of the
+# same tf32-split products).
+
+
+def run_post_mix(x_host, f_host, post, comb, fn, stream, in_place=False):
+    """dsv4_mhc_post_mix_bf16 on poisoned outputs; returns (new stream on the host, partials DeviceArray)."""
+    n, _, dim = x_host.shape
+    x = DeviceArray.from_numpy(x_host, stream)
+    dev = [DeviceArray.from_numpy(a, stream) for a in (f_host, post, comb, fn)]
+    out = x if in_place else DeviceArray.empty((n + 1, HC, dim), BF16).fill_poison(stream)
+    nbytes = lib.dsv4_mhc_post_mix_partials_bytes(n, dim)
+    assert nbytes == n * (dim // 128) * 32 * 4
+    partials = DeviceArray.empty((n + 1, dim // 128, 32), np.float32).fill_poison(stream)
+    p = PostMixParams(out=out.ptr, partials=partials.ptr, x=x.ptr, f=dev[0].ptr, post=dev[1].ptr, comb=dev[2].ptr,
+                      fn=dev[3].ptr, n_tokens=n, dim=dim, num_mix=fn.shape[0])  # fmt: skip
+    lib.dsv4_mhc_post_mix_bf16(p, stream)
+    result = out.to_numpy(stream)
+    if not in_place:
+        assert (result[n:].view(np.uint16) == 0xFFFF).all(), "post_mix wrote past n_tokens rows of out"
+    assert (partials.to_numpy(stream)[n:].view(np.uint32) == 0xFFFFFFFF).all(), "post_mix wrote past n_tokens partials"
+    return result[:n], partials
+
+
+@pytest.mark.parametrize("dim", WIDTHS + [384], ids=lambda d: f"dim{d}")
+@pytest.mark.parametrize("n_tokens", [1, 13, 64, 2048])
+def test_post_mix_then_pre_matches_reference(dim, n_tokens, rng, stream):
+    x = random_stream(rng, n_tokens, dim)
+    f = (rng.standard_normal((n_tokens, dim)) * 4).astype(BF16)
+    post, comb = random_post_comb(rng, n_tokens)
+    fn, scale, base = random_hc_weights(rng, dim)
+    weight = random_norm_weight(rng, dim)
+    stream_new, partials = run_post_mix(x, f, post, comb, fn, stream, in_place=n_tokens == 13)
+    assert_bit_exact(stream_new, run_post(x, f, post, comb, stream), name=f"post_mix {n_tokens}x{dim} vs hc_post")
+    out = run_pre(stream_new, fn, scale, base, weight, stream, partials=partials)
+    check_pre(out, reference_pre(stream_new, fn, scale, base, weight), f"hc_pre from post_mix {n_tokens}x{dim}")
+
+
+@pytest.mark.parametrize("dim", WIDTHS, ids=lambda d: f"dim{d}")
+@pytest.mark.parametrize("n_tokens", [1, 127, 1500])
+def test_post_mix_then_head_matches_reference(dim, n_tokens, rng, stream):
+    x = random_stream(rng, n_tokens, dim)
+    f = (rng.standard_normal((n_tokens, dim)) * 4).astype(BF16)
+    post, comb = random_post_comb(rng, n_tokens)
+    fn, scale, base = random_hc_weights(rng, dim, mix=HC)
+    weight = random_norm_weight(rng, dim)
+    stream_new, partials = run_post_mix(x, f, post, comb, fn, stream)
+    out = run_head(stream_new, fn, scale, base, weight, stream, partials=partials)
+    ref = ops.rms_norm(ops.hc_head(stream_new.astype(np.float32), fn, scale, base, HC_EPS, NORM_EPS), weight, NORM_EPS)
+    assert_bf16_near_exact(out, ref, normed_bound(ops.hc_head(stream_new.astype(np.float32), fn, scale, base, HC_EPS,
+                                                               NORM_EPS), stream_new, weight),
+                           f"hc_head from post_mix {n_tokens}x{dim}", max_ulps=2, rare=RARE_Y)
+
+
+def test_post_mix_partials_bytes():
+    assert lib.dsv4_mhc_post_mix_partials_bytes(3, 7168) == 3 * 56 * 32 * 4
+    for n, dim in [(0, 4096), (5, 0), (5, 200), (5, 8320)]:  # empty, or dim not a multiple of 128 in (0, 8192]
+        assert lib.dsv4_mhc_post_mix_partials_bytes(n, dim) == 0, (n, dim)
+
+
+def test_post_mix_bad_arguments_raise():
+    A = 0x7F0000000000
+    base = dict(out=A, partials=A, x=A + (1 << 30), f=A, post=A, comb=A, fn=A, n_tokens=2, dim=4096, num_mix=24)
+    assert lib.dsv4_mhc_post_mix_bf16(PostMixParams(**{**base, "n_tokens": 0, "out": 0}), None) == 0
+    for changes, status, message in [
+        (dict(partials=0), bindings.DSV4_ERR_NULL_POINTER, "partials is NULL"),
+        (dict(fn=A + 4), bindings.DSV4_ERR_ALIGNMENT, "fn = 0x[0-9a-f]+ is not 16-byte"),
+        (dict(dim=4100), bindings.DSV4_ERR_SHAPE, "dim = 4100 is not a positive multiple of 128"),
+        (dict(num_mix=8), bindings.DSV4_ERR_ARGUMENT, "num_mix = 8"),
+        (dict(out=A + (1 << 30) + 16), bindings.DSV4_ERR_ARGUMENT, "out overlaps x"),
+    ]:
+        with pytest.raises(DSV4Error, match=message) as info:
+            lib.dsv4_mhc_post_mix_bf16(PostMixParams(**{**base, **changes}), None)
+        assert info.value.status == status and info.value.message.startswith("dsv4_mhc_post_mix_bf16: "), info.value
+    with pytest.raises(DSV4Error, match="partials = 0x[0-9a-f]+ is not 16-byte") as info:
+        lib.dsv4_mhc_pre_bf16(pre_params(partials=A + 4), None)
+    assert info.value.status == bindings.DSV4_ERR_ALIGNMENT
