@@ -187,11 +187,6 @@ __device__ __forceinline__ Vec16 pack_bf16x8(const float (&in)[8]) {
     return v;
 }
 
-// fp32 -> e4m3fn byte: round to nearest even, saturating to +-448 (NaN stays NaN).
-__device__ __forceinline__ uint8_t float_to_e4m3(float x) {
-    return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
-}
-
 __device__ __forceinline__ float e4m3_to_float(uint8_t byte) {
     __nv_fp8_e4m3 v;
     v.__x = byte;
@@ -242,13 +237,18 @@ __device__ __forceinline__ int group_e4m3_exponent(const float (&v)[8]) {
     return e4m3_scale_exponent(amax);
 }
 
-// e4m3 bytes of v / 2^exponent (exact: a power of two), element i in byte i (the lower address first).
+// e4m3fn bytes of v / 2^exponent (exact: a power of two), element i in byte i (the lower address first): round to
+// nearest even, saturating to +-448 (NaN stays NaN).
 __device__ __forceinline__ uint2 e4m3x8(const float (&v)[8], int exponent) {
     const float inv_scale = exp2_int(-exponent);
-    uint32_t word[2] = {0u, 0u};
+    uint32_t pair[4];  // e4m3 of elements 2i (low byte) and 2i + 1, one conversion instruction per pair
 #pragma unroll
-    for (int e = 0; e < 8; ++e) word[e / 4] |= uint32_t(float_to_e4m3(v[e] * inv_scale)) << (8 * (e % 4));
-    return make_uint2(word[0], word[1]);
+    for (int i = 0; i < 4; ++i) {
+        uint16_t bytes;
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(bytes) : "f"(v[2 * i + 1] * inv_scale), "f"(v[2 * i] * inv_scale));
+        pair[i] = bytes;
+    }
+    return make_uint2(pair[0] | pair[1] << 16, pair[2] | pair[3] << 16);
 }
 
 __device__ __forceinline__ float warp_reduce_sum(float x) {

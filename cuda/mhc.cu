@@ -29,6 +29,16 @@
 // X re-read for y from L2): 417 us at 4096 tokens. fn, fp32 and read once per tile, cost more L2 traffic than X
 // itself at 32-token tiles (352 MB against 235 MB), and the re-read of X missed L2 (ncu: L2 hit rate 43%, DRAM at
 // 29% of peak). A standalone single-read hc_pre has to hold a tile's X on chip while fn streams past >= 64 tokens.
+// That design was built too (clusters of 16 CTAs, 7 resident on the H100 = 112 SMs; each CTA keeps its 448 dims of
+// fn in shared memory, 172 KB, a 16-token tile of X in registers, one cluster barrier per tile, then CTA r
+// finalizes the tile's token r from L2; hc_post optionally fused in front): parity-correct, but 437 us for hc_pre
+// and 770 us for hc_post + hc_pre at V4-Pro x 4096 (ncu: 8 warps per SM walk a latency-bound chain of loads, MMA,
+// barrier and finalize per tile, 28% issue, ~24K warp instructions per CTA per tile).
+// Also measured and not kept (V4-Pro x 4096): post_mix with fn split into tf32 hi / lo once per block (a 3-deep ring
+// to make room), 262 us against 259: post_mix is latency-bound (ncu: DRAM 61%, issue 58% busy), and a copy with its
+// 64-byte-per-row pattern runs at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
+// (or hc_pre) in token chunks so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole,
+// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens).
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
