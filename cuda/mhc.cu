@@ -22,7 +22,7 @@
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 262 + 147 us.
+// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 260 + 141 us.
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -512,9 +512,11 @@ __global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(con
 // and Sinkhorn overlap the others' streaming. kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y,
 // optionally normed). Shared memory: kFinWarps rows of vecs 16-byte vectors, each warp's bf16 y between the pass
 // that forms it (and its sum of squares) and the pass that normalizes and quantizes it; none for hc_head without
-// norm.
+// norm. 128 registers, so 4 blocks (16 warps) fit an SM as their y rows do at V4-Pro (168 registers gave 12 warps:
+// hc_pre from partials 144 -> 141 us at V4-Pro x 4096, 85.7 -> 82.6 us at V4-Flash). A resident grid with each warp
+// walking tokens and the next token's first batch in flight during pass 2 was slower (152 us).
 template <bool kPre>
-__global__ void __launch_bounds__(kFinThreads) finalize_warp_kernel(const FinalizeArgs args) {
+__global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
     extern __shared__ Vec16 y_rows[];  // [kFinWarps][vecs]
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
     const int64_t t = int64_t(blockIdx.x) * kFinWarps + warp;
