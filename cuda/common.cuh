@@ -241,11 +241,13 @@ __device__ __forceinline__ int group_e4m3_exponent(const float (&v)[8]) {
 // nearest even, saturating to +-448 (NaN stays NaN).
 __device__ __forceinline__ uint2 e4m3x8(const float (&v)[8], int exponent) {
     const float inv_scale = exp2_int(-exponent);
-    uint32_t pair[4];  // e4m3 of elements 2i (low byte) and 2i + 1, one conversion instruction per pair
+    uint32_t pair[4];  // elements 2i (low byte) and 2i + 1: one conversion per pair (its first operand goes high)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         uint16_t bytes;
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(bytes) : "f"(v[2 * i + 1] * inv_scale), "f"(v[2 * i] * inv_scale));
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+            : "=h"(bytes)
+            : "f"(v[2 * i + 1] * inv_scale), "f"(v[2 * i] * inv_scale));
         pair[i] = bytes;
     }
     return make_uint2(pair[0] | pair[1] << 16, pair[2] | pair[3] << 16);
