@@ -38,7 +38,9 @@
 // to make room), 262 us against 259: post_mix is latency-bound (ncu: DRAM 61%, issue 58% busy), and a copy with its
 // 64-byte-per-row pattern runs at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
 // (or hc_pre) in token chunks so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole,
-// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens).
+// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens); post_mix with 9 / 10 / 12 warps at 168
+// registers (3 / 3 / 2-deep rings), 402 / 373 / 343 us against 258 at 8 x 255; the finalizes' partials summed in
+// batches of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us.
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
