@@ -189,7 +189,8 @@ typedef struct dsv4_mhc_pre_params {
     const float* hc_base;       /* [24] fp32 */
     const float* norm_weight;   /* [dim] fp32 ({attn,ffn}_norm.weight) */
     const float* partials;      /* NULL: the mix is computed here; else dsv4_mhc_post_mix_bf16's partials of this x
-                                   and this fn (then fn and the workspace are not read and may be NULL / 0 bytes) */
+                                   (same n_tokens) and this fn, num_mix 24 (then fn and the workspace are not read
+                                   and may be NULL / 0 bytes) */
     void* workspace;            /* dsv4_mhc_pre_workspace_bytes(n_tokens, dim) bytes */
     size_t workspace_bytes;
     int64_t n_tokens;
@@ -213,7 +214,8 @@ typedef struct dsv4_mhc_head_params {
     const float* hc_scale;      /* [1] fp32 */
     const float* hc_base;       /* [4] fp32 */
     const float* norm_weight;   /* [dim] fp32 (norm.weight), or NULL: y is hc_head's output unnormed */
-    const float* partials;      /* NULL, or dsv4_mhc_post_mix_bf16's partials of this x and this fn (as in hc_pre) */
+    const float* partials;      /* NULL, or dsv4_mhc_post_mix_bf16's partials of this x (same n_tokens) and this
+                                   fn, num_mix 4 */
     void* workspace;            /* dsv4_mhc_head_workspace_bytes(n_tokens, dim) bytes */
     size_t workspace_bytes;
     int64_t n_tokens;
@@ -236,14 +238,15 @@ int dsv4_mhc_post_bf16(void* out,          /* [n_tokens, 4, dim] bf16 */
                        int64_t n_tokens, int64_t dim, cudaStream_t stream);
 
 /* hc_post fused with the mix product of the hc_pre / hc_head that follows it: out as dsv4_mhc_post_bf16, and
- * partials[t, c, :] = the mix partials of out over dims 128c .. 128c + 127 of its 4 copies against fn (the next
+ * partials[c, t, :] = the mix partials of out over dims 128c .. 128c + 127 of its 4 copies against fn (the next
  * hc_pre's 24 rows or hc_head's 4), for that entry's `partials`. Requires dim % 128 == 0, dim <= 8192; out, x, f,
  * post, comb, fn and partials 16-byte aligned; out may be x itself (in place). Pays off for large batches (at
  * V4-Pro x 4096 on an H100, post_mix + hc_pre from its partials take 401 us against 451 us for hc_post + hc_pre);
  * for a few tokens the separate entries are faster. */
 typedef struct dsv4_mhc_post_mix_params {
     void* out;                  /* [n_tokens, 4, dim] bf16: the new stream */
-    float* partials;            /* [n_tokens, dim / 128, 32] fp32: dsv4_mhc_post_mix_partials_bytes(n_tokens, dim) */
+    float* partials;            /* [dim / 128, n_tokens, num_mix + 1] fp32 (mix sums, then sum(out^2)), in
+                                   dsv4_mhc_post_mix_partials_bytes(n_tokens, dim) bytes (enough for num_mix 24) */
     const void* x;              /* [n_tokens, 4, dim] bf16 */
     const void* f;              /* [n_tokens, dim] bf16 (the attention / MoE output) */
     const float* post;          /* [n_tokens, 4] fp32 */

@@ -72,14 +72,20 @@ constexpr int kWarpTokens = 32;                         // two m16 MMA tiles
 constexpr int kTileTokens = kMixWarps * kWarpTokens;    // 128
 constexpr int kStepK = 32;                              // K per warp step: 4 lanes x 8 bf16 per row
 constexpr int kStages = 3;                              // register ring: two steps in flight while one computes
-constexpr int kPartialStride = 32;                      // floats per (token, split) partial row
-constexpr int kSumSqSlot = 31;                          // slot of sum(X^2) in a partial row
-constexpr int kRedStride = kPartialStride + 1;          // shared-memory row, padded against bank conflicts
+constexpr int kRedSumSq = 31;                           // column of sum(X^2) in kernel 1's shared-memory rows
+constexpr int kRedStride = 33;                          // shared-memory row, padded against bank conflicts
 constexpr int64_t kSplitAlign = 128;                    // K per split is a multiple of this
 constexpr int64_t kTargetBlocks = 264;                  // two blocks per SM of a 132-SM H100 / H200
 
+// Floats per (split, token) partial row: the num_mix sums, then sum(X^2) (25 for hc_pre, 5 for hc_head). Partials are
+// [splits, n_tokens, row], packed: a tile of 16 or more consecutive tokens writes whole 32-byte sectors (a row of
+// 128 bytes per (token, split) made the finalize read 28% more bytes at V4-Pro; 100-byte rows per token, split-minor,
+// leave sectors half written by different blocks).
+__host__ __device__ constexpr int partial_row(int num_mix) { return num_mix + 1; }
+constexpr int kMaxPartialRow = partial_row(kPreMix);
+
 struct MixPartialArgs {
-    float* partial;        // [n_tokens, splits, kPartialStride] fp32
+    float* partial;        // [splits, n_tokens, partial_row(num_mix)] fp32
     const Vec16* x;        // [n_tokens, k / 8] bf16 (flat(X))
     const float4* fn;      // [num_mix, k / 4] fp32
     int64_t n_tokens;
@@ -263,21 +269,22 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
             r8[0] = acc[mt][nt][2], r8[1] = acc[mt][nt][3];
         }
         if (q == 0) {
-            red[warp][mt * 16 + g][kSumSqSlot] = sumsq[mt][0];
-            red[warp][mt * 16 + 8 + g][kSumSqSlot] = sumsq[mt][1];
+            red[warp][mt * 16 + g][kRedSumSq] = sumsq[mt][0];
+            red[warp][mt * 16 + 8 + g][kRedSumSq] = sumsq[mt][1];
         }
     }
     __syncthreads();
 
-    // partial[token, split, c]: the phases of a token group summed in phase order; unused slots are 0.
-    for (int i = threadIdx.x; i < args.groups * kWarpTokens * kPartialStride; i += kMixThreads) {
-        const int c = i % kPartialStride, r = (i / kPartialStride) % kWarpTokens, grp = i / (kPartialStride * kWarpTokens);
+    // partial[split, token, c]: the phases of a token group summed in phase order.
+    const int row_floats = partial_row(args.num_mix);
+    for (int i = threadIdx.x; i < args.groups * kWarpTokens * row_floats; i += kMixThreads) {
+        const int c = i % row_floats, r = (i / row_floats) % kWarpTokens, grp = i / (row_floats * kWarpTokens);
         const int64_t token = tile_token0 + grp * kWarpTokens + r;
         if (token >= args.n_tokens) continue;
+        const int col = c == args.num_mix ? kRedSumSq : c;
         float v = 0.0f;
-        if (c < args.num_mix || c == kSumSqSlot)
-            for (int p = 0; p < args.phases; ++p) v += red[p * args.groups + grp][r][c];
-        args.partial[(token * args.splits + split) * kPartialStride + c] = v;
+        for (int p = 0; p < args.phases; ++p) v += red[p * args.groups + grp][r][col];
+        args.partial[(split * args.n_tokens + token) * row_floats + c] = v;
     }
 }
 
@@ -311,7 +318,7 @@ MixPlan plan_mix(int64_t n_tokens, int64_t k) {
 
 size_t mix_workspace_bytes(int64_t n_tokens, int64_t k) {
     if (n_tokens <= 0 || k <= 0) return 0;
-    return static_cast<size_t>(n_tokens * plan_mix(n_tokens, k).splits * kPartialStride * sizeof(float));
+    return static_cast<size_t>(n_tokens * plan_mix(n_tokens, k).splits * kMaxPartialRow * sizeof(float));
 }
 
 // ---- kernel 2: finalize ------------------------------------------------------------------------------------------
@@ -332,7 +339,7 @@ struct FinalizeArgs {
     Vec16* y;                   // [n_tokens, vecs] bf16, or NULL (hc_pre)
     uint2* q;                   // [n_tokens, vecs] e4m3 x 8, or NULL (hc_pre)
     float* y_scale;             // y_scale[t * scale_stride_token + b * scale_stride_block] (with q)
-    const float* partial;       // [n_tokens, splits, kPartialStride]
+    const float* partial;       // [splits, n_tokens, partial_row(24 or 4)]
     const Vec16* x;             // [n_tokens, 4, vecs] bf16
     const float* hc_scale;      // [3] (hc_pre) or [1] (hc_head)
     const float* hc_base;       // [24] or [4]
@@ -366,11 +373,13 @@ __device__ __forceinline__ float comb_col_sum(float c, int lane) {
     return s;
 }
 
+__host__ __device__ constexpr int fin_partial_row(bool pre) { return partial_row(pre ? kPreMix : kHeadMix); }
+
 // Called by a whole warp for token t, lane c holding the token's summed partial c (mix column c < 24 / 4, the
-// sum of X^2 in slot kSumSqSlot). hc_pre writes post[t] and comb[t]; returns pre[lane] on lanes 0..3.
+// sum of X^2 in the row's last slot). hc_pre writes post[t] and comb[t]; returns pre[lane] on lanes 0..3.
 template <bool kPre>
 __device__ float token_weights(float total, int lane, int64_t t, const FinalizeArgs& args) {
-    const float sumsq = __shfl_sync(0xFFFFFFFFu, total, kSumSqSlot);
+    const float sumsq = __shfl_sync(0xFFFFFFFFu, total, fin_partial_row(kPre) - 1);
     const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.k), args.mix_eps)));
     const float mix = __fmul_rn(total, inv_rms);  // lane c: mix[c]
     float pre = 0.0f;
@@ -458,7 +467,7 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 // optionally normed).
 template <bool kPre>
 __global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(const FinalizeArgs args) {
-    __shared__ float warp_sums[kBlockFinWarps][kPartialStride];
+    __shared__ float warp_sums[kBlockFinWarps][dsv4::kWarpSize];
     __shared__ float pre[kHc];
 
     const int64_t t = blockIdx.x;
@@ -476,10 +485,14 @@ __global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(con
     }
 
     // Partials: warp w sums splits w, w + 8, ...; then warp 0 adds the 8 warp sums in order.
-    const float* pt = args.partial + t * args.splits * kPartialStride;
+    constexpr int kRow = fin_partial_row(kPre);
+    const float* pt = args.partial + t * kRow + lane;
+    const int64_t split_stride = args.n_tokens * kRow;
     float sum = 0.0f;
+    if (lane < kRow) {
 #pragma unroll 4
-    for (int s = warp; s < args.splits; s += kBlockFinWarps) sum += __ldg(pt + s * kPartialStride + lane);
+        for (int s = warp; s < args.splits; s += kBlockFinWarps) sum += __ldg(pt + s * split_stride);
+    }
     warp_sums[warp][lane] = sum;
     __syncthreads();
     if (warp == 0) {
@@ -510,20 +523,18 @@ __global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(con
     }
 }
 
-// Large batches: a warp per token (kFinWarps tokens per block, no block-wide barrier), so one token's partial sums
-// and Sinkhorn overlap the others' streaming. kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y,
-// optionally normed). Shared memory: kFinWarps rows of vecs 16-byte vectors, each warp's bf16 y between the pass
-// that forms it (and its sum of squares) and the pass that normalizes and quantizes it; none for hc_head without
-// norm. 128 registers, so 4 blocks (16 warps) fit an SM as their y rows do at V4-Pro (168 registers gave 12 warps:
+// hc_pre's large batches: a warp per token (kFinWarps tokens per block, no block-wide barrier), so one token's
+// partial sums and Sinkhorn overlap the others' streaming. Shared memory: kFinWarps rows of vecs 16-byte vectors, each
+// warp's bf16 y between the pass that forms it (and its sum of squares) and the pass that normalizes and quantizes
+// it. 128 registers, so 4 blocks (16 warps) fit an SM as their y rows do at V4-Pro (168 registers gave 12 warps:
 // hc_pre from partials 144 -> 141 us at V4-Pro x 4096, 85.7 -> 82.6 us at V4-Flash). A resident grid with each warp
 // walking tokens and the next token's first batch in flight during pass 2 was slower (152 us).
-template <bool kPre>
 __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
+    constexpr bool kPre = true;
     extern __shared__ Vec16 y_rows[];  // [kFinWarps][vecs]
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
     const int64_t t = int64_t(blockIdx.x) * kFinWarps + warp;
     if (t >= args.n_tokens) return;
-    const bool norm = kPre || args.norm_weight != nullptr;
     Vec16* y_row = y_rows + warp * args.vecs;
     const Vec16* xt = args.x + t * kHc * args.vecs;
 
@@ -543,15 +554,19 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
     load(0);
 
     // Lane c sums partial c over the splits in order.
-    const float* pt = args.partial + t * args.splits * kPartialStride + lane;
+    constexpr int kRow = fin_partial_row(kPre);
+    const float* pt = args.partial + t * kRow + lane;
+    const int64_t split_stride = args.n_tokens * kRow;
     float total = 0.0f;
+    if (lane < kRow) {
 #pragma unroll 8
-    for (int s = 0; s < args.splits; ++s) total += __ldg(pt + s * kPartialStride);
+        for (int s = 0; s < args.splits; ++s) total += __ldg(pt + s * split_stride);
+    }
     const float pre = token_weights<kPre>(total, lane, t, args);
     const float p[kHc] = {__shfl_sync(0xFFFFFFFFu, pre, 0), __shfl_sync(0xFFFFFFFFu, pre, 1),
                           __shfl_sync(0xFFFFFFFFu, pre, 2), __shfl_sync(0xFFFFFFFFu, pre, 3)};
 
-    // Pass 1: y and its sum of squares; y parked in y_row (or, unnormed, written out).
+    // Pass 1: y and its sum of squares; y parked in y_row.
     float sumsq = 0.0f;  // zero from vectors past the row
     for (int64_t first = 0; first < args.vecs; first += kBatchVecs) {
         Vec16 cur[kFinBatch][kHc];
@@ -564,17 +579,11 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
         for (int v = 0; v < kFinBatch; ++v) {
             const int64_t idx = first + lane + v * dsv4::kWarpSize;
             const Vec16 y = weighted_sum(cur[v], p, sumsq);
-            if (idx < args.vecs) {
-                if (norm)
-                    y_row[idx] = y;
-                else
-                    args.y[t * args.vecs + idx] = y;
-            }
+            if (idx < args.vecs) y_row[idx] = y;
         }
     }
-    if (!norm) return;
 
-    // Pass 2: RMSNorm (+ FP8) from y_row.
+    // Pass 2: RMSNorm + FP8 from y_row.
     sumsq = dsv4::warp_reduce_sum(sumsq);
     const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
     __syncwarp();
@@ -649,14 +658,13 @@ constexpr int kPostMixWarps = 8;                            // one block per SM:
 constexpr int kPostMixThreads = kPostMixWarps * dsv4::kWarpSize;
 constexpr int kPostMixSteps = kPostMixDims / kStepK;        // 4 steps of 32 dims per m tile
 constexpr int kPostMixTile = 16;                            // tokens per m tile
-constexpr int kPostMixStages = 4;                           // cp.async ring: three steps in flight while one computes
 constexpr int kStepVecs = 2 * (kHc + 1);                    // per lane per step: rows g, g + 8 x (4 copies, f)
 constexpr int kFnSmemPitch = kHc * kPostMixDims + 4;        // floats per fn row (+16 B: conflict-free B fragments)
 constexpr int kWeightsPerTile = kPostMixTile * kHc * 5;     // post_j, comb_0j .. comb_3j per token and copy j
 
 struct PostMixArgs {
     Vec16* out;             // [n_tokens, 4, vecs] bf16: the new stream (may be x)
-    float* partial;         // [n_tokens, dim / 128, kPartialStride] fp32
+    float* partial;         // [dim / 128, n_tokens, partial_row(num_mix)] fp32
     const Vec16* x;         // [n_tokens, 4, vecs] bf16
     const Vec16* f;         // [n_tokens, vecs] bf16
     const float* post;      // [n_tokens, 4]
@@ -669,10 +677,14 @@ struct PostMixArgs {
     int num_mix;            // 24 or 4
 };
 
-// fn slice, then each warp's ring of steps.
-size_t post_mix_smem_bytes(int n_tiles) {
-    return sizeof(float) * n_tiles * 8 * kFnSmemPitch +
-           sizeof(Vec16) * kPostMixWarps * kPostMixStages * kStepVecs * dsv4::kWarpSize;
+// fn slice, then each warp's cp.async ring: 4 steps deep (three in flight while one computes) where that fits the
+// 227 KB an SM gives a block next to the weights' static 10 KB, else 3.
+__host__ __device__ constexpr size_t post_mix_smem_bytes(int n_tiles, int stages) {
+    return sizeof(float) * n_tiles * 8 * kFnSmemPitch + sizeof(Vec16) * kPostMixWarps * stages * kStepVecs * dsv4::kWarpSize;
+}
+template <int kNTiles>
+__host__ __device__ constexpr int post_mix_stages() {
+    return post_mix_smem_bytes(kNTiles, 4) + sizeof(float) * kPostMixWarps * kWeightsPerTile <= 227 * 1024 ? 4 : 3;
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
@@ -685,10 +697,11 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
 
 // grid (dim / 128, groups): block (c, y) takes chunk c and the token tiles of group y; kPostMixThreads threads,
-// post_mix_smem_bytes(kNTiles) bytes of shared memory. Warp w walks its tiles' steps as one sequence (tile-major),
-// so the ring stays full across tile boundaries.
+// post_mix_smem_bytes(kNTiles, post_mix_stages<kNTiles>()) bytes of shared memory. Warp w walks its tiles' steps as
+// one sequence (tile-major), so the ring stays full across tile boundaries.
 template <int kNTiles>
 __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const PostMixArgs args) {
+    constexpr int kRingStages = post_mix_stages<kNTiles>();
     extern __shared__ float4 smem4[];
     float4* fn_smem = smem4;  // [kNTiles * 8 rows][kFnSmemPitch / 4]: copy j at floats j * kPostMixDims ..
     // [warp][stage][kStepVecs][lane] 16-byte vectors after the fn slice
@@ -696,7 +709,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     __shared__ float weights[kPostMixWarps][kPostMixTile][kHc][5];
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
     const int g = lane / 4, q = lane % 4;
-    const int chunk = blockIdx.x, splits = gridDim.x;
+    const int chunk = blockIdx.x;
     const int64_t dim4 = args.vecs * 2;  // float4s per fn row per copy
     constexpr int kRowVec4 = kPostMixDims / 4;
 
@@ -714,7 +727,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     const int64_t my_tiles = tile_first < tile_end ? (tile_end - tile_first + kPostMixWarps - 1) / kPostMixWarps : 0;
     const int64_t total_steps = my_tiles * kPostMixSteps;
     const int64_t vec0 = int64_t(chunk) * (kPostMixDims / kBf16PerVec) + q;  // this lane's first vector in a row
-    Vec16* ring = rings + warp * kPostMixStages * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
+    Vec16* ring = rings + warp * kRingStages * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
 
     // Step k: tile tile_first + (k / kPostMixSteps) * kPostMixWarps, vectors vec0 + 4 (k % kPostMixSteps) of rows
     // g and g + 8 (4 copies, then f).
@@ -722,7 +735,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
         if (k < total_steps) {
             const int64_t tile = tile_first + (k / kPostMixSteps) * kPostMixWarps;
             const int64_t vec = vec0 + 4 * (k % kPostMixSteps);
-            Vec16* slot = ring + (k % kPostMixStages) * kStepVecs * dsv4::kWarpSize;
+            Vec16* slot = ring + (k % kRingStages) * kStepVecs * dsv4::kWarpSize;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int64_t token = tile * kPostMixTile + h * 8 + g;
@@ -752,7 +765,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
         }
     };
 #pragma unroll
-    for (int k = 0; k < kPostMixStages - 1; ++k) issue(k);
+    for (int k = 0; k < kRingStages - 1; ++k) issue(k);
     fetch_weights(tile_first);
 
     float acc[1][kNTiles][4];
@@ -781,8 +794,8 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
         }
         if (s == kPostMixSteps / 2) fetch_weights(tile + kPostMixWarps);  // the next tile's, in flight meanwhile
 
-        cp_async_wait<kPostMixStages - 2>();  // step k's group is complete (each lane reads only its own slots)
-        const Vec16* slot = ring + (k % kPostMixStages) * kStepVecs * dsv4::kWarpSize;
+        cp_async_wait<kRingStages - 2>();  // step k's group is complete (each lane reads only its own slots)
+        const Vec16* slot = ring + (k % kRingStages) * kStepVecs * dsv4::kWarpSize;
         float xs[2][kHc][8], fs[2][8];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -790,7 +803,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
             for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + i) * dsv4::kWarpSize], xs[h][i]);
             dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + kHc) * dsv4::kWarpSize], fs[h]);
         }
-        issue(k + kPostMixStages - 1);  // into the slot step k - 1 used
+        issue(k + kRingStages - 1);  // into the slot step k - 1 used
 
 #pragma unroll
         for (int j = 0; j < kHc; ++j) {
@@ -816,13 +829,13 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
                 sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 1);
                 sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 2);
                 if (!ok[h]) continue;
-                float* row = args.partial + (token[h] * splits + chunk) * kPartialStride;
+                float* row = args.partial + (chunk * args.n_tokens + token[h]) * partial_row(args.num_mix);
 #pragma unroll
                 for (int nt = 0; nt < kNTiles; ++nt)
-                    *reinterpret_cast<float2*>(row + nt * 8 + 2 * q) =
-                        make_float2(acc[0][nt][2 * h], acc[0][nt][2 * h + 1]);
-                for (int col = kNTiles * 8 + q; col < kSumSqSlot; col += 4) row[col] = 0.0f;  // unused slots
-                if (q == 0) row[kSumSqSlot] = sumsq[0][h];
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        if (nt * 8 + 2 * q + e < args.num_mix) row[nt * 8 + 2 * q + e] = acc[0][nt][2 * h + e];
+                if (q == 0) row[args.num_mix] = sumsq[0][h];
             }
         }
     }
@@ -875,16 +888,18 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
 template <bool kPre>
 int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
     args.n_tokens = n_tokens;
-    if (!kPre || n_tokens < kWarpFinMinTokens) {
-        finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), kBlockFinThreads, 0, stream>>>(args);
-        DSV4_CHECK_LAUNCH();
-        return DSV4_OK;
+    if constexpr (kPre) {
+        if (n_tokens >= kWarpFinMinTokens) {
+            const size_t smem = sizeof(Vec16) * kFinWarps * args.vecs;
+            DSV4_CHECK_CUDA(cudaFuncSetAttribute(finalize_warp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem)));
+            const int64_t blocks = (n_tokens + kFinWarps - 1) / kFinWarps;
+            finalize_warp_kernel<<<static_cast<unsigned>(blocks), kFinThreads, smem, stream>>>(args);
+            DSV4_CHECK_LAUNCH();
+            return DSV4_OK;
+        }
     }
-    const size_t smem = kPre || args.norm_weight != nullptr ? sizeof(Vec16) * kFinWarps * args.vecs : 0;
-    DSV4_CHECK_CUDA(cudaFuncSetAttribute(finalize_warp_kernel<kPre>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-    const int64_t blocks = (n_tokens + kFinWarps - 1) / kFinWarps;
-    finalize_warp_kernel<kPre><<<static_cast<unsigned>(blocks), kFinThreads, smem, stream>>>(args);
+    finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), kBlockFinThreads, 0, stream>>>(args);
     DSV4_CHECK_LAUNCH();
     return DSV4_OK;
 }
@@ -901,7 +916,7 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     const int64_t want_groups = std::clamp<int64_t>(sms / splits, 1, args.tiles);
     args.tiles_per_group = (args.tiles + want_groups - 1) / want_groups;
     const int64_t groups = (args.tiles + args.tiles_per_group - 1) / args.tiles_per_group;
-    const size_t smem = post_mix_smem_bytes(kNTiles);
+    const size_t smem = post_mix_smem_bytes(kNTiles, post_mix_stages<kNTiles>());
     DSV4_CHECK_CUDA(cudaFuncSetAttribute(post_mix_kernel<kNTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(groups));
@@ -1072,7 +1087,7 @@ DSV4_API size_t dsv4_mhc_post_mix_params_size(void) { return sizeof(dsv4_mhc_pos
 
 DSV4_API size_t dsv4_mhc_post_mix_partials_bytes(int64_t n_tokens, int64_t dim) {
     if (n_tokens <= 0 || n_tokens > kMaxTokens || dim <= 0 || dim % kPostMixDims != 0 || dim > kMaxDim) return 0;
-    return static_cast<size_t>(n_tokens * (dim / kPostMixDims) * kPartialStride * sizeof(float));
+    return static_cast<size_t>(n_tokens * (dim / kPostMixDims) * kMaxPartialRow * sizeof(float));
 }
 
 DSV4_API int dsv4_mhc_post_mix_bf16(const dsv4_mhc_post_mix_params* params, cudaStream_t stream) {

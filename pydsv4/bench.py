@@ -265,9 +265,9 @@ def mhc_cases(width, d, H, tokens):
         Case("mhc_post_bf16", width, tokens, post_bytes, make_post),
         # the layer's path: hc_post fused with the next hc_pre's mix, then hc_pre finalizing from its partials
         Case("mhc_post_mix_bf16(24)", width, tokens, post_bytes + 24 * K * 4 + min_partials, make_post_mix,
-             note=f"writes {d // 128} partial rows of 128 B per token; bytes count 100 B"),
+             note=f"writes {d // 128} partial rows of 100 B per token; bytes count one"),
         Case("mhc_pre_bf16(partials given)", width, tokens, x_bytes + min_partials + pre_out, make_pre_given,
-             note=f"reads {d // 128} partial rows of 128 B per token; bytes count 100 B"),
+             note=f"reads {d // 128} partial rows of 100 B per token; bytes count one"),
     ]
 
 

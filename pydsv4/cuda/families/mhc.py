@@ -3,15 +3,15 @@
 Manifold-constrained hyper-connections: hc_pre fused with RMSNorm + FP8 quantization, hc_post, hc_head, and
 hc_post fused with the next hc_pre's / hc_head's mix product (post_mix), whose partials let those only finalize.
 Bytes each entry moves (the benchmark's roofline), n tokens of width d, K = 4d, S = splits of the mix product
-(the workspace holds n * S * 32 fp32 partials: S = dsv4_mhc_pre_workspace_bytes(n, d) / (128 n); post_mix's
-partials have S = d / 128):
+(the workspace holds n * S rows of M + 1 fp32 partials, M = 24 mix sums (hc_pre) or 4 (hc_head) and sum(x^2):
+S = dsv4_mhc_pre_workspace_bytes(n, d) / (100 n); post_mix's partials have S = d / 128; P = (M + 1) * 4 bytes a row):
     pre_bf16:   24*K*4 (fn) + 2 * n*K*2 (x, read twice: once by the mix product, once by the finalize)
-                + 2 * n*S*128 (partials written and read) + n*4*4 + n*16*4 (post, comb) + d*4 (norm weight)
+                + 2 * n*S*P (partials written and read) + n*4*4 + n*16*4 (post, comb) + d*4 (norm weight)
                 [+ n*d*2 (y)] [+ n*d + n*(d/128)*4 (q, scales)]
-                with partials given: n*K*2 (x, once) + n*S*128 (partials read) + the same outputs
-    head_bf16:  4*K*4 (fn) + 2 * n*K*2 (x) + 2 * n*S*128 + n*d*2 (y) [+ d*4 (norm weight)]
+                with partials given: n*K*2 (x, once) + n*S*P (partials read) + the same outputs
+    head_bf16:  4*K*4 (fn) + 2 * n*K*2 (x) + 2 * n*S*P + n*d*2 (y) [+ d*4 (norm weight)]
     post_bf16:  n*d*2 (f) + n*K*2 (x) + n*4*4 + n*16*4 (post, comb) + n*K*2 (out)
-    post_mix:   post_bf16's bytes + M*K*4 (fn, M = 24 or 4, read once per token group) + n*S*128 (partials)
+    post_mix:   post_bf16's bytes + M*K*4 (fn, read once per block) + n*S*P (partials)
 The minimum an hc_pre / hc_head must move reads x once: subtract n*K*2 and the partials for that count.
 """
 
