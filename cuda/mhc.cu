@@ -22,7 +22,7 @@
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 260 + 141 us.
+// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 230 + 143 us.
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -34,13 +34,13 @@
 // finalizes the tile's token r from L2; hc_post optionally fused in front): parity-correct, but 437 us for hc_pre
 // and 770 us for hc_post + hc_pre at V4-Pro x 4096 (ncu: 8 warps per SM walk a latency-bound chain of loads, MMA,
 // barrier and finalize per tile, 28% issue, ~24K warp instructions per CTA per tile).
-// Also measured and not kept (V4-Pro x 4096): post_mix with fn split into tf32 hi / lo once per block (a 3-deep ring
-// to make room), 262 us against 259: post_mix is latency-bound (ncu: DRAM 61%, issue 58% busy), and a copy with its
-// 64-byte-per-row pattern runs at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
+// Also measured and not kept (V4-Pro x 4096): a copy with post_mix's 64-byte-per-row pattern runs at 2581 GB/s
+// against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
 // (or hc_pre) in token chunks so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole,
-// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens); post_mix with 9 / 10 / 12 warps at 168
-// registers (3 / 3 / 2-deep rings), 402 / 373 / 343 us against 258 at 8 x 255; the finalizes' partials summed in
-// batches of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us.
+// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens); the finalizes' partials summed in batches
+// of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us; post_mix (then one
+// warp doing both roles, see post_mix_kernel) over 256-dim chunks with a 3-deep ring, half the partials: the
+// finalize 143 -> 135 us but post_mix 259 -> 268 us.
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
@@ -141,9 +141,17 @@ __device__ __forceinline__ uint32_t word(const Vec16& v, int i) {
 // The tensor cores add into the accumulator without rounding to nearest (truncation after alignment): over a chain
 // of hundreds of MMAs that error builds up (~2e-5 relative at K = 28672, measured). So each step's 8 MMAs per tile
 // accumulate into fresh registers, folded into acc by one fp32 (round-to-nearest) add per element.
-template <int kMTiles, int kNTiles>
-__device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], float (&sumsq)[kMTiles][2],
-                                         const MixStep<kMTiles, kNTiles>& s) {
+// fn = hi + lo: hi = fn's top 11 significant bits (exact in tf32), lo = tf32(fn - hi).
+__device__ __forceinline__ void split_tf32(float f, uint32_t& hi, uint32_t& lo) {
+    hi = __float_as_uint(f) & 0xFFFFE000u;
+    lo = tf32_round(f - __uint_as_float(hi));
+}
+
+// fn_fragment(nt, u, hi0, hi1, lo0, lo1) gives the split B fragments of n tile nt for MMA u: fn elements 8q + 2u and
+// 8q + 2u + 1 of row nt * 8 + g.
+template <int kMTiles, int kNTiles, typename FnFragment>
+__device__ __forceinline__ void mma_step_with(float (&acc)[kMTiles][kNTiles][4], float (&sumsq)[kMTiles][2],
+                                              const Vec16 (&x)[kMTiles][2], FnFragment fn_fragment) {
     float part[kMTiles][kNTiles][4] = {};
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
@@ -152,7 +160,7 @@ __device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], floa
         for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const uint32_t w = word(s.x[mt][h], u);  // bf16 elements 2u (low half) and 2u + 1
+                const uint32_t w = word(x[mt][h], u);  // bf16 elements 2u (low half) and 2u + 1
                 const uint32_t even = w << 16, odd = w & 0xFFFF0000u;
                 a[mt][h] = even;      // a0 / a1: rows g / g + 8, K slot q
                 a[mt][2 + h] = odd;   // a2 / a3: rows g / g + 8, K slot q + 4
@@ -162,11 +170,8 @@ __device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], floa
         }
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-            const float f0 = component(s.fn[nt][u / 2], (2 * u) % 4);
-            const float f1 = component(s.fn[nt][u / 2], (2 * u) % 4 + 1);
-            const uint32_t hi0 = __float_as_uint(f0) & 0xFFFFE000u, hi1 = __float_as_uint(f1) & 0xFFFFE000u;
-            const uint32_t lo0 = tf32_round(f0 - __uint_as_float(hi0));
-            const uint32_t lo1 = tf32_round(f1 - __uint_as_float(hi1));
+            uint32_t hi0, hi1, lo0, lo1;
+            fn_fragment(nt, u, hi0, hi1, lo0, lo1);
 #pragma unroll
             for (int mt = 0; mt < kMTiles; ++mt) {
                 mma_tf32(part[mt][nt], a[mt], lo0, lo1);
@@ -180,6 +185,16 @@ __device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], floa
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[mt][nt][i] += part[mt][nt][i];
+}
+
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], float (&sumsq)[kMTiles][2],
+                                         const MixStep<kMTiles, kNTiles>& s) {
+    mma_step_with<kMTiles, kNTiles>(acc, sumsq, s.x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
+                                                         uint32_t& lo1) {
+        split_tf32(component(s.fn[nt][u / 2], (2 * u) % 4), hi0, lo0);
+        split_tf32(component(s.fn[nt][u / 2], (2 * u) % 4 + 1), hi1, lo1);
+    });
 }
 
 // grid (splits, tiles), kMixThreads threads. Warp w serves token group w % groups and K phase w / groups.
@@ -643,18 +658,33 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 // ---- hc_post fused with the next mix product ------------------------------------------------------------------------
 //
 // Block (c, y): dims 128c .. 128c + 127 of all 4 copies for the 16-token m tiles of token group y; its fn slice
-// (fp32, 48 KB for 24 rows) sits in shared memory for the whole block. Warp w takes the group's tiles w, w + 8, ...
-// and walks their 4 steps of 32 dims each as one sequence: per step, cp.async brings X's 4 copies and f of its
-// 2 x 8 rows into the warp's ring three steps ahead (a lane reads back only what it copied), the lane forms the 4
-// new copies (exactly hc_post_kernel's arithmetic), stores them, and feeds each to the tensor cores as one K step
-// of the mix (kernel 1's tf32 split and per-step fold). A tile's partials over the block's 512 K elements are
-// complete in the warp's registers after its 4 steps: partial[t, c, :], dim / 128 splits.
-// Measured alternatives (V4-Pro x 4096): 256-dim chunks with 6 warps, 290 us (fewer warps; half the partials, so
-// the finalize took 138 us instead of 146); registers instead of the cp.async ring, 340 us (long-scoreboard
-// stalls); a persistent grid balancing (chunk, tile) units over all SMs, 289 us (fn reloads, ring restarts).
+// (fp32 split into tf32 hi and lo, 2 x 48 KB for 24 rows) sits in shared memory for the whole block. The block's
+// warps come in kPostMixPairs pairs, a producer and a consumer sharing a ring of kPostMixRing steps; pair p takes
+// the group's tiles p, p + kPostMixPairs, ... and walks their 4 steps of 32 dims each as one sequence. Per step the
+// producer's cp.async brings X's 4 copies and f of its 2 x 8 rows into the ring kPostMixRing - 2 steps ahead (a lane
+// reads back only what it copied); the producer forms the 4 new copies (exactly hc_post_kernel's arithmetic), stores
+// them, and writes them back over the old copies in the ring slot; the consumer lane with the same index reads them
+// as the tensor cores' A fragments of one K step of the mix (kernel 1's per-step fold, its B fragments from the
+// split slice). full / empty mbarriers per slot hand the slot over. A tile's partials over the block's 512 K elements
+// are complete in the consumer's registers after its 4 steps: partial[c, t, :], dim / 128 splits.
+// One warp doing both roles needed ~255 registers for its ILP, so a block of 8 such warps filled an SM and stayed
+// latency-bound (ncu: DRAM 61%, issue 58% busy): 258 us at V4-Pro x 4096, against 230 us now (ncu: issue 45% busy,
+// 20% fewer instructions than the same pairs splitting fn per step). Pairs x ring slots measured at V4-Pro x 4096
+// (fn split per step): 8 x 3 272 us, 8 x 4 264, 6 x 5 262, 4 x 6 242, 4 x 7 242, 4 x 8 248, 3 x 10 315, 2 x 16 370;
+// 4 x 6 with the split fn 230 us (V4-Flash 143, against 140 without it: its blocks take half as many tiles); the
+// producer issuing the next load before its post arithmetic, 230 us; the weights as one float4 per token and term,
+// 244 us.
+// Measured alternatives (V4-Pro x 4096, one warp doing both roles): 256-dim chunks with 6 warps, 290 us; registers
+// instead of the cp.async ring, 340 us (long-scoreboard stalls); fn split once per block with a 3-deep ring, 262 us
+// against 259; 9 / 10 / 12 warps at 168 registers, 402 / 373 / 343 us; a persistent grid balancing (chunk, tile)
+// units over all SMs, 289 us (fn reloads, ring restarts); 132 blocks each taking an equal run of the chunk-major
+// (chunk, tile) units (two fn slices, 3-deep ring), 293 us (317 with 100-byte partial rows per token, split-minor):
+// probably DRAM locality, as the (chunk, group) grid has every chunk of a token in flight at once.
 
 constexpr int kPostMixDims = 128;                           // dims per block; splits of the partials = dim / 128
-constexpr int kPostMixWarps = 8;                            // one block per SM: 8 warps of ~250 registers
+constexpr int kPostMixPairs = 4;                            // producer / consumer warp pairs per block
+constexpr int kPostMixRing = 6;                             // ring slots (steps) per pair
+constexpr int kPostMixWarps = 2 * kPostMixPairs;
 constexpr int kPostMixThreads = kPostMixWarps * dsv4::kWarpSize;
 constexpr int kPostMixSteps = kPostMixDims / kStepK;        // 4 steps of 32 dims per m tile
 constexpr int kPostMixTile = 16;                            // tokens per m tile
@@ -677,14 +707,10 @@ struct PostMixArgs {
     int num_mix;            // 24 or 4
 };
 
-// fn slice, then each warp's cp.async ring: 4 steps deep (three in flight while one computes) where that fits the
-// 227 KB an SM gives a block next to the weights' static 10 KB, else 3.
-__host__ __device__ constexpr size_t post_mix_smem_bytes(int n_tiles, int stages) {
-    return sizeof(float) * n_tiles * 8 * kFnSmemPitch + sizeof(Vec16) * kPostMixWarps * stages * kStepVecs * dsv4::kWarpSize;
-}
-template <int kNTiles>
-__host__ __device__ constexpr int post_mix_stages() {
-    return post_mix_smem_bytes(kNTiles, 4) + sizeof(float) * kPostMixWarps * kWeightsPerTile <= 227 * 1024 ? 4 : 3;
+// fn slice split into tf32 hi and lo, then each pair's ring.
+size_t post_mix_smem_bytes(int n_tiles) {
+    return 2 * sizeof(float) * n_tiles * 8 * kFnSmemPitch +
+           sizeof(Vec16) * kPostMixPairs * kPostMixRing * kStepVecs * dsv4::kWarpSize;
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
@@ -696,18 +722,46 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
 
-// grid (dim / 128, groups): block (c, y) takes chunk c and the token tiles of group y; kPostMixThreads threads,
-// post_mix_smem_bytes(kNTiles, post_mix_stages<kNTiles>()) bytes of shared memory. Warp w walks its tiles' steps as
-// one sequence (tile-major), so the ring stays full across tile boundaries.
+// mbarriers in shared memory: each phase completes when `count` threads have arrived (release / acquire at CTA scope).
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}" ::"r"(smem_address(bar))
+                 : "memory");
+}
+// Waits for the completion of the phase with this parity (use u of a barrier completed once per use: parity u & 1).
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+            : "=r"(done)
+            : "r"(smem_address(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// grid (dim / 128, groups): block (c, y) takes chunk c and the token tiles of group y; kPostMixThreads threads (warps
+// 0 .. kPostMixPairs - 1 produce, the others consume), post_mix_smem_bytes(kNTiles) bytes of shared memory.
 template <int kNTiles>
 __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const PostMixArgs args) {
-    constexpr int kRingStages = post_mix_stages<kNTiles>();
-    extern __shared__ float4 smem4[];
-    float4* fn_smem = smem4;  // [kNTiles * 8 rows][kFnSmemPitch / 4]: copy j at floats j * kPostMixDims ..
-    // [warp][stage][kStepVecs][lane] 16-byte vectors after the fn slice
-    Vec16* rings = reinterpret_cast<Vec16*>(smem4 + kNTiles * 8 * (kFnSmemPitch / 4));
-    __shared__ float weights[kPostMixWarps][kPostMixTile][kHc][5];
+    extern __shared__ uint4 smem16[];
+    // fn's slice split once (split_tf32): [kNTiles * 8 rows][kFnSmemPitch / 4], copy j at elements j * kPostMixDims ..
+    constexpr int kFnVecs = kNTiles * 8 * (kFnSmemPitch / 4);
+    uint4* fn_hi = smem16;
+    uint4* fn_lo = smem16 + kFnVecs;
+    // [pair][slot][kStepVecs][lane] 16-byte vectors after the fn slice
+    Vec16* rings = smem16 + 2 * kFnVecs;
+    __shared__ float weights[kPostMixPairs][kPostMixTile][kHc][5];
+    __shared__ uint64_t full[kPostMixPairs][kPostMixRing];   // slot holds the new copies (32 producer lanes arrive)
+    __shared__ uint64_t empty[kPostMixPairs][kPostMixRing];  // slot read by the consumer (32 lanes arrive)
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    const int pair = warp % kPostMixPairs;
+    const bool producer = warp < kPostMixPairs;
     const int g = lane / 4, q = lane % 4;
     const int chunk = blockIdx.x;
     const int64_t dim4 = args.vecs * 2;  // float4s per fn row per copy
@@ -715,121 +769,158 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 
     for (int i = threadIdx.x; i < kNTiles * 8 * kHc * kRowVec4; i += kPostMixThreads) {
         const int row = i / (kHc * kRowVec4), j = (i / kRowVec4) % kHc, v = i % kRowVec4;
-        fn_smem[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] =
-            row < args.num_mix ? __ldg(args.fn + row * kHc * dim4 + j * dim4 + chunk * kRowVec4 + v)
-                               : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 f = row < args.num_mix ? __ldg(args.fn + row * kHc * dim4 + j * dim4 + chunk * kRowVec4 + v)
+                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        uint4 hi, lo;
+        split_tf32(f.x, hi.x, lo.x);
+        split_tf32(f.y, hi.y, lo.y);
+        split_tf32(f.z, hi.z, lo.z);
+        split_tf32(f.w, hi.w, lo.w);
+        fn_hi[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = hi;
+        fn_lo[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = lo;
+    }
+    if (threadIdx.x < kPostMixPairs * kPostMixRing) {
+        mbarrier_init(&full[0][0] + threadIdx.x, dsv4::kWarpSize);
+        mbarrier_init(&empty[0][0] + threadIdx.x, dsv4::kWarpSize);
     }
     __syncthreads();
 
     const int64_t tile_begin = int64_t(blockIdx.y) * args.tiles_per_group;
     const int64_t tile_end = min(args.tiles, tile_begin + args.tiles_per_group);
-    const int64_t tile_first = tile_begin + warp;
-    const int64_t my_tiles = tile_first < tile_end ? (tile_end - tile_first + kPostMixWarps - 1) / kPostMixWarps : 0;
+    const int64_t tile_first = tile_begin + pair;
+    const int64_t my_tiles = tile_first < tile_end ? (tile_end - tile_first + kPostMixPairs - 1) / kPostMixPairs : 0;
     const int64_t total_steps = my_tiles * kPostMixSteps;
     const int64_t vec0 = int64_t(chunk) * (kPostMixDims / kBf16PerVec) + q;  // this lane's first vector in a row
-    Vec16* ring = rings + warp * kRingStages * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
+    Vec16* ring = rings + pair * kPostMixRing * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
+    auto slot_of = [&](int64_t k) { return ring + (k % kPostMixRing) * kStepVecs * dsv4::kWarpSize; };
+    auto tile_of = [&](int64_t k) { return tile_first + (k / kPostMixSteps) * kPostMixPairs; };
 
-    // Step k: tile tile_first + (k / kPostMixSteps) * kPostMixWarps, vectors vec0 + 4 (k % kPostMixSteps) of rows
-    // g and g + 8 (4 copies, then f).
-    auto issue = [&](int64_t k) {
-        if (k < total_steps) {
-            const int64_t tile = tile_first + (k / kPostMixSteps) * kPostMixWarps;
-            const int64_t vec = vec0 + 4 * (k % kPostMixSteps);
-            Vec16* slot = ring + (k % kRingStages) * kStepVecs * dsv4::kWarpSize;
+    if (producer) {
+        // Step k: vectors vec0 + 4 (k % kPostMixSteps) of rows g and g + 8 of its tile (4 copies, then f).
+        auto issue = [&](int64_t k) {
+            if (k < total_steps) {
+                const int64_t tile = tile_of(k);
+                const int64_t vec = vec0 + 4 * (k % kPostMixSteps);
+                Vec16* slot = slot_of(k);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int64_t token = tile * kPostMixTile + h * 8 + g;
+                    const bool valid = token < args.n_tokens;
+#pragma unroll
+                    for (int i = 0; i < kHc; ++i)
+                        cp_async16(slot + (h * (kHc + 1) + i) * dsv4::kWarpSize,
+                                   valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
+                    cp_async16(slot + (h * (kHc + 1) + kHc) * dsv4::kWarpSize,
+                               valid ? args.f + token * args.vecs + vec : args.f, valid);
+                }
+            }
+            cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+        };
+        // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[pair] (token e / 20, copy e / 5 % 4,
+        // term e % 5).
+        float next_weights[kWeightsPerTile / dsv4::kWarpSize];
+        auto fetch_weights = [&](int64_t tile) {
+#pragma unroll
+            for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
+                const int e = lane + r * dsv4::kWarpSize;
+                const int row = e / (kHc * 5), j = (e / 5) % kHc, i = e % 5;
+                const int64_t t = tile * kPostMixTile + row;
+                next_weights[r] = t >= args.n_tokens || tile >= tile_end ? 0.0f
+                                  : i == 0 ? __ldg(args.post + t * kHc + j)
+                                           : __ldg(args.comb + (t * kHc + i - 1) * kHc + j);
+            }
+        };
+#pragma unroll
+        for (int k = 0; k < kPostMixRing - 1; ++k) issue(k);
+        fetch_weights(tile_first);
+
+        for (int64_t k = 0; k < total_steps; ++k) {
+            const int s = static_cast<int>(k % kPostMixSteps);
+            const int64_t tile = tile_of(k);
+            if (s == 0) {
+                __syncwarp();  // the previous tile's readers are done with weights[pair]
+#pragma unroll
+                for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r)
+                    (&weights[pair][0][0][0])[lane + r * dsv4::kWarpSize] = next_weights[r];
+                __syncwarp();
+            }
+            if (s == kPostMixSteps / 2) fetch_weights(tile + kPostMixPairs);  // the next tile's, in flight meanwhile
+
+            cp_async_wait<kPostMixRing - 2>();  // step k's group is complete (each lane reads only its own slots)
+            Vec16* slot = slot_of(k);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int64_t token = tile * kPostMixTile + h * 8 + g;
-                const bool valid = token < args.n_tokens;
+                float xs[kHc][8], fs[8];
 #pragma unroll
-                for (int i = 0; i < kHc; ++i)
-                    cp_async16(slot + (h * (kHc + 1) + i) * dsv4::kWarpSize,
-                               valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
-                cp_async16(slot + (h * (kHc + 1) + kHc) * dsv4::kWarpSize,
-                           valid ? args.f + token * args.vecs + vec : args.f, valid);
+                for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + i) * dsv4::kWarpSize], xs[i]);
+                dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + kHc) * dsv4::kWarpSize], fs);
+#pragma unroll
+                for (int j = 0; j < kHc; ++j) {
+                    const float* w = weights[pair][h * 8 + g][j];
+                    const Vec16 y = post_combine(xs, fs, w[0], w[1], w[2], w[3], w[4]);
+                    if (token < args.n_tokens) args.out[(token * kHc + j) * args.vecs + vec0 + 4 * s] = y;
+                    slot[(h * (kHc + 1) + j) * dsv4::kWarpSize] = y;  // over copy j: read only by this lane
+                }
             }
+            mbarrier_arrive(&full[pair][k % kPostMixRing]);
+            // Step k + kPostMixRing - 1 goes into step k - 1's slot once the consumer has read it.
+            const int64_t next = k + kPostMixRing - 1;
+            if (k > 0 && next < total_steps)
+                mbarrier_wait(&empty[pair][(k - 1) % kPostMixRing], ((k - 1) / kPostMixRing) & 1);
+            issue(next);
         }
-        cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
-    };
-    // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[warp] (token e / 20, copy e / 5 % 4,
-    // term e % 5).
-    float next_weights[kWeightsPerTile / dsv4::kWarpSize];
-    auto fetch_weights = [&](int64_t tile) {
-#pragma unroll
-        for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
-            const int e = lane + r * dsv4::kWarpSize;
-            const int row = e / (kHc * 5), j = (e / 5) % kHc, i = e % 5;
-            const int64_t t = tile * kPostMixTile + row;
-            next_weights[r] = t >= args.n_tokens || tile >= tile_end ? 0.0f
-                              : i == 0 ? __ldg(args.post + t * kHc + j)
-                                       : __ldg(args.comb + (t * kHc + i - 1) * kHc + j);
-        }
-    };
-#pragma unroll
-    for (int k = 0; k < kRingStages - 1; ++k) issue(k);
-    fetch_weights(tile_first);
+        cp_async_wait<0>();
+        return;
+    }
 
     float acc[1][kNTiles][4];
     float sumsq[1][2];
     for (int64_t k = 0; k < total_steps; ++k) {
         const int s = static_cast<int>(k % kPostMixSteps);
-        const int64_t tile = tile_first + (k / kPostMixSteps) * kPostMixWarps;
-        int64_t token[2];
-        bool ok[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            token[h] = tile * kPostMixTile + h * 8 + g;
-            ok[h] = token[h] < args.n_tokens;
-        }
         if (s == 0) {
-            __syncwarp();  // the previous tile's readers are done with weights[warp]
-#pragma unroll
-            for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r)
-                (&weights[warp][0][0][0])[lane + r * dsv4::kWarpSize] = next_weights[r];
-            __syncwarp();
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) acc[0][nt][i] = 0.0f;
             sumsq[0][0] = sumsq[0][1] = 0.0f;
         }
-        if (s == kPostMixSteps / 2) fetch_weights(tile + kPostMixWarps);  // the next tile's, in flight meanwhile
-
-        cp_async_wait<kRingStages - 2>();  // step k's group is complete (each lane reads only its own slots)
-        const Vec16* slot = ring + (k % kRingStages) * kStepVecs * dsv4::kWarpSize;
-        float xs[2][kHc][8], fs[2][8];
+        mbarrier_wait(&full[pair][k % kPostMixRing], (k / kPostMixRing) & 1);
+        const Vec16* slot = slot_of(k);
+        Vec16 copies[2][kHc];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + i) * dsv4::kWarpSize], xs[h][i]);
-            dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + kHc) * dsv4::kWarpSize], fs[h]);
-        }
-        issue(k + kRingStages - 1);  // into the slot step k - 1 used
-
+            for (int j = 0; j < kHc; ++j) copies[h][j] = slot[(h * (kHc + 1) + j) * dsv4::kWarpSize];
+        mbarrier_arrive(&empty[pair][k % kPostMixRing]);
 #pragma unroll
         for (int j = 0; j < kHc; ++j) {
-            MixStep<1, kNTiles> step;  // new copy j of rows token[h] (A) and the fn slice's B fragments
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const float* w = weights[warp][h * 8 + g][j];
-                step.x[0][h] = post_combine(xs[h], fs[h], w[0], w[1], w[2], w[3], w[4]);
-                if (ok[h]) args.out[(token[h] * kHc + j) * args.vecs + vec0 + 4 * s] = step.x[0][h];
-            }
+            const Vec16 x[1][2] = {{copies[0][j], copies[1][j]}};  // new copy j of rows g, g + 8 (A)
+            uint4 hi[kNTiles][2], lo[kNTiles][2];                   // the fn slice's B fragments
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-                for (int v = 0; v < 2; ++v)
-                    step.fn[nt][v] =
-                        fn_smem[(nt * 8 + g) * (kFnSmemPitch / 4) + j * kRowVec4 + s * (kStepK / 4) + 2 * q + v];
-            mma_step(acc, sumsq, step);
+                for (int v = 0; v < 2; ++v) {
+                    const int at = (nt * 8 + g) * (kFnSmemPitch / 4) + j * kRowVec4 + s * (kStepK / 4) + 2 * q + v;
+                    hi[nt][v] = fn_hi[at];
+                    lo[nt][v] = fn_lo[at];
+                }
+            mma_step_with<1, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
+                                                         uint32_t& lo1) {
+                hi0 = word(hi[nt][u / 2], (2 * u) % 4), hi1 = word(hi[nt][u / 2], (2 * u) % 4 + 1);
+                lo0 = word(lo[nt][u / 2], (2 * u) % 4), lo1 = word(lo[nt][u / 2], (2 * u) % 4 + 1);
+            });
         }
 
         if (s == kPostMixSteps - 1) {
+            const int64_t tile = tile_of(k);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 1);
                 sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 2);
-                if (!ok[h]) continue;
-                float* row = args.partial + (chunk * args.n_tokens + token[h]) * partial_row(args.num_mix);
+                const int64_t token = tile * kPostMixTile + h * 8 + g;
+                if (token >= args.n_tokens) continue;
+                float* row = args.partial + (chunk * args.n_tokens + token) * partial_row(args.num_mix);
 #pragma unroll
                 for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -839,7 +930,6 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
             }
         }
     }
-    cp_async_wait<0>();
 }
 
 // ---- host side ---------------------------------------------------------------------------------------------------
@@ -916,7 +1006,7 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     const int64_t want_groups = std::clamp<int64_t>(sms / splits, 1, args.tiles);
     args.tiles_per_group = (args.tiles + want_groups - 1) / want_groups;
     const int64_t groups = (args.tiles + args.tiles_per_group - 1) / args.tiles_per_group;
-    const size_t smem = post_mix_smem_bytes(kNTiles, post_mix_stages<kNTiles>());
+    const size_t smem = post_mix_smem_bytes(kNTiles);
     DSV4_CHECK_CUDA(cudaFuncSetAttribute(post_mix_kernel<kNTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(groups));
