@@ -78,9 +78,9 @@ constexpr int64_t kSplitAlign = 128;                    // K per split is a mult
 constexpr int64_t kTargetBlocks = 264;                  // two blocks per SM of a 132-SM H100 / H200
 
 // Floats per (split, token) partial row: the num_mix sums, then sum(X^2) (25 for hc_pre, 5 for hc_head). Partials are
-// [splits, n_tokens, row], packed: a tile of 16 or more consecutive tokens writes whole 32-byte sectors (a row of
-// 128 bytes per (token, split) made the finalize read 28% more bytes at V4-Pro; 100-byte rows per token, split-minor,
-// leave sectors half written by different blocks).
+// [splits, n_tokens, row], packed: a tile of 16 or more consecutive tokens writes whole 32-byte sectors. Against
+// 128-byte rows per (token, split): hc_head at V4-Pro x 4096 204 -> 199 us, hc_pre's finalize unchanged; 100-byte
+// rows per token, split-minor, leave sectors half written by different blocks (post_mix 8% slower).
 __host__ __device__ constexpr int partial_row(int num_mix) { return num_mix + 1; }
 constexpr int kMaxPartialRow = partial_row(kPreMix);
 
