@@ -241,7 +241,7 @@ int dsv4_mhc_post_bf16(void* out,          /* [n_tokens, 4, dim] bf16 */
  * partials[c, t, :] = the mix partials of out over dims 128c .. 128c + 127 of its 4 copies against fn (the next
  * hc_pre's 24 rows or hc_head's 4), for that entry's `partials`. Requires dim % 128 == 0, dim <= 8192; out, x, f,
  * post, comb, fn and partials 16-byte aligned; out may be x itself (in place). Pays off for large batches (at
- * V4-Pro x 4096 on an H100, post_mix + hc_pre from its partials take 373 us against 451 us for hc_post + hc_pre);
+ * V4-Pro x 4096 on an H100, post_mix + hc_pre from its partials take 361 us against 451 us for hc_post + hc_pre);
  * for a few tokens the separate entries are faster. */
 typedef struct dsv4_mhc_post_mix_params {
     void* out;                  /* [n_tokens, 4, dim] bf16: the new stream */

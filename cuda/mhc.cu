@@ -22,7 +22,7 @@
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 230 + 143 us.
+// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 219 + 142 us.
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -659,22 +659,24 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 //
 // Block (c, y): dims 128c .. 128c + 127 of all 4 copies for the 16-token m tiles of token group y; its fn slice
 // (fp32 split into tf32 hi and lo, 2 x 48 KB for 24 rows) sits in shared memory for the whole block. The block's
-// warps come in kPostMixPairs pairs, a producer and a consumer sharing a ring of kPostMixRing steps; pair p takes
-// the group's tiles p, p + kPostMixPairs, ... and walks their 4 steps of 32 dims each as one sequence. Per step the
-// producer's cp.async brings X's 4 copies and f of its 2 x 8 rows into the ring kPostMixRing - 2 steps ahead (a lane
-// reads back only what it copied); the producer forms the 4 new copies (exactly hc_post_kernel's arithmetic), stores
-// them, and writes them back over the old copies in the ring slot; the consumer lane with the same index reads them
-// as the tensor cores' A fragments of one K step of the mix (kernel 1's per-step fold, its B fragments from the
-// split slice). full / empty mbarriers per slot hand the slot over. A tile's partials over the block's 512 K elements
-// are complete in the consumer's registers after its 4 steps: partial[c, t, :], dim / 128 splits.
+// warps come in kPostMixPairs pairs, a producer and a consumer sharing a ring of kPostMixRing slots; pair p takes
+// the group's tiles p, p + kPostMixPairs, ... and walks their 4 K steps of 32 dims each as one sequence, two steps
+// per slot. Per slot the producer's cp.async brings X's 4 copies and f of its 2 x 8 rows (the 4 lanes of a row: 128
+// contiguous bytes) into the ring kPostMixRing - 2 slots ahead (a lane reads back only what it copied); the producer
+// forms the 4 new copies (exactly hc_post_kernel's arithmetic), stores them, and writes them back over the old copies
+// in the slot; the consumer lane with the same index reads them as the tensor cores' A fragments of two K steps of
+// the mix (kernel 1's per-step fold, its B fragments from the split slice). full / empty mbarriers per slot hand the
+// slot over. A tile's partials over the block's 512 K elements are complete in the consumer's registers after its 4
+// steps: partial[c, t, :], dim / 128 splits.
 // One warp doing both roles needed ~255 registers for its ILP, so a block of 8 such warps filled an SM and stayed
-// latency-bound (ncu: DRAM 61%, issue 58% busy): 258 us at V4-Pro x 4096, against 230 us now (ncu: issue 45% busy,
-// 20% fewer instructions than the same pairs splitting fn per step). Pairs x ring slots measured at V4-Pro x 4096
-// (fn split per step): 8 x 3 272 us, 8 x 4 264, 6 x 5 262, 4 x 6 242, 4 x 7 242, 4 x 8 248, 3 x 10 315, 2 x 16 370;
-// 4 x 6 with the split fn 230 us (V4-Flash 143, against 140 without it: its blocks take half as many tiles); the
-// producer issuing the next load before its post arithmetic, 230 us; the weights as one float4 per token and term,
-// 244 us; the consumer storing the new stream (the producer runs ~530 instructions per step to its ~330), 255 us;
-// 5 x 4 with the split fn, 304 us.
+// latency-bound (ncu: DRAM 61%, issue 58% busy): 258 us at V4-Pro x 4096, against 218-221 us now. With one K step
+// (64 bytes of a row) per slot it took 230 us; there, a consumer skipping its MMAs made it slower (260 us), as did a
+// producer skipping its arithmetic (265 us): the order of DRAM requests, not either role's work, sets its pace, and
+// a row's 128-byte line read and written in halves one step apart was the cost. Pairs x one-step slots measured at
+// V4-Pro x 4096 (fn split per step): 8 x 3 272 us, 8 x 4 264, 6 x 5 262, 4 x 6 242, 4 x 7 242, 4 x 8 248, 3 x 10 315,
+// 2 x 16 370; 4 x 6 with the split fn 230 us (V4-Flash 143, against 140 without it: its blocks take half as many
+// tiles); the producer issuing the next load before its post arithmetic, 230 us; the weights as one float4 per token
+// and term, 244 us; the consumer storing the new stream, 255 us; 5 x 4 with the split fn, 304 us.
 // Measured alternatives (V4-Pro x 4096, one warp doing both roles): 256-dim chunks with 6 warps, 290 us; registers
 // instead of the cp.async ring, 340 us (long-scoreboard stalls); fn split once per block with a 3-deep ring, 262 us
 // against 259; 9 / 10 / 12 warps at 168 registers, 402 / 373 / 343 us; a persistent grid balancing (chunk, tile)
@@ -684,12 +686,15 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 
 constexpr int kPostMixDims = 128;                           // dims per block; splits of the partials = dim / 128
 constexpr int kPostMixPairs = 4;                            // producer / consumer warp pairs per block
-constexpr int kPostMixRing = 6;                             // ring slots (steps) per pair
+constexpr int kPostMixRing = 3;                             // ring slots per pair
+constexpr int kSlotSteps = 2;                               // K steps per slot: a row's 4 lanes move 128 bytes
 constexpr int kPostMixWarps = 2 * kPostMixPairs;
 constexpr int kPostMixThreads = kPostMixWarps * dsv4::kWarpSize;
 constexpr int kPostMixSteps = kPostMixDims / kStepK;        // 4 steps of 32 dims per m tile
 constexpr int kPostMixTile = 16;                            // tokens per m tile
 constexpr int kStepVecs = 2 * (kHc + 1);                    // per lane per step: rows g, g + 8 x (4 copies, f)
+constexpr int kSlotVecs = kSlotSteps * kStepVecs;
+constexpr int kSlotsPerTile = kPostMixSteps / kSlotSteps;
 constexpr int kFnSmemPitch = kHc * kPostMixDims + 4;        // floats per fn row (+16 B: conflict-free B fragments)
 constexpr int kWeightsPerTile = kPostMixTile * kHc * 5;     // post_j, comb_0j .. comb_3j per token and copy j
 
@@ -711,7 +716,7 @@ struct PostMixArgs {
 // fn slice split into tf32 hi and lo, then each pair's ring.
 size_t post_mix_smem_bytes(int n_tiles) {
     return 2 * sizeof(float) * n_tiles * 8 * kFnSmemPitch +
-           sizeof(Vec16) * kPostMixPairs * kPostMixRing * kStepVecs * dsv4::kWarpSize;
+           sizeof(Vec16) * kPostMixPairs * kPostMixRing * kSlotVecs * dsv4::kWarpSize;
 }
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
@@ -791,32 +796,38 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     const int64_t tile_end = min(args.tiles, tile_begin + args.tiles_per_group);
     const int64_t tile_first = tile_begin + pair;
     const int64_t my_tiles = tile_first < tile_end ? (tile_end - tile_first + kPostMixPairs - 1) / kPostMixPairs : 0;
-    const int64_t total_steps = my_tiles * kPostMixSteps;
+    const int64_t total_slots = my_tiles * kSlotsPerTile;
     const int64_t vec0 = int64_t(chunk) * (kPostMixDims / kBf16PerVec) + q;  // this lane's first vector in a row
-    Vec16* ring = rings + pair * kPostMixRing * kStepVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
-    auto slot_of = [&](int64_t k) { return ring + (k % kPostMixRing) * kStepVecs * dsv4::kWarpSize; };
-    auto tile_of = [&](int64_t k) { return tile_first + (k / kPostMixSteps) * kPostMixPairs; };
+    Vec16* ring = rings + pair * kPostMixRing * kSlotVecs * dsv4::kWarpSize + lane;  // lane-interleaved slots
+    // Slot k: K steps kSlotSteps (k % kSlotsPerTile) + t of tile tile_of(k); vector (t, h, i) of a lane at
+    // at(t, h, i): rows g and g + 8 (h), copies 0..3 then f (i).
+    auto slot_of = [&](int64_t k) { return ring + (k % kPostMixRing) * kSlotVecs * dsv4::kWarpSize; };
+    auto tile_of = [&](int64_t k) { return tile_first + (k / kSlotsPerTile) * kPostMixPairs; };
+    auto at = [](int t, int h, int i) { return ((t * 2 + h) * (kHc + 1) + i) * dsv4::kWarpSize; };
+    // The lane's vector of K step `step` (of kPostMixSteps) in a row.
+    auto vec_of = [&](int step) { return vec0 + (kStepK / kBf16PerVec) * step; };
 
     if (producer) {
-        // Step k: vectors vec0 + 4 (k % kPostMixSteps) of rows g and g + 8 of its tile (4 copies, then f).
         auto issue = [&](int64_t k) {
-            if (k < total_steps) {
+            if (k < total_slots) {
                 const int64_t tile = tile_of(k);
-                const int64_t vec = vec0 + 4 * (k % kPostMixSteps);
                 Vec16* slot = slot_of(k);
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int64_t token = tile * kPostMixTile + h * 8 + g;
-                    const bool valid = token < args.n_tokens;
+                for (int t = 0; t < kSlotSteps; ++t) {
+                    const int64_t vec = vec_of(kSlotSteps * static_cast<int>(k % kSlotsPerTile) + t);
 #pragma unroll
-                    for (int i = 0; i < kHc; ++i)
-                        cp_async16(slot + (h * (kHc + 1) + i) * dsv4::kWarpSize,
-                                   valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
-                    cp_async16(slot + (h * (kHc + 1) + kHc) * dsv4::kWarpSize,
-                               valid ? args.f + token * args.vecs + vec : args.f, valid);
+                    for (int h = 0; h < 2; ++h) {
+                        const int64_t token = tile * kPostMixTile + h * 8 + g;
+                        const bool valid = token < args.n_tokens;
+#pragma unroll
+                        for (int i = 0; i < kHc; ++i)
+                            cp_async16(slot + at(t, h, i),
+                                       valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
+                        cp_async16(slot + at(t, h, kHc), valid ? args.f + token * args.vecs + vec : args.f, valid);
+                    }
                 }
             }
-            cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+            cp_async_commit();  // possibly empty: one group per slot keeps the wait count fixed
         };
         // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[pair] (token e / 20, copy e / 5 % 4,
         // term e % 5).
@@ -836,8 +847,8 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
         for (int k = 0; k < kPostMixRing - 1; ++k) issue(k);
         fetch_weights(tile_first);
 
-        for (int64_t k = 0; k < total_steps; ++k) {
-            const int s = static_cast<int>(k % kPostMixSteps);
+        for (int64_t k = 0; k < total_slots; ++k) {
+            const int s = static_cast<int>(k % kSlotsPerTile);
             const int64_t tile = tile_of(k);
             if (s == 0) {
                 __syncwarp();  // the previous tile's readers are done with weights[pair]
@@ -846,29 +857,33 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
                     (&weights[pair][0][0][0])[lane + r * dsv4::kWarpSize] = next_weights[r];
                 __syncwarp();
             }
-            if (s == kPostMixSteps / 2) fetch_weights(tile + kPostMixPairs);  // the next tile's, in flight meanwhile
+            if (s == kSlotsPerTile / 2) fetch_weights(tile + kPostMixPairs);  // the next tile's, in flight meanwhile
 
-            cp_async_wait<kPostMixRing - 2>();  // step k's group is complete (each lane reads only its own slots)
+            cp_async_wait<kPostMixRing - 2>();  // slot k's group is complete (each lane reads only its own vectors)
             Vec16* slot = slot_of(k);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int64_t token = tile * kPostMixTile + h * 8 + g;
-                float xs[kHc][8], fs[8];
+            for (int t = 0; t < kSlotSteps; ++t) {
 #pragma unroll
-                for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + i) * dsv4::kWarpSize], xs[i]);
-                dsv4::unpack_bf16x8(slot[(h * (kHc + 1) + kHc) * dsv4::kWarpSize], fs);
+                for (int h = 0; h < 2; ++h) {
+                    const int64_t token = tile * kPostMixTile + h * 8 + g;
+                    float xs[kHc][8], fs[8];
 #pragma unroll
-                for (int j = 0; j < kHc; ++j) {
-                    const float* w = weights[pair][h * 8 + g][j];
-                    const Vec16 y = post_combine(xs, fs, w[0], w[1], w[2], w[3], w[4]);
-                    if (token < args.n_tokens) args.out[(token * kHc + j) * args.vecs + vec0 + 4 * s] = y;
-                    slot[(h * (kHc + 1) + j) * dsv4::kWarpSize] = y;  // over copy j: read only by this lane
+                    for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(slot[at(t, h, i)], xs[i]);
+                    dsv4::unpack_bf16x8(slot[at(t, h, kHc)], fs);
+#pragma unroll
+                    for (int j = 0; j < kHc; ++j) {
+                        const float* w = weights[pair][h * 8 + g][j];
+                        const Vec16 y = post_combine(xs, fs, w[0], w[1], w[2], w[3], w[4]);
+                        if (token < args.n_tokens)
+                            args.out[(token * kHc + j) * args.vecs + vec_of(kSlotSteps * s + t)] = y;
+                        slot[at(t, h, j)] = y;  // over copy j: read only by this lane
+                    }
                 }
             }
             mbarrier_arrive(&full[pair][k % kPostMixRing]);
-            // Step k + kPostMixRing - 1 goes into step k - 1's slot once the consumer has read it.
+            // Slot k + kPostMixRing - 1 goes where slot k - 1 was once the consumer has read it.
             const int64_t next = k + kPostMixRing - 1;
-            if (k > 0 && next < total_steps)
+            if (k > 0 && next < total_slots)
                 mbarrier_wait(&empty[pair][(k - 1) % kPostMixRing], ((k - 1) / kPostMixRing) & 1);
             issue(next);
         }
@@ -878,8 +893,8 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 
     float acc[1][kNTiles][4];
     float sumsq[1][2];
-    for (int64_t k = 0; k < total_steps; ++k) {
-        const int s = static_cast<int>(k % kPostMixSteps);
+    for (int64_t k = 0; k < total_slots; ++k) {
+        const int s = static_cast<int>(k % kSlotsPerTile);
         if (s == 0) {
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
@@ -889,23 +904,26 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
         }
         mbarrier_wait(&full[pair][k % kPostMixRing], (k / kPostMixRing) & 1);
         const Vec16* slot = slot_of(k);
-        Vec16 copies[2][kHc];
+        Vec16 copies[kSlotSteps][2][kHc];
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+        for (int t = 0; t < kSlotSteps; ++t)
 #pragma unroll
-            for (int j = 0; j < kHc; ++j) copies[h][j] = slot[(h * (kHc + 1) + j) * dsv4::kWarpSize];
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int j = 0; j < kHc; ++j) copies[t][h][j] = slot[at(t, h, j)];
         mbarrier_arrive(&empty[pair][k % kPostMixRing]);
 #pragma unroll
-        for (int j = 0; j < kHc; ++j) {
-            const Vec16 x[1][2] = {{copies[0][j], copies[1][j]}};  // new copy j of rows g, g + 8 (A)
+        for (int tj = 0; tj < kSlotSteps * kHc; ++tj) {
+            const int t = tj / kHc, j = tj % kHc, step = kSlotSteps * s + t;
+            const Vec16 x[1][2] = {{copies[t][0][j], copies[t][1][j]}};  // new copy j of rows g, g + 8 (A)
             uint4 hi[kNTiles][2], lo[kNTiles][2];                   // the fn slice's B fragments
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
                 for (int v = 0; v < 2; ++v) {
-                    const int at = (nt * 8 + g) * (kFnSmemPitch / 4) + j * kRowVec4 + s * (kStepK / 4) + 2 * q + v;
-                    hi[nt][v] = fn_hi[at];
-                    lo[nt][v] = fn_lo[at];
+                    const int e = (nt * 8 + g) * (kFnSmemPitch / 4) + j * kRowVec4 + step * (kStepK / 4) + 2 * q + v;
+                    hi[nt][v] = fn_hi[e];
+                    lo[nt][v] = fn_lo[e];
                 }
             mma_step_with<1, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
                                                          uint32_t& lo1) {
@@ -914,7 +932,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
             });
         }
 
-        if (s == kPostMixSteps - 1) {
+        if (s == kSlotsPerTile - 1) {
             const int64_t tile = tile_of(k);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
