@@ -676,7 +676,8 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 // V4-Pro x 4096 (fn split per step): 8 x 3 272 us, 8 x 4 264, 6 x 5 262, 4 x 6 242, 4 x 7 242, 4 x 8 248, 3 x 10 315,
 // 2 x 16 370; 4 x 6 with the split fn 230 us (V4-Flash 143, against 140 without it: its blocks take half as many
 // tiles); the producer issuing the next load before its post arithmetic, 230 us; the weights as one float4 per token
-// and term, 244 us; the consumer storing the new stream, 255 us; 5 x 4 with the split fn, 304 us.
+// and term, 244 us; the consumer storing the new stream, 255 us; 5 x 4 with the split fn, 304 us; separate
+// accumulators for the lo and hi MMA chains (4 dependent MMAs instead of 8), 230 us.
 // Measured alternatives (V4-Pro x 4096, one warp doing both roles): 256-dim chunks with 6 warps, 290 us; registers
 // instead of the cp.async ring, 340 us (long-scoreboard stalls); fn split once per block with a 3-deep ring, 262 us
 // against 259; 9 / 10 / 12 warps at 168 registers, 402 / 373 / 343 us; a persistent grid balancing (chunk, tile)
