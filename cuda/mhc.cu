@@ -15,14 +15,16 @@
 //  2. finalize: sums a token's partials in a fixed order (deterministic), forms mix = partial * rsqrt(mean(X^2) +
 //     eps), the pre/post weights and the Sinkhorn-normalized comb, re-reads X, y = bf16(sum_i pre_i X_i), then the
 //     RMSNorm and the FP8 quantization per 128 (hc_pre) or the optional RMSNorm (hc_head). A block per token (8
-//     warps share its partial sums and its row), except for hc_pre from kWarpFinMinTokens tokens: a warp per
-//     token, y parked in shared memory between its two passes, so one token's Sinkhorn (~40 dependent IEEE
-//     divisions) hides behind other warps' loads (ncu, hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre
-//     from given partials 197 -> 145 us; hc_head, without a Sinkhorn, was faster with a block per token).
+//     warps share its partial sums and its row; for hc_pre a ninth forms post and comb meanwhile, as y needs only
+//     pre), except for hc_pre from kWarpFinMinTokens tokens: a warp per token, y parked in shared memory between
+//     its two passes, so one token's Sinkhorn (~40 dependent IEEE divisions) hides behind other warps' loads (ncu,
+//     hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre from given partials 197 -> 145 us; hc_head, without a
+//     Sinkhorn, was faster with a block per token).
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 266 us, post_mix + hc_pre from its partials = 219 + 142 us.
+// H100: hc_post + hc_pre = 185 + 265 us, post_mix + hc_pre from its partials = 213 + 139 us; at 1 token 1.5 + 11.5
+// and 5.1 + 5.4 us (the small-batch post_mix_small_kernel).
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -336,11 +338,33 @@ size_t mix_workspace_bytes(int64_t n_tokens, int64_t k) {
     return static_cast<size_t>(n_tokens * plan_mix(n_tokens, k).splits * kMaxPartialRow * sizeof(float));
 }
 
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+// 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
+__device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_address(smem)), "l"(global),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
+
 // ---- kernel 2: finalize ------------------------------------------------------------------------------------------
 
-constexpr int kBlockFinThreads = 256;                              // finalize_block_kernel: a block per token
-constexpr int kBlockFinWarps = kBlockFinThreads / dsv4::kWarpSize;
+constexpr int kBlockFinRowThreads = 256;                           // finalize_block_kernel: a block per token
+constexpr int kBlockFinRowWarps = kBlockFinRowThreads / dsv4::kWarpSize;
 constexpr int kBlockFinVecs = 4;                                  // 16-byte vectors per thread per copy: dim <= 8192
+constexpr int kFinPartialBatch = 8;                               // partial loads per lane in flight
+// Row warps, and for hc_pre one more that forms post and comb.
+__host__ __device__ constexpr int block_fin_threads(bool pre) { return kBlockFinRowThreads + (pre ? 32 : 0); }
 constexpr int64_t kWarpFinMinTokens = 1024;                       // hc_pre from here: finalize_warp_kernel
 constexpr int kFinWarps = 4;                                      // finalize_warp_kernel: tokens per block
 constexpr int kFinThreads = kFinWarps * dsv4::kWarpSize;
@@ -369,6 +393,23 @@ struct FinalizeArgs {
     float hc_eps, mix_eps, norm_eps;
 };
 
+// c / s rounded to nearest for normal operands of moderate size (both in [2^-100, 2^10]): the fast path of CUDA's
+// div.rn.f32 (MUFU reciprocal, one Newton step, one residual correction), without the range check (FCHK) and the
+// branch to its slow path. The fast path is correctly rounded wherever that check lets it through, which it does
+// for such operands (no quotient or reciprocal near overflow or the subnormals). The Sinkhorn's ~40 divisions form
+// one dependent chain, the critical path of the small-batch finalize: this takes the check and branch off each link.
+// The Sinkhorn uses it when hc_eps is in [kMinFastEps, 1]: its entries start in [eps, 1 + eps], and every iterate of a
+// 4 x 4 matrix with entries in [a, b] stays >= (a / b)^2 / 4 (~eps^2 / 4 >= 2^-82 here) and <= 1 + eps, its sums in
+// [eps, 5], so every operand is in range.
+constexpr float kMinFastEps = 0x1p-40f;
+__device__ __forceinline__ float div_rn_moderate(float c, float s) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+    r = fmaf(r, fmaf(-s, r, 1.0f), r);
+    const float q = __fmul_rn(c, r);
+    return fmaf(fmaf(-s, q, c), r, q);
+}
+
 __device__ __forceinline__ float sigmoid(float v) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-v))); }
 
 // The 16 lanes 16..31 hold comb[i][j] at lane 16 + 4i + j. NumPy sums the 4 entries of a row / column in order.
@@ -390,42 +431,70 @@ __device__ __forceinline__ float comb_col_sum(float c, int lane) {
 
 __host__ __device__ constexpr int fin_partial_row(bool pre) { return partial_row(pre ? kPreMix : kHeadMix); }
 
-// Called by a whole warp for token t, lane c holding the token's summed partial c (mix column c < 24 / 4, the
-// sum of X^2 in the row's last slot). hc_pre writes post[t] and comb[t]; returns pre[lane] on lanes 0..3.
+// The constants of the weights' formulas, loaded when a kernel starts so that no dependent load sits between the
+// partial sums and the weights: every lane holds hc_scale, lane c holds hc_base[c] (0 past the mix columns).
+struct MixConstants {
+    float scale[3];  // hc_scale: pre, post, comb (hc_head: pre only)
+    float base;      // hc_base[lane]
+};
+
 template <bool kPre>
-__device__ float token_weights(float total, int lane, int64_t t, const FinalizeArgs& args) {
+__device__ __forceinline__ MixConstants load_mix_constants(const FinalizeArgs& args, int lane) {
+    MixConstants c;
+    c.scale[0] = __ldg(args.hc_scale);
+    c.scale[1] = kPre ? __ldg(args.hc_scale + 1) : 0.0f;
+    c.scale[2] = kPre ? __ldg(args.hc_scale + 2) : 0.0f;
+    c.base = lane < fin_partial_row(kPre) - 1 ? __ldg(args.hc_base + lane) : 0.0f;
+    return c;
+}
+
+// Called by a whole warp, lane c holding the token's summed partial c (mix column c < 24 / 4, the sum of X^2 in the
+// row's last slot): returns mix[c] on lane c.
+template <bool kPre>
+__device__ __forceinline__ float mix_value(float total, const FinalizeArgs& args) {
     const float sumsq = __shfl_sync(0xFFFFFFFFu, total, fin_partial_row(kPre) - 1);
     const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.k), args.mix_eps)));
-    const float mix = __fmul_rn(total, inv_rms);  // lane c: mix[c]
-    float pre = 0.0f;
-    if constexpr (kPre) {
-        const float s0 = __ldg(args.hc_scale), s1 = __ldg(args.hc_scale + 1), s2 = __ldg(args.hc_scale + 2);
-        if (lane < kHc) {
-            pre = __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, s0), __ldg(args.hc_base + lane))), args.hc_eps);
-        } else if (lane < 2 * kHc) {
-            const float v = __fadd_rn(__fmul_rn(mix, s1), __ldg(args.hc_base + lane));
-            args.post[t * kHc + lane - kHc] = __fmul_rn(2.0f, sigmoid(v));
-        }
-        // Sinkhorn on lanes 16..31: entry e = lane - 16 = 4i + j of the 4 x 4 matrix; lanes 0..15 run the
-        // same code on copies (their shuffles stay among lanes 0..15) and write nothing.
-        const int e = lane & 15;
-        const float logit = __fadd_rn(__fmul_rn(__shfl_sync(0xFFFFFFFFu, mix, 2 * kHc + e), s2),
-                                      __ldg(args.hc_base + 2 * kHc + e));
-        float m = fmaxf(logit, __shfl_xor_sync(0xFFFFFFFFu, logit, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 2));
-        const float ex = expf(__fsub_rn(logit, m));
-        float c = __fadd_rn(__fdiv_rn(ex, comb_row_sum(ex, lane)), args.hc_eps);
-        c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
-        for (int it = 1; it < args.sinkhorn_iters; ++it) {
-            c = __fdiv_rn(c, __fadd_rn(comb_row_sum(c, lane), args.hc_eps));
-            c = __fdiv_rn(c, __fadd_rn(comb_col_sum(c, lane), args.hc_eps));
-        }
-        if (lane >= 16) args.comb[t * kHc * kHc + e] = c;
-    } else if (lane < kHc) {
-        pre = __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, __ldg(args.hc_scale)), __ldg(args.hc_base + lane))),
-                        args.hc_eps);
+    return __fmul_rn(total, inv_rms);
+}
+
+// pre_i = sigmoid(mix_i * scale_0 + base_i) + eps for i < 4 (hc_pre and hc_head alike), on every lane of the warp.
+__device__ __forceinline__ void pre_weights(float mix, const MixConstants& c, int lane, float hc_eps,
+                                            float (&pre)[kHc]) {
+    const float own = lane < kHc ? __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(mix, c.scale[0]), c.base)), hc_eps) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < kHc; ++i) pre[i] = __shfl_sync(0xFFFFFFFFu, own, i);
+}
+
+// hc_pre's post[t] and the Sinkhorn-normalized comb[t], by a whole warp from lane c's mix[c]. y does not depend on
+// them, so the small-batch finalize runs this on a warp of its own, beside the warps that form y.
+__device__ void post_and_comb(float mix, const MixConstants& c, int lane, int64_t t, const FinalizeArgs& args) {
+    if (lane >= kHc && lane < 2 * kHc) {
+        const float v = __fadd_rn(__fmul_rn(mix, c.scale[1]), c.base);
+        args.post[t * kHc + lane - kHc] = __fmul_rn(2.0f, sigmoid(v));
     }
-    return pre;
+    // Sinkhorn on lanes 16..31: entry e = lane - 16 = 4i + j of the 4 x 4 matrix; lanes 0..15 run the same code on
+    // copies (their shuffles stay among lanes 0..15) and write nothing.
+    const int e = lane & 15;
+    const float logit = __fadd_rn(__fmul_rn(__shfl_sync(0xFFFFFFFFu, mix, 2 * kHc + e), c.scale[2]),
+                                  __shfl_sync(0xFFFFFFFFu, c.base, 2 * kHc + e));
+    float m = fmaxf(logit, __shfl_xor_sync(0xFFFFFFFFu, logit, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, 2));
+    const float ex = expf(__fsub_rn(logit, m));
+    float comb = __fadd_rn(__fdiv_rn(ex, comb_row_sum(ex, lane)), args.hc_eps);  // ex may be subnormal: div.rn
+    if (args.hc_eps >= kMinFastEps && args.hc_eps <= 1.0f) {
+        comb = div_rn_moderate(comb, __fadd_rn(comb_col_sum(comb, lane), args.hc_eps));
+        for (int it = 1; it < args.sinkhorn_iters; ++it) {
+            comb = div_rn_moderate(comb, __fadd_rn(comb_row_sum(comb, lane), args.hc_eps));
+            comb = div_rn_moderate(comb, __fadd_rn(comb_col_sum(comb, lane), args.hc_eps));
+        }
+    } else {
+        comb = __fdiv_rn(comb, __fadd_rn(comb_col_sum(comb, lane), args.hc_eps));
+        for (int it = 1; it < args.sinkhorn_iters; ++it) {
+            comb = __fdiv_rn(comb, __fadd_rn(comb_row_sum(comb, lane), args.hc_eps));
+            comb = __fdiv_rn(comb, __fadd_rn(comb_col_sum(comb, lane), args.hc_eps));
+        }
+    }
+    if (lane >= 16) args.comb[t * kHc * kHc + e] = comb;
 }
 
 // y = bf16(sum_i pre_i X_i) at 8 elements, an fp32 fma chain in i order; adds the squares of y's bf16 values.
@@ -447,15 +516,18 @@ __device__ __forceinline__ Vec16 weighted_sum(const Vec16 (&x)[kHc], const float
 
 // Token t's outputs at vector idx from its bf16 y: y (normed when norm), and for hc_pre q with its scale. Every lane
 // of the warp calls it (the quantizer's group shuffles); valid = idx < vecs is uniform over each quantization group.
-template <bool kPre>
+// The norm weights of vector idx are at weights[2 idx], [2 idx + 1]: in global memory (args.norm_weight) or, with
+// kSmemWeights, a shared-memory copy.
+template <bool kPre, bool kSmemWeights>
 __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t t, int64_t idx, bool valid, Vec16 y,
-                                              bool norm, float inv_rms) {
+                                              bool norm, float inv_rms, const float4* weights) {
     float f[8];
     if (norm) {
         dsv4::unpack_bf16x8(y, f);
         float w[8] = {};
         if (valid) {
-            const float4 w0 = __ldg(args.norm_weight + 2 * idx), w1 = __ldg(args.norm_weight + 2 * idx + 1);
+            const float4 w0 = kSmemWeights ? weights[2 * idx] : __ldg(weights + 2 * idx);
+            const float4 w1 = kSmemWeights ? weights[2 * idx + 1] : __ldg(weights + 2 * idx + 1);
             w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
         }
 #pragma unroll
@@ -477,64 +549,93 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
     }
 }
 
-// Small batches: a block per token, its 8 warps sharing the token's partial sums and its row (a warp per token
-// would stream a whole row alone). kPre: hc_pre (post, comb, y = rms_norm(...), FP8); else hc_head (y,
-// optionally normed).
+// Small batches: a block per token, its kBlockFinRowWarps row warps sharing the token's partial sums and its row (a
+// warp per token would stream a whole row alone). hc_pre adds a warp that forms post and comb (the Sinkhorn, ~40
+// dependent IEEE divisions) while the row warps form y, which needs only pre. Every load a token needs (X, the norm
+// weights, the partials, the mix constants) is issued before the first use of any. kPre: hc_pre (post, comb,
+// y = rms_norm(...), FP8); else hc_head (y, optionally normed).
 template <bool kPre>
-__global__ void __launch_bounds__(kBlockFinThreads, 2) finalize_block_kernel(const FinalizeArgs args) {
-    __shared__ float warp_sums[kBlockFinWarps][dsv4::kWarpSize];
-    __shared__ float pre[kHc];
+__global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
+    __shared__ float warp_sums[kBlockFinRowWarps][dsv4::kWarpSize];
+    __shared__ float row_sums[kBlockFinRowWarps];
+    __shared__ float4 weight_smem[kMaxDim / 4];  // the norm weights, each thread's own vectors (cp.async)
 
     const int64_t t = blockIdx.x;
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    const bool row_warp = !kPre || warp < kBlockFinRowWarps;  // known for hc_head: its instance spilled otherwise
+    const bool norm = kPre || args.norm_weight != nullptr;
+    const MixConstants constants = load_mix_constants<kPre>(args, lane);
 
-    // X first: its loads are in flight while the partials are summed and the weights formed.
     const Vec16* xt = args.x + t * kHc * args.vecs;
     Vec16 raw[kBlockFinVecs][kHc];
+    if (row_warp) {
 #pragma unroll
-    for (int v = 0; v < kBlockFinVecs; ++v) {
-        const int64_t idx = tid + int64_t(v) * kBlockFinThreads;
+        for (int v = 0; v < kBlockFinVecs; ++v) {
+            const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
 #pragma unroll
-        for (int i = 0; i < kHc; ++i)
-            raw[v][i] = idx < args.vecs ? __ldg(xt + i * args.vecs + idx) : make_uint4(0, 0, 0, 0);
-    }
+            for (int i = 0; i < kHc; ++i)
+                raw[v][i] = idx < args.vecs ? __ldg(xt + i * args.vecs + idx) : make_uint4(0, 0, 0, 0);
+        }
+        if (norm) {
+            for (int64_t idx = tid; idx < args.vecs; idx += kBlockFinRowThreads) {
+                cp_async16(weight_smem + 2 * idx, args.norm_weight + 2 * idx, true);
+                cp_async16(weight_smem + 2 * idx + 1, args.norm_weight + 2 * idx + 1, true);
+            }
+            cp_async_commit();
+        }
 
-    // Partials: warp w sums splits w, w + 8, ...; then warp 0 adds the 8 warp sums in order.
-    constexpr int kRow = fin_partial_row(kPre);
-    const float* pt = args.partial + t * kRow + lane;
-    const int64_t split_stride = args.n_tokens * kRow;
-    float sum = 0.0f;
-    if (lane < kRow) {
-#pragma unroll 4
-        for (int s = warp; s < args.splits; s += kBlockFinWarps) sum += __ldg(pt + s * split_stride);
-    }
-    warp_sums[warp][lane] = sum;
-    __syncthreads();
-    if (warp == 0) {
-        float total = 0.0f;
+        // Partials: row warp w sums splits w, w + 8, ... in order, kFinPartialBatch loads in flight at once.
+        constexpr int kRow = fin_partial_row(kPre);
+        const float* pt = args.partial + t * kRow + lane;
+        const int64_t split_stride = args.n_tokens * kRow;
+        float sum = 0.0f;
+        if (lane < kRow) {
+            for (int first = warp; first < args.splits; first += kFinPartialBatch * kBlockFinRowWarps) {
+                float part[kFinPartialBatch];
 #pragma unroll
-        for (int w = 0; w < kBlockFinWarps; ++w) total += warp_sums[w][lane];
-        const float p = token_weights<kPre>(total, lane, t, args);
-        if (lane < kHc) pre[lane] = p;
+                for (int b = 0; b < kFinPartialBatch; ++b) {
+                    const int s = first + b * kBlockFinRowWarps;
+                    part[b] = s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
+                }
+#pragma unroll
+                for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
+            }
+        }
+        warp_sums[warp][lane] = sum;
     }
     __syncthreads();
+
+    // Every warp adds the row warps' sums in order (the same total on each) and forms the mix.
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kBlockFinRowWarps; ++w) total += warp_sums[w][lane];
+    const float mix = mix_value<kPre>(total, args);
+    if (!row_warp) {
+        if constexpr (kPre) post_and_comb(mix, constants, lane, t, args);
+        return;
+    }
+    float pre[kHc];
+    pre_weights(mix, constants, lane, args.hc_eps, pre);
 
     // y = bf16(sum_i pre_i X_i), kept packed in raw[v][0].
-    const float p[kHc] = {pre[0], pre[1], pre[2], pre[3]};
     float sumsq = 0.0f;  // zero from vectors past the row
 #pragma unroll
-    for (int v = 0; v < kBlockFinVecs; ++v) raw[v][0] = weighted_sum(raw[v], p, sumsq);
+    for (int v = 0; v < kBlockFinVecs; ++v) raw[v][0] = weighted_sum(raw[v], pre, sumsq);
 
-    const bool norm = kPre || args.norm_weight != nullptr;
     float inv_rms = 1.0f;
     if (norm) {
-        sumsq = dsv4::block_reduce_sum<kBlockFinThreads>(sumsq);
+        // Sum over the row warps only (named barrier 1): the post / comb warp may still be running or gone.
+        sumsq = dsv4::warp_reduce_sum(sumsq);
+        if (lane == 0) row_sums[warp] = sumsq;
+        asm volatile("bar.sync 1, %0;" ::"n"(kBlockFinRowThreads) : "memory");
+        sumsq = dsv4::warp_reduce_sum(lane < kBlockFinRowWarps ? row_sums[lane] : 0.0f);
         inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
+        cp_async_wait<0>();  // this thread's own weight vectors
     }
 #pragma unroll
     for (int v = 0; v < kBlockFinVecs; ++v) {
-        const int64_t idx = tid + int64_t(v) * kBlockFinThreads;
-        store_outputs<kPre>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms);
+        const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
+        store_outputs<kPre, true>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms, weight_smem);
     }
 }
 
@@ -552,6 +653,7 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
     if (t >= args.n_tokens) return;
     Vec16* y_row = y_rows + warp * args.vecs;
     const Vec16* xt = args.x + t * kHc * args.vecs;
+    const MixConstants constants = load_mix_constants<kPre>(args, lane);
 
     // X batch b: vectors b * 32 * kFinBatch + lane + 32 v of the 4 copies. The first is in flight while the
     // partials are summed and the weights formed.
@@ -577,9 +679,10 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 #pragma unroll 8
         for (int s = 0; s < args.splits; ++s) total += __ldg(pt + s * split_stride);
     }
-    const float pre = token_weights<kPre>(total, lane, t, args);
-    const float p[kHc] = {__shfl_sync(0xFFFFFFFFu, pre, 0), __shfl_sync(0xFFFFFFFFu, pre, 1),
-                          __shfl_sync(0xFFFFFFFFu, pre, 2), __shfl_sync(0xFFFFFFFFu, pre, 3)};
+    const float mix = mix_value<kPre>(total, args);
+    float p[kHc];
+    pre_weights(mix, constants, lane, args.hc_eps, p);
+    post_and_comb(mix, constants, lane, t, args);
 
     // Pass 1: y and its sum of squares; y parked in y_row.
     float sumsq = 0.0f;  // zero from vectors past the row
@@ -605,7 +708,8 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
     for (int64_t first = 0; first < args.vecs; first += dsv4::kWarpSize) {
         const int64_t idx = first + lane;
         const bool valid = idx < args.vecs;
-        store_outputs<kPre>(args, t, idx, valid, valid ? y_row[idx] : make_uint4(0, 0, 0, 0), true, inv_rms);
+        store_outputs<kPre, false>(args, t, idx, valid, valid ? y_row[idx] : make_uint4(0, 0, 0, 0), true, inv_rms,
+                                   args.norm_weight);
     }
 }
 
@@ -658,7 +762,8 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 // ---- hc_post fused with the next mix product ------------------------------------------------------------------------
 //
 // Block (c, y): dims 128c .. 128c + 127 of all 4 copies for the 16-token m tiles of token group y; its fn slice
-// (fp32 split into tf32 hi and lo, 2 x 48 KB for 24 rows) sits in shared memory for the whole block. The block's
+// (fp32 split into tf32 hi and lo, 2 x 48 KB for 24 rows, loaded by the consumer warps while the producers' first
+// slots are in flight) sits in shared memory for the whole block. The block's
 // warps come in kPostMixPairs pairs, a producer and a consumer sharing a ring of kPostMixRing slots; pair p takes
 // the group's tiles p, p + kPostMixPairs, ... and walks their 4 K steps of 32 dims each as one sequence, two steps
 // per slot. Per slot the producer's cp.async brings X's 4 copies and f of its 2 x 8 rows (the 4 lanes of a row: 128
@@ -720,19 +825,6 @@ size_t post_mix_smem_bytes(int n_tiles) {
            sizeof(Vec16) * kPostMixPairs * kPostMixRing * kSlotVecs * dsv4::kWarpSize;
 }
 
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
-
 // mbarriers in shared memory: each phase completes when `count` threads have arrived (release / acquire at CTA scope).
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count) : "memory");
@@ -775,24 +867,6 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     const int64_t dim4 = args.vecs * 2;  // float4s per fn row per copy
     constexpr int kRowVec4 = kPostMixDims / 4;
 
-    for (int i = threadIdx.x; i < kNTiles * 8 * kHc * kRowVec4; i += kPostMixThreads) {
-        const int row = i / (kHc * kRowVec4), j = (i / kRowVec4) % kHc, v = i % kRowVec4;
-        const float4 f = row < args.num_mix ? __ldg(args.fn + row * kHc * dim4 + j * dim4 + chunk * kRowVec4 + v)
-                                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        uint4 hi, lo;
-        split_tf32(f.x, hi.x, lo.x);
-        split_tf32(f.y, hi.y, lo.y);
-        split_tf32(f.z, hi.z, lo.z);
-        split_tf32(f.w, hi.w, lo.w);
-        fn_hi[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = hi;
-        fn_lo[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = lo;
-    }
-    if (threadIdx.x < kPostMixPairs * kPostMixRing) {
-        mbarrier_init(&full[0][0] + threadIdx.x, dsv4::kWarpSize);
-        mbarrier_init(&empty[0][0] + threadIdx.x, dsv4::kWarpSize);
-    }
-    __syncthreads();
-
     const int64_t tile_begin = int64_t(blockIdx.y) * args.tiles_per_group;
     const int64_t tile_end = min(args.tiles, tile_begin + args.tiles_per_group);
     const int64_t tile_first = tile_begin + pair;
@@ -808,50 +882,96 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     // The lane's vector of K step `step` (of kPostMixSteps) in a row.
     auto vec_of = [&](int step) { return vec0 + (kStepK / kBf16PerVec) * step; };
 
-    if (producer) {
-        auto issue = [&](int64_t k) {
-            if (k < total_slots) {
-                const int64_t tile = tile_of(k);
-                Vec16* slot = slot_of(k);
+    auto issue = [&](int64_t k) {
+        if (k < total_slots) {
+            const int64_t tile = tile_of(k);
+            Vec16* slot = slot_of(k);
 #pragma unroll
-                for (int t = 0; t < kSlotSteps; ++t) {
-                    const int64_t vec = vec_of(kSlotSteps * static_cast<int>(k % kSlotsPerTile) + t);
+            for (int t = 0; t < kSlotSteps; ++t) {
+                const int64_t vec = vec_of(kSlotSteps * static_cast<int>(k % kSlotsPerTile) + t);
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const int64_t token = tile * kPostMixTile + h * 8 + g;
-                        const bool valid = token < args.n_tokens;
+                for (int h = 0; h < 2; ++h) {
+                    const int64_t token = tile * kPostMixTile + h * 8 + g;
+                    const bool valid = token < args.n_tokens;
 #pragma unroll
-                        for (int i = 0; i < kHc; ++i)
-                            cp_async16(slot + at(t, h, i),
-                                       valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
-                        cp_async16(slot + at(t, h, kHc), valid ? args.f + token * args.vecs + vec : args.f, valid);
-                    }
+                    for (int i = 0; i < kHc; ++i)
+                        cp_async16(slot + at(t, h, i),
+                                   valid ? args.x + (token * kHc + i) * args.vecs + vec : args.x, valid);
+                    cp_async16(slot + at(t, h, kHc), valid ? args.f + token * args.vecs + vec : args.f, valid);
                 }
             }
-            cp_async_commit();  // possibly empty: one group per slot keeps the wait count fixed
-        };
-        // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[pair] (token e / 20, copy e / 5 % 4,
-        // term e % 5).
-        float next_weights[kWeightsPerTile / dsv4::kWarpSize];
-        auto fetch_weights = [&](int64_t tile) {
+        }
+        cp_async_commit();  // possibly empty: one group per slot keeps the wait count fixed
+    };
+    // A tile's weights, 10 per lane: lane + 32 r is entry e of weights[pair] (token e / 20, copy e / 5 % 4,
+    // term e % 5).
+    float next_weights[kWeightsPerTile / dsv4::kWarpSize];
+    auto weight_source = [&](int64_t tile, int r) -> const float* {  // NULL: a zero weight
+        const int e = lane + r * dsv4::kWarpSize;
+        const int row = e / (kHc * 5), j = (e / 5) % kHc, i = e % 5;
+        const int64_t t = tile * kPostMixTile + row;
+        return t >= args.n_tokens || tile >= tile_end ? nullptr
+               : i == 0                               ? args.post + t * kHc + j
+                                                      : args.comb + (t * kHc + i - 1) * kHc + j;
+    };
+    auto fetch_weights = [&](int64_t tile) {
 #pragma unroll
-            for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
-                const int e = lane + r * dsv4::kWarpSize;
-                const int row = e / (kHc * 5), j = (e / 5) % kHc, i = e % 5;
-                const int64_t t = tile * kPostMixTile + row;
-                next_weights[r] = t >= args.n_tokens || tile >= tile_end ? 0.0f
-                                  : i == 0 ? __ldg(args.post + t * kHc + j)
-                                           : __ldg(args.comb + (t * kHc + i - 1) * kHc + j);
-            }
-        };
+        for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
+            const float* src = weight_source(tile, r);
+            next_weights[r] = src != nullptr ? __ldg(src) : 0.0f;
+        }
+    };
+    if (producer) {
+        // The first tile's weights straight into shared memory, in slot 0's cp.async group.
+#pragma unroll
+        for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r) {
+            const float* src = weight_source(tile_first, r);
+            cp_async4(&weights[pair][0][0][0] + lane + r * dsv4::kWarpSize, src != nullptr ? src : args.post,
+                      src != nullptr);
+        }
 #pragma unroll
         for (int k = 0; k < kPostMixRing - 1; ++k) issue(k);
-        fetch_weights(tile_first);
+    }
 
+    // fn's slice, by the consumers while the producers' first loads are in flight: every thread's loads at once,
+    // then split into shared memory (at small batches X and fn arrive together: the slice is 48 KB, X 1 KB a token).
+    constexpr int kConsumerThreads = kPostMixThreads / 2;
+    constexpr int kFnVec4PerThread = kNTiles * 8 * kHc * kRowVec4 / kConsumerThreads;
+    static_assert(kFnVec4PerThread * kConsumerThreads == kNTiles * 8 * kHc * kRowVec4, "whole loads per thread");
+    if (!producer) {
+        const int ct = threadIdx.x - kConsumerThreads;
+        float4 fn_loaded[kFnVec4PerThread];
+#pragma unroll
+        for (int r = 0; r < kFnVec4PerThread; ++r) {
+            const int i = ct + r * kConsumerThreads;
+            const int row = i / (kHc * kRowVec4), j = (i / kRowVec4) % kHc, v = i % kRowVec4;
+            fn_loaded[r] = row < args.num_mix ? __ldg(args.fn + row * kHc * dim4 + j * dim4 + chunk * kRowVec4 + v)
+                                              : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int r = 0; r < kFnVec4PerThread; ++r) {
+            const int i = ct + r * kConsumerThreads;
+            const int row = i / (kHc * kRowVec4), j = (i / kRowVec4) % kHc, v = i % kRowVec4;
+            uint4 hi, lo;
+            split_tf32(fn_loaded[r].x, hi.x, lo.x);
+            split_tf32(fn_loaded[r].y, hi.y, lo.y);
+            split_tf32(fn_loaded[r].z, hi.z, lo.z);
+            split_tf32(fn_loaded[r].w, hi.w, lo.w);
+            fn_hi[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = hi;
+            fn_lo[row * (kFnSmemPitch / 4) + j * kRowVec4 + v] = lo;
+        }
+        if (ct < kPostMixPairs * kPostMixRing) {
+            mbarrier_init(&full[0][0] + ct, dsv4::kWarpSize);
+            mbarrier_init(&empty[0][0] + ct, dsv4::kWarpSize);
+        }
+    }
+    __syncthreads();
+
+    if (producer) {
         for (int64_t k = 0; k < total_slots; ++k) {
             const int s = static_cast<int>(k % kSlotsPerTile);
             const int64_t tile = tile_of(k);
-            if (s == 0) {
+            if (s == 0 && k > 0) {
                 __syncwarp();  // the previous tile's readers are done with weights[pair]
 #pragma unroll
                 for (int r = 0; r < kWeightsPerTile / dsv4::kWarpSize; ++r)
@@ -861,6 +981,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
             if (s == kSlotsPerTile / 2) fetch_weights(tile + kPostMixPairs);  // the next tile's, in flight meanwhile
 
             cp_async_wait<kPostMixRing - 2>();  // slot k's group is complete (each lane reads only its own vectors)
+            if (k == 0) __syncwarp();           // every lane's cp.async of the first weights has landed
             Vec16* slot = slot_of(k);
 #pragma unroll
             for (int t = 0; t < kSlotSteps; ++t) {
@@ -953,6 +1074,133 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     }
 }
 
+// post_mix for small batches (n_tokens < kPostMixSmallMaxTokens): the pipelined kernel above needs a 2-3 us prologue
+// (its fn slice into shared memory) and then walks each pair's slots as a chain of producer and consumer steps,
+// ~9 us at 1 token. Here block (c, m) takes chunk c (the same 128 dims as above, so the same partial layout) of the
+// 16-token tile m, and every load is issued at once: the tile's X and f (cp.async into shared memory, read by
+// several warps), its post / comb weights, and each warp's fn fragments straight from global memory (each fn element
+// is used once per tile, so staging it would only add a round trip). Warp w forms new copy j = w % 4 over K steps
+// 2 (w / 4) and 2 (w / 4) + 1 of the chunk, stores it, and multiplies it by fn's copy-j rows on the tensor cores;
+// the 8 warps' products are added in shared memory in warp order.
+constexpr int64_t kPostMixSmallMaxTokens = 96;
+constexpr int kSmallWarps = 8;
+constexpr int kSmallThreads = kSmallWarps * dsv4::kWarpSize;
+constexpr int kSmallStepsPerWarp = kPostMixSteps / 2;  // two warps per copy split the chunk's 4 K steps
+constexpr int kChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a row per copy
+// Shared-memory row of the X tile: 4 copies then f, kChunkVecs vectors each, padded so that the 8 lanes of a
+// 16-byte access phase (rows g, g + 1 of a step: vector offsets 4s + q) fall in 8 different bank groups.
+constexpr int kSmallRowVecs = (kHc + 1) * kChunkVecs + 4;
+constexpr int kSmallRedPitch = kMaxPartialRow + 1;
+
+// A read-only load the compiler may not sink to its first use (an asm volatile stays ahead of the barrier after it):
+// issued with the kernel's other loads, it shares their memory latency instead of adding its own.
+__device__ __forceinline__ float4 load_early(const float4* ptr) {
+    float4 v;
+    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(ptr));
+    return v;
+}
+
+template <int kNTiles>
+__global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const PostMixArgs args) {
+    __shared__ Vec16 tile_x[kPostMixTile * kSmallRowVecs];             // [row][copy 0..3, f][16 vectors] (+ pad)
+    __shared__ float tile_post[kPostMixTile][kHc];                     // post[token][j]
+    __shared__ float tile_comb[kPostMixTile][kHc][kHc];                // comb[token][i][j]
+    __shared__ float red[kSmallWarps][kPostMixTile][kSmallRedPitch];  // each warp's products and sums of squares
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    const int g = lane / 4, q = lane % 4;
+    const int chunk = blockIdx.x;
+    const int64_t tile_token = int64_t(blockIdx.y) * kPostMixTile;
+    const int64_t vecs = args.vecs;
+
+    for (int v = tid; v < kPostMixTile * (kHc + 1) * kChunkVecs; v += kSmallThreads) {
+        const int row = v / ((kHc + 1) * kChunkVecs), i = (v / kChunkVecs) % (kHc + 1), c = v % kChunkVecs;
+        const int64_t token = tile_token + row;
+        const bool valid = token < args.n_tokens;
+        const int64_t col = int64_t(chunk) * kChunkVecs + c;
+        const Vec16* src = !valid    ? args.x
+                           : i < kHc ? args.x + (token * kHc + i) * vecs + col
+                                     : args.f + token * vecs + col;
+        cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + c, src, valid);
+    }
+    for (int e = tid; e < kPostMixTile * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // 16-byte pieces of post, comb
+        const bool is_post = e < kPostMixTile;
+        const int row = is_post ? e : (e - kPostMixTile) / kHc;
+        const bool valid = tile_token + row < args.n_tokens;
+        const float* src = is_post ? args.post + (tile_token + row) * kHc
+                                   : args.comb + (tile_token + row) * kHc * kHc + ((e - kPostMixTile) % kHc) * kHc;
+        float* dst = is_post ? &tile_post[row][0] : &tile_comb[row][(e - kPostMixTile) % kHc][0];
+        cp_async16(dst, valid ? src : args.post, valid);
+    }
+    cp_async_commit();
+
+    // This warp's fn fragments: rows nt * 8 + g, copy j, elements 8q .. 8q + 7 of its K steps.
+    const int j = warp % kHc, first_step = (warp / kHc) * kSmallStepsPerWarp;
+    const int64_t fn_row4 = vecs * 2 * kHc;  // float4s per fn row
+    float4 fn_frag[kSmallStepsPerWarp][kNTiles][2];
+#pragma unroll
+    for (int st = 0; st < kSmallStepsPerWarp; ++st)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+            const int row = nt * 8 + g;
+            const int64_t at = row * fn_row4 + (j * vecs + chunk * kChunkVecs) * 2 + (first_step + st) * (kStepK / 4) +
+                               2 * q;
+#pragma unroll
+            for (int v = 0; v < 2; ++v)
+                fn_frag[st][nt][v] = row < args.num_mix ? load_early(args.fn + at + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float acc[1][kNTiles][4] = {};
+    float sumsq[1][2] = {};
+#pragma unroll
+    for (int st = 0; st < kSmallStepsPerWarp; ++st) {
+        const int c = (first_step + st) * (kStepK / kBf16PerVec) + q;  // the lane's vector of the chunk row
+        Vec16 x[1][2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = h * 8 + g;
+            const Vec16* xr = tile_x + row * kSmallRowVecs + c;
+            float xs[kHc][8], fs[8];
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(xr[i * kChunkVecs], xs[i]);
+            dsv4::unpack_bf16x8(xr[kHc * kChunkVecs], fs);
+            x[0][h] = post_combine(xs, fs, tile_post[row][j], tile_comb[row][0][j], tile_comb[row][1][j],
+                                   tile_comb[row][2][j], tile_comb[row][3][j]);
+            const int64_t token = tile_token + row;
+            if (token < args.n_tokens) args.out[(token * kHc + j) * vecs + int64_t(chunk) * kChunkVecs + c] = x[0][h];
+        }
+        mma_step_with<1, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
+                                                     uint32_t& lo1) {
+            split_tf32(component(fn_frag[st][nt][u / 2], (2 * u) % 4), hi0, lo0);
+            split_tf32(component(fn_frag[st][nt][u / 2], (2 * u) % 4 + 1), hi1, lo1);
+        });
+    }
+
+    // Warp sums into red[warp]: C fragment element (h, e) of n tile nt is row g + 8h, column nt * 8 + 2q + e.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 1);
+        sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 2);
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) red[warp][h * 8 + g][nt * 8 + 2 * q + e] = acc[0][nt][2 * h + e];
+        if (q == 0) red[warp][h * 8 + g][args.num_mix] = sumsq[0][h];
+    }
+    __syncthreads();
+    const int row_len = partial_row(args.num_mix);
+    for (int e = tid; e < kPostMixTile * row_len; e += kSmallThreads) {
+        const int row = e / row_len, col = e % row_len;
+        const int64_t token = tile_token + row;
+        if (token >= args.n_tokens) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kSmallWarps; ++w) sum += red[w][row][col];
+        args.partial[(int64_t(chunk) * args.n_tokens + token) * row_len + col] = sum;
+    }
+}
+
 // ---- host side ---------------------------------------------------------------------------------------------------
 
 constexpr int64_t kMaxTokens = int64_t(65535) * kTileTokens;  // kernel 1's grid.y
@@ -1010,7 +1258,7 @@ int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
             return DSV4_OK;
         }
     }
-    finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), kBlockFinThreads, 0, stream>>>(args);
+    finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), block_fin_threads(kPre), 0, stream>>>(args);
     DSV4_CHECK_LAUNCH();
     return DSV4_OK;
 }
@@ -1020,6 +1268,12 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     PostMixArgs args = base;
     const int64_t splits = args.vecs * kBf16PerVec / kPostMixDims;
     args.tiles = (args.n_tokens + kPostMixTile - 1) / kPostMixTile;
+    if (args.n_tokens < kPostMixSmallMaxTokens) {
+        const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(args.tiles));
+        post_mix_small_kernel<kNTiles><<<grid, kSmallThreads, 0, stream>>>(args);
+        DSV4_CHECK_LAUNCH();
+        return DSV4_OK;
+    }
     // One block per SM, each loading its fn slice once: as many token groups as fill the SMs in one wave.
     int device = 0, sms = 0;
     DSV4_CHECK_CUDA(cudaGetDevice(&device));

@@ -135,7 +135,7 @@ def workspace(n, dim, entry=None):
 
 
 def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, transposed=False, iters=ITERS,
-            partials=None):
+            partials=None, hc_eps=HC_EPS):
     """Runs dsv4_mhc_pre_bf16 on poisoned outputs with one spare token row each; returns host arrays.
     partials: a DeviceArray from dsv4_mhc_post_mix_bf16 (then fn is not passed and there is no workspace)."""
     n, _, dim = x_host.shape
@@ -153,7 +153,7 @@ def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, t
                   x=x.ptr, fn=dev[0].ptr if partials is None else 0, hc_scale=dev[1].ptr, hc_base=dev[2].ptr,
                   norm_weight=dev[3].ptr, partials=partials.ptr if partials else 0, workspace=ws.ptr if ws else 0,
                   workspace_bytes=ws_bytes, n_tokens=n, dim=dim, scale_stride_token=sst,
-                  scale_stride_block=ssb, sinkhorn_iters=iters, hc_eps=HC_EPS, mix_eps=NORM_EPS,
+                  scale_stride_block=ssb, sinkhorn_iters=iters, hc_eps=hc_eps, mix_eps=NORM_EPS,
                   norm_eps=NORM_EPS)  # fmt: skip
     lib.dsv4_mhc_pre_bf16(p, stream)
     out = {"post": post.to_numpy(stream), "comb": comb.to_numpy(stream)}
@@ -172,8 +172,8 @@ def run_pre(x_host, fn, scale, base, weight, stream, with_y=True, with_q=True, t
     return out
 
 
-def reference_pre(x_host, fn, scale, base, weight, iters=ITERS):
-    y, post, comb = ops.hc_pre(x_host.astype(np.float32), fn, scale, base, HC, iters, HC_EPS, NORM_EPS)
+def reference_pre(x_host, fn, scale, base, weight, iters=ITERS, hc_eps=HC_EPS):
+    y, post, comb = ops.hc_pre(x_host.astype(np.float32), fn, scale, base, HC, iters, hc_eps, NORM_EPS)
     y_norm = ops.rms_norm(y, weight, NORM_EPS)
     q, s = quant.act_quant(y_norm, 128)
     return {"post": post, "comb": comb, "y": y_norm, "q": q, "scale": s,
@@ -223,6 +223,19 @@ def test_pre_optional_outputs_and_iterations(rng, stream):
     for with_y, with_q, iters in [(False, True, ITERS), (True, False, 1), (False, False, 3)]:
         out = run_pre(x, fn, scale, base, weight, stream, with_y=with_y, with_q=with_q, iters=iters)
         check_pre(out, reference_pre(x, fn, scale, base, weight, iters), f"hc_pre y={with_y} q={with_q} it={iters}")
+
+
+@pytest.mark.parametrize("hc_eps", [0.0, 1e-20, 1.5])
+def test_pre_sinkhorn_with_hc_eps_outside_the_fast_division_range(hc_eps, rng, stream):
+    """hc_eps outside [2^-40, 1]: the Sinkhorn divides with div.rn throughout (its entries may leave the range where
+    the kernel's shorter division is exact); small and large batches take different kernels."""
+    for n, dim in [(5, 4096), (1100, 1024)]:
+        x = random_stream(rng, n, dim)
+        fn, scale, base = random_hc_weights(rng, dim)
+        weight = random_norm_weight(rng, dim)
+        out = run_pre(x, fn, scale, base, weight, stream, hc_eps=hc_eps)
+        ref = reference_pre(x, fn, scale, base, weight, hc_eps=hc_eps)
+        check_pre(out, ref, f"hc_pre {n}x{dim} hc_eps={hc_eps}")
 
 
 def test_pre_degenerate_rows(rng, stream):
@@ -465,7 +478,7 @@ def run_post_mix(x_host, f_host, post, comb, fn, stream, in_place=False):
 
 
 @pytest.mark.parametrize("dim", WIDTHS + [384], ids=lambda d: f"dim{d}")
-@pytest.mark.parametrize("n_tokens", [1, 13, 64, 2048])
+@pytest.mark.parametrize("n_tokens", [1, 13, 64, 95, 96, 2048])
 def test_post_mix_then_pre_matches_reference(dim, n_tokens, rng, stream):
     x = random_stream(rng, n_tokens, dim)
     f = (rng.standard_normal((n_tokens, dim)) * 4).astype(BF16)
