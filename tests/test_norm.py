@@ -28,7 +28,7 @@ pytestmark = pytest.mark.gpu("norm")
 BF16 = ml_dtypes.bfloat16
 EPS = 1e-6  # V4 norm_eps
 WIDTHS = [4096, 7168]  # V4-Flash, V4-Pro dim
-TOKENS = [1, 13, 127, 3000]
+TOKENS = [1, 13, 64, 127, 3000]
 RARE = 1e-3  # largest fraction of elements allowed to differ by one bf16 ulp (summation order)
 
 
@@ -165,7 +165,7 @@ def test_rms_matches_reference(dim, n, rng, stream):
 
 
 @pytest.mark.parametrize("dim", WIDTHS)
-@pytest.mark.parametrize("n", [1, 127])
+@pytest.mark.parametrize("n", [1, 64, 127])
 def test_rms_and_rms_quant_bit_exact_on_exact_sums(dim, n, rng, stream):
     # integers in [-15, 15] times a power of two per row: sum(x^2) <= 7168 * 225 < 2^24 is exact in any order,
     # so everything but the summation order is checked bit for bit
