@@ -1,7 +1,8 @@
 // RMSNorm (SPEC section 4) and FP8 activation quantization (SPEC section 2, `act_quant`), standalone and fused.
 //
-// Every op here is a row op over bf16 rows of `dim` elements: one thread block per row, the row held in
-// registers as 16-byte vectors (8 bf16), so each input byte is read once and each output byte written once.
+// Every op here is a row op over bf16 rows of `dim` elements: one thread block per row (for few rows a cluster of
+// 2 or 4, see row_split_kernel), the row held in registers as 16-byte vectors (8 bf16), so each input byte is read
+// once and each output byte written once.
 // Thread j of a kThreads-thread block holds vectors j, j + kThreads, ..., so every load and store instruction of
 // a warp covers 512 contiguous bytes. A quantization block of 128 (64) elements is 16 (8) consecutive vectors,
 // held by 16 (8) consecutive lanes at the same register index: its amax is a shuffle reduction within them.
