@@ -554,6 +554,9 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 // dependent IEEE divisions) while the row warps form y, which needs only pre. Every load a token needs (X, the norm
 // weights, the partials, the mix constants) is issued before the first use of any. kPre: hc_pre (post, comb,
 // y = rms_norm(...), FP8); else hc_head (y, optionally normed).
+// Measured slower, not kept: each token's row split over a cluster of 4 (up to 33 tokens) or 2 CTAs (up to 66), the
+// sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 ->
+// 8.1 us at 64 (the post / comb warp, not the row, is the longer path).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
     __shared__ float warp_sums[kBlockFinRowWarps][dsv4::kWarpSize];
