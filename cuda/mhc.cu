@@ -1149,7 +1149,8 @@ __global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const Pos
                                2 * q;
 #pragma unroll
             for (int v = 0; v < 2; ++v)
-                fn_frag[st][nt][v] = row < args.num_mix ? load_early(args.fn + at + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+                fn_frag[st][nt][v] =
+                    row < args.num_mix ? load_early(args.fn + at + v) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     cp_async_wait<0>();
     __syncthreads();
