@@ -777,7 +777,7 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 // slot over. A tile's partials over the block's 512 K elements are complete in the consumer's registers after its 4
 // steps: partial[c, t, :], dim / 128 splits.
 // One warp doing both roles needed ~255 registers for its ILP, so a block of 8 such warps filled an SM and stayed
-// latency-bound (ncu: DRAM 61%, issue 58% busy): 258 us at V4-Pro x 4096, against 218-221 us now. With one K step
+// latency-bound (ncu: DRAM 61%, issue 58% busy): 258 us at V4-Pro x 4096, against 213-215 us now. With one K step
 // (64 bytes of a row) per slot it took 230 us; there, a consumer skipping its MMAs made it slower (260 us), as did a
 // producer skipping its arithmetic (265 us): the order of DRAM requests, not either role's work, sets its pace, and
 // a row's 128-byte line read and written in halves one step apart was the cost. Pairs x one-step slots measured at
@@ -1084,7 +1084,10 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // several warps), its post / comb weights, and each warp's fn fragments straight from global memory (each fn element
 // is used once per tile, so staging it would only add a round trip). Warp w forms new copy j = w % 4 over K steps
 // 2 (w / 4) and 2 (w / 4) + 1 of the chunk, stores it, and multiplies it by fn's copy-j rows on the tensor cores;
-// the 8 warps' products are added in shared memory in warp order.
+// the 8 warps' products are added in shared memory in warp order. V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64
+// tokens 12.5 -> 8.9 us; from 128 tokens the pipelined kernel is faster (14.1 against 16.2 us). fn is read once per
+// tile: with its loads left out (a diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that
+// sharing fn among a chunk's tiles (a cluster over the tiles, distributed shared memory) could win.
 constexpr int64_t kPostMixSmallMaxTokens = 96;
 constexpr int kSmallWarps = 8;
 constexpr int kSmallThreads = kSmallWarps * dsv4::kWarpSize;
