@@ -127,6 +127,8 @@ __device__ __forceinline__ void process_row(const Vec16 (&raw)[kVecs], const flo
     }
 
     // In phases over the thread's kVecs vectors, so that their amax shuffle chains (the quantizer's latency) overlap.
+    // Against one vector at a time (H100): rms_quant V4-Pro x 64 3.7 -> 3.6 us, V4-Flash x 4096 21.0 -> 20.3 us;
+    // act_quant x 4096 18.9 -> 19.4 us (Flash) and 31.7 -> 32.0 us (Pro), kept for one loop.
     Vec16 y[kVecs];  // the values the quantizer sees: bf16, normed for the RMSNorm ops
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
