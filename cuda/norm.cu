@@ -215,14 +215,28 @@ __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
     process_row<kOp, kThreads, kVecs, kGroupLanes, kSplit>(raw, weight_smem, args, row, range, split_slots);
 }
 
+// SMs of the device; 0 if the query fails (then no row is split and the grids are one block per row).
+int sm_count() {
+    static int sms = 0;  // the device does not change under a loaded library
+    if (sms == 0) {
+        int device = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+            cudaGetLastError();  // a query failure is not sticky
+            sms = 0;
+        }
+    }
+    return sms;
+}
+
 // Resident blocks of one row_kernel instantiation per SM times the SMs: the persistent grid of the norm ops.
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
 int64_t persistent_blocks(size_t smem_bytes) {
     static int64_t blocks = 0;  // per instantiation; the device does not change under a loaded library
     if (blocks == 0) {
-        int device = 0, sms = 0, per_sm = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        const int sms = sm_count();
+        int per_sm = 0;
+        if (sms <= 0 ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, row_kernel<kOp, kThreads, kVecs, kGroupLanes>,
                                                           kThreads, smem_bytes) != cudaSuccess ||
             per_sm <= 0) {
@@ -240,19 +254,6 @@ void launch_config(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
     const size_t smem = kNorm ? size_t(kVecs) * kThreads * 2 * sizeof(float4) : 0;
     const int64_t grid = kNorm ? std::min(n_rows, persistent_blocks<kOp, kThreads, kVecs, kGroupLanes>(smem)) : n_rows;
     row_kernel<kOp, kThreads, kVecs, kGroupLanes><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args, n_rows);
-}
-
-int sm_count() {
-    static int sms = 0;  // the device does not change under a loaded library
-    if (sms == 0) {
-        int device = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-            cudaGetLastError();  // not sticky: then no row is split
-            return 0;
-        }
-    }
-    return sms;
 }
 
 // row_split_kernel over kSplit CTAs per row, configured like launch_rows below for a part of the row; false when a
