@@ -24,7 +24,7 @@
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
 // H100: hc_post + hc_pre = 185 + 265 us, post_mix + hc_pre from its partials = 213 + 139 us; at 1 token 1.5 + 11.5
-// and 5.1 + 5.4 us (the small-batch post_mix_small_kernel).
+// and 5.1 + 5.4 us (the small-batch mix_small_kernel).
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -78,6 +78,7 @@ constexpr int kRedSumSq = 31;                           // column of sum(X^2) in
 constexpr int kRedStride = 33;                          // shared-memory row, padded against bank conflicts
 constexpr int64_t kSplitAlign = 128;                    // K per split is a multiple of this
 constexpr int64_t kTargetBlocks = 264;                  // two blocks per SM of a 132-SM H100 / H200
+constexpr int kPostMixDims = 128;  // dims per block of post_mix and of the small-batch mix: dim / 128 partial splits
 
 // Floats per (split, token) partial row: the num_mix sums, then sum(X^2) (25 for hc_pre, 5 for hc_head). Partials are
 // [splits, n_tokens, row], packed: a tile of 16 or more consecutive tokens writes whole 32-byte sectors. Against
@@ -333,9 +334,11 @@ MixPlan plan_mix(int64_t n_tokens, int64_t k) {
     return plan;
 }
 
+// Kernel 1's partials, or (small batches) mix_small_kernel's dim / 128 splits, whichever is more.
 size_t mix_workspace_bytes(int64_t n_tokens, int64_t k) {
     if (n_tokens <= 0 || k <= 0) return 0;
-    return static_cast<size_t>(n_tokens * plan_mix(n_tokens, k).splits * kMaxPartialRow * sizeof(float));
+    const int64_t splits = std::max<int64_t>(plan_mix(n_tokens, k).splits, k / (kHc * kPostMixDims));
+    return static_cast<size_t>(n_tokens * splits * kMaxPartialRow * sizeof(float));
 }
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
@@ -793,7 +796,6 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
 // (chunk, tile) units (two fn slices, 3-deep ring), 293 us (317 with 100-byte partial rows per token, split-minor):
 // probably DRAM locality, as the (chunk, group) grid has every chunk of a token in flight at once.
 
-constexpr int kPostMixDims = 128;                           // dims per block; splits of the partials = dim / 128
 constexpr int kPostMixPairs = 4;                            // producer / consumer warp pairs per block
 constexpr int kPostMixRing = 3;                             // ring slots per pair
 constexpr int kSlotSteps = 2;                               // K steps per slot: a row's 4 lanes move 128 bytes
@@ -1077,17 +1079,19 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
     }
 }
 
-// post_mix for small batches (n_tokens < kPostMixSmallMaxTokens): the pipelined kernel above needs a 2-3 us prologue
-// (its fn slice into shared memory) and then walks each pair's slots as a chain of producer and consumer steps,
-// ~9 us at 1 token. Here block (c, m) takes chunk c (the same 128 dims as above, so the same partial layout) of the
-// 16-token tile m, and every load is issued at once: the tile's X and f (cp.async into shared memory, read by
-// several warps), its post / comb weights, and each warp's fn fragments straight from global memory (each fn element
-// is used once per tile, so staging it would only add a round trip). Warp w forms new copy j = w % 4 over K steps
-// 2 (w / 4) and 2 (w / 4) + 1 of the chunk, stores it, and multiplies it by fn's copy-j rows on the tensor cores;
-// the 8 warps' products are added in shared memory in warp order. V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64
-// tokens 12.5 -> 8.9 us; from 128 tokens the pipelined kernel is faster (14.1 against 16.2 us). fn is read once per
-// tile: with its loads left out (a diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that
-// sharing fn among a chunk's tiles (a cluster over the tiles, distributed shared memory) could win.
+// The mix product for small batches (n_tokens < kPostMixSmallMaxTokens): post_mix's (kPost: of the new stream it
+// forms) and standalone hc_pre / hc_head's (of X itself, in place of kernel 1). The pipelined post_mix above needs
+// a 2-3 us prologue (its fn slice into shared memory) and then walks each pair's slots as a chain of producer and
+// consumer steps, ~9 us at 1 token. Here block (c, m) takes chunk c (the same 128 dims as above, so the same
+// partial layout) of the 16-token tile m, and every load is issued at once: the tile's X (and f; cp.async into
+// shared memory, read by several warps), its post / comb weights, and each warp's fn fragments straight from global
+// memory (each fn element is used once per tile, so staging it would only add a round trip). Warp w takes copy
+// j = w % 4 over K steps 2 (w / 4) and 2 (w / 4) + 1 of the chunk (with kPost it forms and stores the new copy j)
+// and multiplies it by fn's copy-j rows on the tensor cores; the 8 warps' products are added in shared memory in
+// warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 -> 8.9 us; from 128 tokens the
+// pipelined kernel is faster (14.1 against 16.2 us). fn is read once per tile: with its loads left out (a
+// diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that sharing fn among a chunk's
+// tiles (a cluster over the tiles, distributed shared memory) could win.
 constexpr int64_t kPostMixSmallMaxTokens = 96;
 constexpr int kSmallWarps = 8;
 constexpr int kSmallThreads = kSmallWarps * dsv4::kWarpSize;
@@ -1106,8 +1110,9 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
     return v;
 }
 
-template <int kNTiles>
-__global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const PostMixArgs args) {
+// Not kPost: out, f, post and comb are unused.
+template <int kNTiles, bool kPost>
+__global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixArgs args) {
     __shared__ Vec16 tile_x[kPostMixTile * kSmallRowVecs];             // [row][copy 0..3, f][16 vectors] (+ pad)
     __shared__ float tile_post[kPostMixTile][kHc];                     // post[token][j]
     __shared__ float tile_comb[kPostMixTile][kHc][kHc];                // comb[token][i][j]
@@ -1118,8 +1123,9 @@ __global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const Pos
     const int64_t tile_token = int64_t(blockIdx.y) * kPostMixTile;
     const int64_t vecs = args.vecs;
 
-    for (int v = tid; v < kPostMixTile * (kHc + 1) * kChunkVecs; v += kSmallThreads) {
-        const int row = v / ((kHc + 1) * kChunkVecs), i = (v / kChunkVecs) % (kHc + 1), c = v % kChunkVecs;
+    constexpr int kRowInputs = kPost ? kHc + 1 : kHc;  // the 4 copies, and f
+    for (int v = tid; v < kPostMixTile * kRowInputs * kChunkVecs; v += kSmallThreads) {
+        const int row = v / (kRowInputs * kChunkVecs), i = (v / kChunkVecs) % kRowInputs, c = v % kChunkVecs;
         const int64_t token = tile_token + row;
         const bool valid = token < args.n_tokens;
         const int64_t col = int64_t(chunk) * kChunkVecs + c;
@@ -1128,7 +1134,7 @@ __global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const Pos
                                      : args.f + token * vecs + col;
         cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + c, src, valid);
     }
-    for (int e = tid; e < kPostMixTile * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // 16-byte pieces of post, comb
+    for (int e = tid; kPost && e < kPostMixTile * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // post, comb: 16 B
         const bool is_post = e < kPostMixTile;
         const int row = is_post ? e : (e - kPostMixTile) / kHc;
         const bool valid = tile_token + row < args.n_tokens;
@@ -1168,14 +1174,19 @@ __global__ void __launch_bounds__(kSmallThreads) post_mix_small_kernel(const Pos
         for (int h = 0; h < 2; ++h) {
             const int row = h * 8 + g;
             const Vec16* xr = tile_x + row * kSmallRowVecs + c;
-            float xs[kHc][8], fs[8];
+            if constexpr (kPost) {
+                float xs[kHc][8], fs[8];
 #pragma unroll
-            for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(xr[i * kChunkVecs], xs[i]);
-            dsv4::unpack_bf16x8(xr[kHc * kChunkVecs], fs);
-            x[0][h] = post_combine(xs, fs, tile_post[row][j], tile_comb[row][0][j], tile_comb[row][1][j],
-                                   tile_comb[row][2][j], tile_comb[row][3][j]);
-            const int64_t token = tile_token + row;
-            if (token < args.n_tokens) args.out[(token * kHc + j) * vecs + int64_t(chunk) * kChunkVecs + c] = x[0][h];
+                for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(xr[i * kChunkVecs], xs[i]);
+                dsv4::unpack_bf16x8(xr[kHc * kChunkVecs], fs);
+                x[0][h] = post_combine(xs, fs, tile_post[row][j], tile_comb[row][0][j], tile_comb[row][1][j],
+                                       tile_comb[row][2][j], tile_comb[row][3][j]);
+                const int64_t token = tile_token + row;
+                if (token < args.n_tokens)
+                    args.out[(token * kHc + j) * vecs + int64_t(chunk) * kChunkVecs + c] = x[0][h];
+            } else {
+                x[0][h] = xr[j * kChunkVecs];
+            }
         }
         mma_step_with<1, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
                                                      uint32_t& lo1) {
@@ -1277,7 +1288,7 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     args.tiles = (args.n_tokens + kPostMixTile - 1) / kPostMixTile;
     if (args.n_tokens < kPostMixSmallMaxTokens) {
         const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(args.tiles));
-        post_mix_small_kernel<kNTiles><<<grid, kSmallThreads, 0, stream>>>(args);
+        mix_small_kernel<kNTiles, true><<<grid, kSmallThreads, 0, stream>>>(args);
         DSV4_CHECK_LAUNCH();
         return DSV4_OK;
     }
@@ -1322,6 +1333,21 @@ int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float*
     DSV4_CHECK_FIELD_PTR(p, fn, 16);
     DSV4_RETURN_IF_FAILED(check_workspace(p.workspace, p.workspace_bytes, p.n_tokens, k));
     *partial = static_cast<const float*>(p.workspace);
+    if (p.n_tokens < kPostMixSmallMaxTokens) {
+        PostMixArgs args{};
+        args.partial = static_cast<float*>(p.workspace);
+        args.x = static_cast<const Vec16*>(p.x);
+        args.fn = reinterpret_cast<const float4*>(p.fn);
+        args.n_tokens = p.n_tokens;
+        args.vecs = p.dim / kBf16PerVec;
+        args.num_mix = num_mix;
+        *splits = static_cast<int>(p.dim / kPostMixDims);
+        const dim3 grid(static_cast<unsigned>(*splits),
+                        static_cast<unsigned>((p.n_tokens + kPostMixTile - 1) / kPostMixTile));
+        mix_small_kernel<kNTiles, false><<<grid, kSmallThreads, 0, stream>>>(args);
+        DSV4_CHECK_LAUNCH();
+        return DSV4_OK;
+    }
     *splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
     return launch_mix_partial<kNTiles>(static_cast<float*>(p.workspace), p.x, p.fn, num_mix, p.n_tokens, k, stream);
 }
