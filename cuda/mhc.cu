@@ -8,9 +8,9 @@
 //     as the MMA's A operand and the whole of fn's rows as B (n8 tiles), so a block reads each fn element once
 //     for 128 tokens (from L2: fn is at most 2.75 MB). When the tile has fewer tokens, warps share tokens and
 //     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below kPostMixSmallMaxTokens
-//     tokens mix_small_kernel forms the partials instead, so the phases now serve only a last, short tile; taking
-//     them out (every warp its own 32 tokens) measured slower all the same (V4-Pro x 4096 hc_pre 265 -> 275 us,
-//     hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
+//     tokens mix_small_kernel forms the partials instead, so every launch now has 4 groups of one phase; the
+//     general code stays, as taking the phases out (every warp its own 32 tokens) measured slower (V4-Pro x 4096
+//     hc_pre 265 -> 275 us, hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
 //     fn is fp32 and the reference sums in float64, so the product must keep fp32 accuracy: X (bf16) is exact
 //     in tf32, and fn = hi + lo with hi = fn's top 11 significant bits and lo = tf32(fn - hi); two tf32 MMAs
 //     (x*lo, then x*hi) leave an error of about 2^-22 |fn| per product, below fp32 summation noise; MMA chains
