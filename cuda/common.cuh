@@ -11,11 +11,13 @@
 //           if (n == 0) return DSV4_OK;                      // empty work: no launch, pointers may be NULL
 //           DSV4_CHECK_PTR(out, 16);
 //           DSV4_CHECK_PTR(in, 16);
-//           op_kernel<<<grid, block, 0, stream>>>(...);
-//           DSV4_CHECK_LAUNCH();
+//           DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, op_kernel, grid, block, 0,
+//                                                 stream, ...));
 //           return DSV4_OK;
 //       });
 //   }
+//
+// and every kernel begins with dsv4::await_previous_kernel() (programmatic dependent launch, below).
 //
 // Order of checks: scalars and sizes, then the early return for empty work, then pointers.
 #pragma once
@@ -29,7 +31,10 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <utility>
 
 #include "dsv4.h"
 
@@ -91,6 +96,58 @@ inline int check_cuda(cudaError_t err, const char* what) {
     return fail(static_cast<int>(err), "%s: %s (%s)", what, cudaGetErrorName(err), cudaGetErrorString(err));
 }
 
+// SMs of the current device; 0 if the query fails (callers then size grids without it).
+inline int sm_count() {
+    static int sms = 0;  // the device does not change under a loaded library
+    if (sms == 0) {
+        int device = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+            cudaGetLastError();  // a query failure is not sticky
+            sms = 0;
+        }
+    }
+    return sms;
+}
+
+// ---- programmatic dependent launch (PDL) ----
+// Every kernel is launched with programmatic stream serialization: its CTAs may be scheduled while the kernel
+// before it on the stream is still running, so the launch latency and CTA setup (the floor of a decode-sized
+// kernel, ~1-2 us) overlap that kernel instead of following it. Correctness rests on every kernel calling
+// await_previous_kernel() (device helpers below) before its first global load or store. DSV4_PDL=0 in the
+// environment (read once per process) launches plainly, for profiling a kernel on its own or ruling PDL out.
+inline bool programmatic_launch_enabled() {
+    static const bool enabled = [] {
+        const char* value = std::getenv("DSV4_PDL");
+        return value == nullptr || std::strcmp(value, "0") != 0;
+    }();
+    return enabled;
+}
+
+// How a kernel's CTAs may start relative to the previous kernel on the stream.
+enum class Launch {
+    kOverlapPrevious,  // programmatic: scheduled while the previous kernel runs, held at await_previous_kernel()
+    // plain: scheduled once it has completed. For grids sized to one even wave of long CTAs: overlapped, CTAs would
+    // pile onto the SMs the previous kernel frees first and the busiest SM would set the time.
+    kAfterPrevious,
+};
+
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(Launch mode, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                          cudaStream_t stream, Args&&... args) {
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = mode == Launch::kOverlapPrevious && programmatic_launch_enabled() ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
 }  // namespace dsv4
 
 // Inside guarded(): return `code` with a message unless `cond` holds.
@@ -111,10 +168,11 @@ inline int check_cuda(cudaError_t err, const char* what) {
         if (int status_ = ::dsv4::check_cuda((call), #call)) return status_; \
     } while (0)
 
-// Inside guarded(), right after a <<<...>>> launch: a bad configuration or a sticky earlier error is reported.
-#define DSV4_CHECK_LAUNCH()                                                          \
-    do {                                                                             \
-        if (int status_ = ::dsv4::check_cuda(cudaGetLastError(), "launch")) return status_; \
+// Inside guarded(): a dsv4::launch_kernel(...) call; a bad configuration or a sticky earlier error is reported.
+// (Variadic so that template arguments' commas need no parentheses.)
+#define DSV4_CHECK_LAUNCH(...)                                                          \
+    do {                                                                                \
+        if (int status_ = ::dsv4::check_cuda((__VA_ARGS__), "launch")) return status_; \
     } while (0)
 
 // Inside guarded(): propagate a non-zero status of a check helper.
@@ -251,6 +309,15 @@ __device__ __forceinline__ uint2 e4m3x8(const float (&v)[8], int exponent) {
         pair[i] = bytes;
     }
     return make_uint2(pair[0] | pair[1] << 16, pair[2] | pair[3] << 16);
+}
+
+// First statement of every kernel (launch_kernel above): returns once the previous kernel on the stream has
+// completed and its writes are visible (at once when it was not launched programmatically), then lets the next
+// kernel's CTAs be scheduled. Before it a kernel may touch registers and shared memory only: no global load (the
+// previous kernel may still be writing it) and no global store (it may still be reading it).
+__device__ __forceinline__ void await_previous_kernel() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
 __device__ __forceinline__ float warp_reduce_sum(float x) {

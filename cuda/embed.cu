@@ -16,6 +16,7 @@ __global__ void __launch_bounds__(kGatherThreads)
                              const dsv4::Vec16* __restrict__ table,  // [vocab, vecs_per_row]
                              const int32_t* __restrict__ token_ids,  // [n_tokens]
                              int64_t n_tokens, int64_t vocab, int64_t vecs_per_row, int64_t hc_mult) {
+    dsv4::await_previous_kernel();
     const int64_t n_chunks = n_tokens * vecs_per_row;
     for (int64_t chunk = blockIdx.x * int64_t(kGatherThreads) + threadIdx.x; chunk < n_chunks;
          chunk += int64_t(gridDim.x) * kGatherThreads) {
@@ -35,10 +36,10 @@ int launch_embed_gather_bf16(void* out, const void* table, const int32_t* token_
     // Enough blocks to fill every SM many times over; the grid-stride loop covers the rest.
     constexpr int64_t kMaxBlocks = 1 << 16;
     const int64_t blocks = std::min((n_chunks + kGatherThreads - 1) / kGatherThreads, kMaxBlocks);
-    embed_gather_bf16_kernel<<<static_cast<unsigned>(blocks), kGatherThreads, 0, stream>>>(
-        static_cast<dsv4::Vec16*>(out), static_cast<const dsv4::Vec16*>(table), token_ids, n_tokens, vocab,
-        vecs_per_row, hc_mult);
-    DSV4_CHECK_LAUNCH();
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, embed_gather_bf16_kernel,
+                                          static_cast<unsigned>(blocks), kGatherThreads, 0, stream,
+                                          static_cast<dsv4::Vec16*>(out), static_cast<const dsv4::Vec16*>(table),
+                                          token_ids, n_tokens, vocab, vecs_per_row, hc_mult));
     return DSV4_OK;
 }
 

@@ -7,7 +7,7 @@
 //     A block takes a tile of up to 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles)
 //     as the MMA's A operand and the whole of fn's rows as B (n8 tiles), so a block reads each fn element once
 //     for 128 tokens (from L2: fn is at most 2.75 MB). When the tile has fewer tokens, warps share tokens and
-//     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below kPostMixSmallMaxTokens
+//     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below kStandaloneSmallMaxTokens
 //     tokens mix_small_kernel forms the partials instead, so every launch now has 4 groups of one phase; the
 //     general code stays, as taking the phases out (every warp its own 32 tokens) measured slower (V4-Pro x 4096
 //     hc_pre 265 -> 275 us, hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
@@ -206,6 +206,7 @@ __device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], floa
 // grid (splits, tiles), kMixThreads threads. Warp w serves token group w % groups and K phase w / groups.
 template <int kNTiles>
 __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixPartialArgs args) {
+    dsv4::await_previous_kernel();
     __shared__ float red[kMixWarps][kWarpTokens][kRedStride];  // per-warp partials before the phase sum
 
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
@@ -565,6 +566,7 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 // 8.1 us at 64 (the post / comb warp, not the row, is the longer path).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
+    dsv4::await_previous_kernel();
     __shared__ float warp_sums[kBlockFinRowWarps][dsv4::kWarpSize];
     __shared__ float row_sums[kBlockFinRowWarps];
     __shared__ float4 weight_smem[kMaxDim / 4];  // the norm weights, each thread's own vectors (cp.async)
@@ -655,6 +657,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 // hc_pre from partials 144 -> 141 us at V4-Pro x 4096, 85.7 -> 82.6 us at V4-Flash). A resident grid with each warp
 // walking tokens and the next token's first batch in flight during pass 2 was slower (152 us).
 __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
+    dsv4::await_previous_kernel();
     constexpr bool kPre = true;
     extern __shared__ Vec16 y_rows[];  // [kFinWarps][vecs]
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
@@ -744,6 +747,7 @@ __global__ void __launch_bounds__(kPostThreads) hc_post_kernel(Vec16* out,      
                                                                const float4* __restrict__ post, // [n] (4 fp32)
                                                                const float4* __restrict__ comb, // [n, 4] rows i
                                                                int64_t vecs) {
+    dsv4::await_previous_kernel();
     const int64_t t = blockIdx.x;
     const int64_t idx = int64_t(blockIdx.y) * kPostThreads + threadIdx.x;
     if (idx >= vecs) return;
@@ -857,6 +861,7 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 // 0 .. kPostMixPairs - 1 produce, the others consume), post_mix_smem_bytes(kNTiles) bytes of shared memory.
 template <int kNTiles>
 __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const PostMixArgs args) {
+    dsv4::await_previous_kernel();
     extern __shared__ uint4 smem16[];
     // fn's slice split once (split_tf32): [kNTiles * 8 rows][kFnSmemPitch / 4], copy j at elements j * kPostMixDims ..
     constexpr int kFnVecs = kNTiles * 8 * (kFnSmemPitch / 4);
@@ -1096,6 +1101,18 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that sharing fn among a chunk's
 // tiles (a cluster over the tiles, distributed shared memory) could win.
 constexpr int64_t kPostMixSmallMaxTokens = 96;
+// Standalone hc_pre / hc_head form their partials here below this many tokens, in place of kernel 1 (which
+// reads fn once per 128 tokens, not per 16). V4-Pro on the H100, us, kernel 1 -> mix_small: hc_pre 96 tokens
+// 25.6 -> 15.9, 192 30.3 -> 26.0, 384 42.9 -> 43.5, 768 64.3 -> 84.4; hc_head 192 20.6 -> 16.5, 384 28.5 -> 26.1,
+// 768 46.0 -> 49.4 (V4-Flash: the same side of 384).
+constexpr int64_t kStandaloneSmallMaxTokens = 384;
+
+// Overlapping the previous kernel (PDL) pays while the grid fits the SMs: post_mix 1 token 5.05 -> 4.78 us. At 64
+// tokens (224 blocks) the early CTAs pile onto the SMs freed first: 8.9 -> 9.6 us.
+dsv4::Launch small_mix_launch(dim3 grid) {
+    return grid.x * grid.y <= static_cast<unsigned>(dsv4::sm_count()) ? dsv4::Launch::kOverlapPrevious
+                                                                        : dsv4::Launch::kAfterPrevious;
+}
 constexpr int kSmallWarps = 8;
 constexpr int kSmallThreads = kSmallWarps * dsv4::kWarpSize;
 constexpr int kSmallStepsPerWarp = kPostMixSteps / 2;  // two warps per copy split the chunk's 4 K steps
@@ -1116,6 +1133,7 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
 // Not kPost: out, f, post and comb are unused.
 template <int kNTiles, bool kPost>
 __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixArgs args) {
+    dsv4::await_previous_kernel();
     __shared__ Vec16 tile_x[kPostMixTile * kSmallRowVecs];             // [row][copy 0..3, f][16 vectors] (+ pad)
     __shared__ float tile_post[kPostMixTile][kHc];                     // post[token][j]
     __shared__ float tile_comb[kPostMixTile][kHc][kHc];                // comb[token][i][j]
@@ -1260,8 +1278,9 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
     args.phases = plan.phases;
     args.num_mix = num_mix;
     const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(plan.tiles));
-    mix_partial_kernel<kNTiles><<<grid, kMixThreads, 0, stream>>>(args);
-    DSV4_CHECK_LAUNCH();
+    // Sized to an even wave (kTargetBlocks): overlapped, hc_pre at V4-Pro x 4096 took 297 us against 264.
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kAfterPrevious, mix_partial_kernel<kNTiles>, grid, kMixThreads,
+                                          0, stream, args));
     return DSV4_OK;
 }
 
@@ -1274,13 +1293,13 @@ int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(finalize_warp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(smem)));
             const int64_t blocks = (n_tokens + kFinWarps - 1) / kFinWarps;
-            finalize_warp_kernel<<<static_cast<unsigned>(blocks), kFinThreads, smem, stream>>>(args);
-            DSV4_CHECK_LAUNCH();
+            DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, finalize_warp_kernel,
+                                                  static_cast<unsigned>(blocks), kFinThreads, smem, stream, args));
             return DSV4_OK;
         }
     }
-    finalize_block_kernel<kPre><<<static_cast<unsigned>(n_tokens), block_fin_threads(kPre), 0, stream>>>(args);
-    DSV4_CHECK_LAUNCH();
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, finalize_block_kernel<kPre>,
+                                          static_cast<unsigned>(n_tokens), block_fin_threads(kPre), 0, stream, args));
     return DSV4_OK;
 }
 
@@ -1291,23 +1310,21 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     args.tiles = (args.n_tokens + kPostMixTile - 1) / kPostMixTile;
     if (args.n_tokens < kPostMixSmallMaxTokens) {
         const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(args.tiles));
-        mix_small_kernel<kNTiles, true><<<grid, kSmallThreads, 0, stream>>>(args);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(small_mix_launch(grid), mix_small_kernel<kNTiles, true>, grid,
+                                              kSmallThreads, 0, stream, args));
         return DSV4_OK;
     }
-    // One block per SM, each loading its fn slice once: as many token groups as fill the SMs in one wave.
-    int device = 0, sms = 0;
-    DSV4_CHECK_CUDA(cudaGetDevice(&device));
-    DSV4_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t want_groups = std::clamp<int64_t>(sms / splits, 1, args.tiles);
+    // One block per SM, each loading its fn slice once: as many token groups as fill the SMs in one wave (so it is
+    // launched after the previous kernel, not overlapping it: Launch::kAfterPrevious).
+    const int64_t want_groups = std::clamp<int64_t>(dsv4::sm_count() / splits, 1, args.tiles);
     args.tiles_per_group = (args.tiles + want_groups - 1) / want_groups;
     const int64_t groups = (args.tiles + args.tiles_per_group - 1) / args.tiles_per_group;
     const size_t smem = post_mix_smem_bytes(kNTiles);
     DSV4_CHECK_CUDA(cudaFuncSetAttribute(post_mix_kernel<kNTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(groups));
-    post_mix_kernel<kNTiles><<<grid, kPostMixThreads, smem, stream>>>(args);
-    DSV4_CHECK_LAUNCH();
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kAfterPrevious, post_mix_kernel<kNTiles>, grid,
+                                          kPostMixThreads, smem, stream, args));
     return DSV4_OK;
 }
 
@@ -1322,8 +1339,9 @@ int check_in_place(const void* out, const void* x, int64_t n_tokens, int64_t dim
     return DSV4_OK;
 }
 
-// The finalize's partials: given by dsv4_mhc_post_mix_bf16 (dim / 128 splits), or formed here by kernel 1 in the
-// workspace. Params: dsv4_mhc_pre_params or dsv4_mhc_head_params.
+// The finalize's partials: given by dsv4_mhc_post_mix_bf16 (dim / 128 splits), or formed here in the workspace by
+// kernel 1 or (fewer than kStandaloneSmallMaxTokens tokens) mix_small_kernel. Params: dsv4_mhc_pre_params or
+// dsv4_mhc_head_params.
 template <int kNTiles, typename Params>
 int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float** partial, int* splits) {
     if (p.partials != nullptr) {
@@ -1336,7 +1354,7 @@ int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float*
     DSV4_CHECK_FIELD_PTR(p, fn, 16);
     DSV4_RETURN_IF_FAILED(check_workspace(p.workspace, p.workspace_bytes, p.n_tokens, k));
     *partial = static_cast<const float*>(p.workspace);
-    if (p.n_tokens < kPostMixSmallMaxTokens) {
+    if (p.n_tokens < kStandaloneSmallMaxTokens) {
         PostMixArgs args{};
         args.partial = static_cast<float*>(p.workspace);
         args.x = static_cast<const Vec16*>(p.x);
@@ -1347,8 +1365,8 @@ int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float*
         *splits = static_cast<int>(p.dim / kPostMixDims);
         const dim3 grid(static_cast<unsigned>(*splits),
                         static_cast<unsigned>((p.n_tokens + kPostMixTile - 1) / kPostMixTile));
-        mix_small_kernel<kNTiles, false><<<grid, kSmallThreads, 0, stream>>>(args);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(small_mix_launch(grid), mix_small_kernel<kNTiles, false>, grid,
+                                              kSmallThreads, 0, stream, args));
         return DSV4_OK;
     }
     *splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
@@ -1476,10 +1494,11 @@ DSV4_API int dsv4_mhc_post_bf16(void* out, const void* x, const void* f, const f
         const int64_t vecs = dim / kBf16PerVec;
         DSV4_RETURN_IF_FAILED(check_in_place(out, x, n_tokens, dim));
         const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>((vecs + kPostThreads - 1) / kPostThreads));
-        hc_post_kernel<<<grid, kPostThreads, 0, stream>>>(static_cast<Vec16*>(out), static_cast<const Vec16*>(x),
-                                                          static_cast<const Vec16*>(f), reinterpret_cast<const float4*>(post),
-                                                          reinterpret_cast<const float4*>(comb), vecs);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, hc_post_kernel, grid, kPostThreads, 0,
+                                              stream, static_cast<Vec16*>(out), static_cast<const Vec16*>(x),
+                                              static_cast<const Vec16*>(f),
+                                              reinterpret_cast<const float4*>(post),
+                                              reinterpret_cast<const float4*>(comb), vecs));
         return DSV4_OK;
     });
 }

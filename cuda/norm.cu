@@ -177,6 +177,7 @@ __device__ __forceinline__ void process_row(const Vec16 (&raw)[kVecs], const flo
 
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(const RowArgs args, int64_t n_rows) {
+    dsv4::await_previous_kernel();
     constexpr bool kNorm = kOp != RowOp::kQuant;
     // [kVecs * kThreads * 2] float4: thread tid's weights of vector i at 2 * (i * kThreads + tid); only that
     // thread writes and reads them, so no barrier is needed.
@@ -204,6 +205,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(con
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes, int kSplit>
 __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
     row_split_kernel(const RowArgs args, int64_t part_vecs) {
+    dsv4::await_previous_kernel();
     __shared__ float4 weight_smem[kOp == RowOp::kQuant ? 1 : 2 * kVecs * kThreads];
     __shared__ float split_slots[kSplit];
     const int64_t row = blockIdx.x / kSplit;
@@ -215,26 +217,12 @@ __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
     process_row<kOp, kThreads, kVecs, kGroupLanes, kSplit>(raw, weight_smem, args, row, range, split_slots);
 }
 
-// SMs of the device; 0 if the query fails (then no row is split and the grids are one block per row).
-int sm_count() {
-    static int sms = 0;  // the device does not change under a loaded library
-    if (sms == 0) {
-        int device = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-            cudaGetLastError();  // a query failure is not sticky
-            sms = 0;
-        }
-    }
-    return sms;
-}
-
 // Resident blocks of one row_kernel instantiation per SM times the SMs: the persistent grid of the norm ops.
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
 int64_t persistent_blocks(size_t smem_bytes) {
     static int64_t blocks = 0;  // per instantiation; the device does not change under a loaded library
     if (blocks == 0) {
-        const int sms = sm_count();
+        const int sms = dsv4::sm_count();
         int per_sm = 0;
         if (sms <= 0 ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, row_kernel<kOp, kThreads, kVecs, kGroupLanes>,
@@ -249,29 +237,38 @@ int64_t persistent_blocks(size_t smem_bytes) {
 }
 
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
-void launch_config(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
+cudaError_t launch_config(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
     constexpr bool kNorm = kOp != RowOp::kQuant;
     const size_t smem = kNorm ? size_t(kVecs) * kThreads * 2 * sizeof(float4) : 0;
     const int64_t grid = kNorm ? std::min(n_rows, persistent_blocks<kOp, kThreads, kVecs, kGroupLanes>(smem)) : n_rows;
-    row_kernel<kOp, kThreads, kVecs, kGroupLanes><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args, n_rows);
+    return dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, row_kernel<kOp, kThreads, kVecs, kGroupLanes>,
+                               static_cast<unsigned>(grid), kThreads, smem, stream, args, n_rows);
 }
 
-// row_split_kernel over kSplit CTAs per row, configured like launch_rows below for a part of the row; false when a
-// part is wider than 512 vectors (not a small-batch shape of V4: then the row is not split).
+// Each row's CTAs hold whole quantization groups: the part of a row (vectors) one of kSplit CTAs takes.
+template <int kGroupLanes, int kSplit>
+int64_t split_part_vecs(int64_t vecs_per_row) {
+    const int64_t groups = (vecs_per_row + kGroupLanes - 1) / kGroupLanes;
+    return (groups + kSplit - 1) / kSplit * kGroupLanes;
+}
+
+// row_split_kernel over kSplit CTAs per row, configured like launch_rows below for a part of the row; parts wider
+// than 512 vectors are not a small-batch shape of V4 and are not split (split_part_vecs <= 512 is checked first).
 template <RowOp kOp, int kGroupLanes, int kSplit>
-bool launch_split(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
-    const int64_t groups = (args.vecs_per_row + kGroupLanes - 1) / kGroupLanes;
-    const int64_t part = (groups + kSplit - 1) / kSplit * kGroupLanes;  // whole quantization groups per CTA
+cudaError_t launch_split(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
+    const int64_t part = split_part_vecs<kGroupLanes, kSplit>(args.vecs_per_row);
     const unsigned grid = static_cast<unsigned>(n_rows * kSplit);
-    if (part <= 64) row_split_kernel<kOp, 64, 1, kGroupLanes, kSplit><<<grid, 64, 0, stream>>>(args, part);
-    else if (part <= 128)
-        row_split_kernel<kOp, 128, 1, kGroupLanes, kSplit><<<grid, 128, 0, stream>>>(args, part);
-    else if (part <= 256)
-        row_split_kernel<kOp, 256, 1, kGroupLanes, kSplit><<<grid, 256, 0, stream>>>(args, part);
-    else if (part <= 512)
-        row_split_kernel<kOp, 256, 2, kGroupLanes, kSplit><<<grid, 256, 0, stream>>>(args, part);
-    else return false;
-    return true;
+    constexpr auto kOverlap = dsv4::Launch::kOverlapPrevious;
+    if (part <= 64) return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 64, 1, kGroupLanes, kSplit>, grid, 64, 0,
+                                               stream, args, part);
+    if (part <= 128)
+        return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 128, 1, kGroupLanes, kSplit>, grid, 128, 0, stream,
+                                   args, part);
+    if (part <= 256)
+        return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 256, 1, kGroupLanes, kSplit>, grid, 256, 0, stream,
+                                   args, part);
+    return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 256, 2, kGroupLanes, kSplit>, grid, 256, 0, stream, args,
+                               part);
 }
 
 template <RowOp kOp, int kGroupLanes>
@@ -279,13 +276,13 @@ int launch_rows(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
     // Few rows: split each over 4 CTAs, or 2 for the quantizing ops, while the split rows fit the SMs in one wave.
     // V4-Pro on the H100 (us, unsplit -> split): 1 token rms 2.4 -> 2.1, rms_quant 3.2 -> 2.3, act_quant 2.0 -> 1.5;
     // 64 tokens (split in 2) rms_quant 3.9 -> 3.7, act_quant 2.9 -> 2.7, but rms 3.3 -> 3.4.
-    const int64_t sms = sm_count();
-    if (n_rows * 4 <= sms && launch_split<kOp, kGroupLanes, 4>(args, n_rows, stream)) {
-        DSV4_CHECK_LAUNCH();
+    const int64_t sms = dsv4::sm_count();
+    if (n_rows * 4 <= sms && split_part_vecs<kGroupLanes, 4>(args.vecs_per_row) <= 512) {
+        DSV4_CHECK_LAUNCH(launch_split<kOp, kGroupLanes, 4>(args, n_rows, stream));
         return DSV4_OK;
     }
-    if (kOp != RowOp::kRmsNorm && n_rows * 2 <= sms && launch_split<kOp, kGroupLanes, 2>(args, n_rows, stream)) {
-        DSV4_CHECK_LAUNCH();
+    if (kOp != RowOp::kRmsNorm && n_rows * 2 <= sms && split_part_vecs<kGroupLanes, 2>(args.vecs_per_row) <= 512) {
+        DSV4_CHECK_LAUNCH(launch_split<kOp, kGroupLanes, 2>(args, n_rows, stream));
         return DSV4_OK;
     }
     // The smallest configuration that holds the row with few idle threads and at most 4 vectors per thread:
@@ -293,19 +290,22 @@ int launch_rows(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
     // of shared memory a block gets without opting in up to dim 12288, and 16384 needs 64 KB: see below),
     // 32768 for the quantizer (V4-Pro's widest activation is wo_b's 16384).
     const int64_t vecs = args.vecs_per_row;
-    if (vecs <= 64) launch_config<kOp, 64, 1, kGroupLanes>(args, n_rows, stream);
-    else if (vecs <= 128) launch_config<kOp, 128, 1, kGroupLanes>(args, n_rows, stream);
-    else if (vecs <= 256) launch_config<kOp, 256, 1, kGroupLanes>(args, n_rows, stream);
-    else if (vecs <= 512) launch_config<kOp, 256, 2, kGroupLanes>(args, n_rows, stream);
-    else if (vecs <= 1024) launch_config<kOp, 256, 4, kGroupLanes>(args, n_rows, stream);
+    if (vecs <= 64) DSV4_CHECK_LAUNCH(launch_config<kOp, 64, 1, kGroupLanes>(args, n_rows, stream));
+    else if (vecs <= 128) DSV4_CHECK_LAUNCH(launch_config<kOp, 128, 1, kGroupLanes>(args, n_rows, stream));
+    else if (vecs <= 256) DSV4_CHECK_LAUNCH(launch_config<kOp, 256, 1, kGroupLanes>(args, n_rows, stream));
+    else if (vecs <= 512) DSV4_CHECK_LAUNCH(launch_config<kOp, 256, 2, kGroupLanes>(args, n_rows, stream));
+    else if (vecs <= 1024) DSV4_CHECK_LAUNCH(launch_config<kOp, 256, 4, kGroupLanes>(args, n_rows, stream));
     else if (vecs <= 2048) {
         if constexpr (kOp != RowOp::kQuant) {  // 64 KB of weights: opt in above the default 48 KB
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(row_kernel<kOp, 512, 4, kGroupLanes>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
         }
-        launch_config<kOp, 512, 4, kGroupLanes>(args, n_rows, stream);
-    } else if constexpr (kOp == RowOp::kQuant) launch_config<kOp, 1024, 4, kGroupLanes>(args, n_rows, stream);
-    DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(launch_config<kOp, 512, 4, kGroupLanes>(args, n_rows, stream));
+    } else if constexpr (kOp == RowOp::kQuant) {
+        DSV4_CHECK_LAUNCH(launch_config<kOp, 1024, 4, kGroupLanes>(args, n_rows, stream));
+    } else {
+        return dsv4::fail(DSV4_ERR_INTERNAL, "no launch configuration for rows of %lld vectors", (long long)vecs);
+    }
     return DSV4_OK;
 }
 

@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(kTableThreads)
     rope_table_kernel(float2* __restrict__ table,       // [n_positions, n_pairs] (cos, sin)
                       const float* __restrict__ freqs,  // [n_pairs]
                       int64_t n_positions, int64_t n_pairs) {
+    dsv4::await_previous_kernel();
     const int64_t n = n_positions * n_pairs;
     for (int64_t i = blockIdx.x * int64_t(kTableThreads) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * kTableThreads) {
@@ -114,6 +115,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * dsv4::kWarpSize)
                        const float2* __restrict__ table,       // [table_positions, 32]
                        int64_t n_heads_total, int64_t n_heads, int64_t q_stride_vecs, int64_t table_positions,
                        float eps) {
+    dsv4::await_previous_kernel();
     const int64_t head = blockIdx.x * int64_t(kHeadsPerBlock) + threadIdx.x / dsv4::kWarpSize;
     if (head >= n_heads_total) return;  // whole warps
     const int lane = threadIdx.x % dsv4::kWarpSize;
@@ -158,6 +160,7 @@ __global__ void __launch_bounds__(kInverseThreads)
                         const int32_t* __restrict__ positions,  // [n_tokens]
                         const float2* __restrict__ table,       // [table_positions, 32]
                         int64_t n_heads, int64_t o_stride_vecs, int64_t table_positions) {
+    dsv4::await_previous_kernel();
     const int64_t t = blockIdx.x;
     const int32_t pos = __ldg(positions + t);
     Vec16* ot = o + t * o_stride_vecs + (kHeadVecs - kRopeVecs);
@@ -207,6 +210,7 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
                             const float2* __restrict__ table,           // [table_positions, 32]
                             int64_t n_tokens, int64_t n_slots, int64_t block_size, int64_t block_stride_bytes,
                             int64_t kv_stride_vecs, int64_t table_positions, float eps) {
+    dsv4::await_previous_kernel();
     const int64_t t = blockIdx.x * int64_t(kKvTokensPerBlock) + threadIdx.x / dsv4::kWarpSize;
     if (t >= n_tokens) return;  // whole warps
     const int lane = threadIdx.x % dsv4::kWarpSize;
@@ -310,9 +314,9 @@ DSV4_API int dsv4_rope_table_f32(float* table, const float* freqs, int64_t n_pos
         const int64_t n = n_positions * n_pairs;
         constexpr int64_t kMaxBlocks = 1 << 16;
         const int64_t blocks = std::min<int64_t>((n + kTableThreads - 1) / kTableThreads, kMaxBlocks);
-        rope_table_kernel<<<static_cast<unsigned>(blocks), kTableThreads, 0, stream>>>(
-            reinterpret_cast<float2*>(table), freqs, n_positions, n_pairs);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, rope_table_kernel,
+                                              static_cast<unsigned>(blocks), kTableThreads, 0, stream,
+                                              reinterpret_cast<float2*>(table), freqs, n_positions, n_pairs));
         return DSV4_OK;
     });
 }
@@ -331,10 +335,11 @@ DSV4_API int dsv4_rope_q_norm_rope_bf16(void* q, const int32_t* positions, const
         DSV4_CHECK_PTR(table, 16);
         const int64_t heads = n_tokens * n_heads;
         const int64_t blocks = (heads + kHeadsPerBlock - 1) / kHeadsPerBlock;
-        q_norm_rope_kernel<<<static_cast<unsigned>(blocks), kHeadsPerBlock * dsv4::kWarpSize, 0, stream>>>(
-            static_cast<Vec16*>(q), positions, reinterpret_cast<const float2*>(table), heads, n_heads,
-            q_stride / kBf16PerVec, table_positions, eps);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, q_norm_rope_kernel,
+                                              static_cast<unsigned>(blocks), kHeadsPerBlock * dsv4::kWarpSize, 0,
+                                              stream, static_cast<Vec16*>(q), positions,
+                                              reinterpret_cast<const float2*>(table), heads, n_heads,
+                                              q_stride / kBf16PerVec, table_positions, eps));
         return DSV4_OK;
     });
 }
@@ -349,10 +354,11 @@ DSV4_API int dsv4_rope_inverse_bf16(void* o, const int32_t* positions, const flo
         DSV4_CHECK_PTR(o, 16);
         DSV4_CHECK_PTR(positions, 4);
         DSV4_CHECK_PTR(table, 16);
-        inverse_rope_kernel<<<static_cast<unsigned>(n_tokens), kInverseThreads, 0, stream>>>(
-            static_cast<Vec16*>(o), positions, reinterpret_cast<const float2*>(table), n_heads,
-            o_stride / kBf16PerVec, table_positions);
-        DSV4_CHECK_LAUNCH();
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, inverse_rope_kernel,
+                                              static_cast<unsigned>(n_tokens), kInverseThreads, 0, stream,
+                                              static_cast<Vec16*>(o), positions,
+                                              reinterpret_cast<const float2*>(table), n_heads,
+                                              o_stride / kBf16PerVec, table_positions));
         return DSV4_OK;
     });
 }
@@ -383,11 +389,12 @@ DSV4_API int dsv4_rope_kv_fp8(const dsv4_rope_kv_params* params, cudaStream_t st
         DSV4_CHECK_FIELD_PTR(p, slot_mapping, 4);
         DSV4_CHECK_FIELD_PTR(p, table, 16);
         const int64_t blocks = (p.n_tokens + kKvTokensPerBlock - 1) / kKvTokensPerBlock;
-        kv_norm_rope_fp8_kernel<<<static_cast<unsigned>(blocks), kKvTokensPerBlock * dsv4::kWarpSize, 0, stream>>>(
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(
+            dsv4::Launch::kOverlapPrevious, kv_norm_rope_fp8_kernel, static_cast<unsigned>(blocks),
+            kKvTokensPerBlock * dsv4::kWarpSize, 0, stream,
             static_cast<uint8_t*>(p.cache), static_cast<const Vec16*>(p.kv), reinterpret_cast<const float4*>(p.weight),
             p.positions, p.slot_mapping, reinterpret_cast<const float2*>(p.table), p.n_tokens, p.n_slots,
-            p.block_size, p.block_stride_bytes, p.kv_stride / kBf16PerVec, p.table_positions, p.eps);
-        DSV4_CHECK_LAUNCH();
+            p.block_size, p.block_stride_bytes, p.kv_stride / kBf16PerVec, p.table_positions, p.eps));
         return DSV4_OK;
     });
 }

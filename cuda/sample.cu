@@ -252,6 +252,7 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
 
 // grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats.
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
+    dsv4::await_previous_kernel();
     extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z
     __shared__ Shared sh;
     float* z = reinterpret_cast<float*>(z4);
@@ -397,8 +398,8 @@ int raise_smem_limit() {
 int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
-    sample_kernel<<<static_cast<unsigned>(batch * kCluster), kThreads, smem, stream>>>(args);
-    DSV4_CHECK_LAUNCH();
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel,
+                                          static_cast<unsigned>(batch * kCluster), kThreads, smem, stream, args));
     return DSV4_OK;
 }
 

@@ -506,6 +506,59 @@ def test_post_mix_then_head_matches_reference(dim, n_tokens, rng, stream):
                            f"hc_head from post_mix {n_tokens}x{dim}", max_ulps=2, rare=RARE_Y)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 64, 1000])
+def test_layer_chain_queued_without_host_sync_matches_synchronized_calls(n_tokens, rng, stream):
+    """Kernels start before the previous kernel on the stream ends (programmatic dependent launch, cuda/common.cuh)
+    and must wait for it before touching memory. Three layers of mHC (post_mix -> hc_pre from its partials, whose y
+    is the next post_mix's f), then a standalone hc_head, with X in two buffers used in turn: each call reads what
+    the one before wrote and overwrites what it read (post / comb, partials, X). Queued without a host sync they give
+    the same bits as with a sync after every call."""
+    dim = 4096
+    x0 = random_stream(rng, n_tokens, dim)
+    f0 = (rng.standard_normal((n_tokens, dim)) * 4).astype(BF16)
+    post0, comb0 = random_post_comb(rng, n_tokens)
+    fn, scale, base = random_hc_weights(rng, dim)
+    head_fn, head_scale, head_base = random_hc_weights(rng, dim, mix=HC)
+    weight = random_norm_weight(rng, dim)
+    constants = [DeviceArray.from_numpy(a, stream) for a in (fn, scale, base, head_fn, head_scale, head_base, weight)]
+    fn_d, scale_d, base_d, head_fn_d, head_scale_d, head_base_d, weight_d = constants
+
+    def run(sync_each_call):
+        xs = [DeviceArray.from_numpy(x0, stream), DeviceArray.empty((n_tokens, HC, dim), BF16).fill_poison(stream)]
+        f, post, comb = (DeviceArray.from_numpy(a, stream) for a in (f0, post0, comb0))
+        partials = DeviceArray.empty(lib.dsv4_mhc_post_mix_partials_bytes(n_tokens, dim), np.uint8)
+        q = DeviceArray.empty((n_tokens, dim), E4M3)
+        s = DeviceArray.empty((n_tokens, dim // 128), np.float32)
+        head_y = DeviceArray.empty((n_tokens, dim), BF16)
+        ws, ws_bytes = workspace(n_tokens, dim, lib.dsv4_mhc_head_workspace_bytes)
+        calls = []
+        for layer in range(3):
+            x_in, x_out = xs[layer % 2], xs[1 - layer % 2]
+            calls.append(lambda x_in=x_in, x_out=x_out: lib.dsv4_mhc_post_mix_bf16(PostMixParams(
+                out=x_out.ptr, partials=partials.ptr, x=x_in.ptr, f=f.ptr, post=post.ptr, comb=comb.ptr,
+                fn=fn_d.ptr, n_tokens=n_tokens, dim=dim, num_mix=MIX), stream))  # fmt: skip
+            calls.append(lambda x_out=x_out: lib.dsv4_mhc_pre_bf16(PreParams(
+                post=post.ptr, comb=comb.ptr, y=f.ptr, q=q.ptr, scale=s.ptr, x=x_out.ptr, fn=0, hc_scale=scale_d.ptr,
+                hc_base=base_d.ptr, norm_weight=weight_d.ptr, partials=partials.ptr, workspace=0, workspace_bytes=0,
+                n_tokens=n_tokens, dim=dim, scale_stride_token=dim // 128, scale_stride_block=1, sinkhorn_iters=ITERS,
+                hc_eps=HC_EPS, mix_eps=NORM_EPS, norm_eps=NORM_EPS), stream))  # fmt: skip
+        calls.append(lambda: lib.dsv4_mhc_head_bf16(HeadParams(
+            y=head_y.ptr, x=xs[1].ptr, fn=head_fn_d.ptr, hc_scale=head_scale_d.ptr, hc_base=head_base_d.ptr,
+            norm_weight=weight_d.ptr, partials=0, workspace=ws.ptr, workspace_bytes=ws_bytes, n_tokens=n_tokens,
+            dim=dim, hc_eps=HC_EPS, mix_eps=NORM_EPS, norm_eps=NORM_EPS), stream))  # fmt: skip
+        for call in calls:
+            call()
+            if sync_each_call:
+                stream.sync()
+        outputs = {"x after layer 1": xs[0], "x after layer 2": xs[1], "y": f, "post": post, "comb": comb, "q": q,
+                   "scale": s, "hc_head y": head_y}
+        return {name: a.to_numpy(stream) for name, a in outputs.items()}
+
+    queued, synced = run(False), run(True)
+    for name in queued:
+        assert_bit_exact(queued[name], synced[name], name=f"{name}, {n_tokens} tokens queued vs synchronized")
+
+
 def test_post_mix_partials_bytes():
     assert lib.dsv4_mhc_post_mix_partials_bytes(3, 7168) == 3 * 56 * 25 * 4  # rows of 24 mix sums and sum(x^2)
     for n, dim in [(0, 4096), (5, 0), (5, 200), (5, 8320)]:  # empty, or dim not a multiple of 128 in (0, 8192]
