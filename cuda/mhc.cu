@@ -1091,7 +1091,7 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // forms) and standalone hc_pre / hc_head's (of X itself, in place of kernel 1). The pipelined post_mix above needs
 // a 2-3 us prologue (its fn slice into shared memory) and then walks each pair's slots as a chain of producer and
 // consumer steps, ~9 us at 1 token. Here block (c, m) takes chunk c (the same 128 dims as above, so the same
-// partial layout) of the 16-token tile m, and every load is issued at once: the tile's X (and f; cp.async into
+// partial layout) of token tile m (16 or 32 tokens: launch_mix_small), and every load is issued at once: the tile's X (and f; cp.async into
 // shared memory, read by several warps), its post / comb weights, and each warp's fn fragments straight from global
 // memory (each fn element is used once per tile, so staging it would only add a round trip). Warp w takes copy
 // j = w % 4 over K steps 2 (w / 4) and 2 (w / 4) + 1 of the chunk (with kPost it forms and stores the new copy j)
@@ -1104,15 +1104,9 @@ constexpr int64_t kPostMixSmallMaxTokens = 96;
 // Standalone hc_pre / hc_head form their partials here below this many tokens, in place of kernel 1 (which
 // reads fn once per 128 tokens, not per 16). V4-Pro on the H100, us, kernel 1 -> mix_small: hc_pre 96 tokens
 // 25.6 -> 15.9, 192 30.3 -> 26.0, 384 42.9 -> 43.5, 768 64.3 -> 84.4; hc_head 192 20.6 -> 16.5, 384 28.5 -> 26.1,
-// 768 46.0 -> 49.4 (V4-Flash: the same side of 384).
+// 768 46.0 -> 49.4 (V4-Flash: the same side of 384), measured with 16-token tiles only.
 constexpr int64_t kStandaloneSmallMaxTokens = 384;
 
-// Overlapping the previous kernel (PDL) pays while the grid fits the SMs: post_mix 1 token 5.05 -> 4.78 us. At 64
-// tokens (224 blocks) the early CTAs pile onto the SMs freed first: 8.9 -> 9.6 us.
-dsv4::Launch small_mix_launch(dim3 grid) {
-    return grid.x * grid.y <= static_cast<unsigned>(dsv4::sm_count()) ? dsv4::Launch::kOverlapPrevious
-                                                                        : dsv4::Launch::kAfterPrevious;
-}
 constexpr int kSmallWarps = 8;
 constexpr int kSmallThreads = kSmallWarps * dsv4::kWarpSize;
 constexpr int kSmallStepsPerWarp = kPostMixSteps / 2;  // two warps per copy split the chunk's 4 K steps
@@ -1130,22 +1124,28 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
     return v;
 }
 
-// Not kPost: out, f, post and comb are unused.
-template <int kNTiles, bool kPost>
+// kMTiles m16 tiles of tokens per block (kMTiles * 16 tokens). Not kPost: out, f, post and comb are unused.
+template <int kNTiles, int kMTiles, bool kPost>
 __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixArgs args) {
     dsv4::await_previous_kernel();
-    __shared__ Vec16 tile_x[kPostMixTile * kSmallRowVecs];             // [row][copy 0..3, f][16 vectors] (+ pad)
-    __shared__ float tile_post[kPostMixTile][kHc];                     // post[token][j]
-    __shared__ float tile_comb[kPostMixTile][kHc][kHc];                // comb[token][i][j]
-    __shared__ float red[kSmallWarps][kPostMixTile][kSmallRedPitch];  // each warp's products and sums of squares
+    constexpr int kTileTokens = kMTiles * kPostMixTile;
+    constexpr int kTileXBytes = kTileTokens * kSmallRowVecs * sizeof(Vec16);
+    constexpr int kRedBytes = kSmallWarps * kTileTokens * kSmallRedPitch * sizeof(float);
+    // The X tile ([row][copy 0..3, f][16 vectors] + pad), then, once the products are formed, each warp's products
+    // and sums of squares in the same bytes: [kSmallWarps][kTileTokens][kSmallRedPitch] floats.
+    __shared__ __align__(16) unsigned char tile_bytes[kTileXBytes > kRedBytes ? kTileXBytes : kRedBytes];
+    __shared__ float tile_post[kTileTokens][kHc];        // post[token][j]
+    __shared__ float tile_comb[kTileTokens][kHc][kHc];   // comb[token][i][j]
+    Vec16* tile_x = reinterpret_cast<Vec16*>(tile_bytes);
+    auto red = reinterpret_cast<float (*)[kTileTokens][kSmallRedPitch]>(tile_bytes);
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int g = lane / 4, q = lane % 4;
     const int chunk = blockIdx.x;
-    const int64_t tile_token = int64_t(blockIdx.y) * kPostMixTile;
+    const int64_t tile_token = int64_t(blockIdx.y) * kTileTokens;
     const int64_t vecs = args.vecs;
 
     constexpr int kRowInputs = kPost ? kHc + 1 : kHc;  // the 4 copies, and f
-    for (int v = tid; v < kPostMixTile * kRowInputs * kChunkVecs; v += kSmallThreads) {
+    for (int v = tid; v < kTileTokens * kRowInputs * kChunkVecs; v += kSmallThreads) {
         const int row = v / (kRowInputs * kChunkVecs), i = (v / kChunkVecs) % kRowInputs, c = v % kChunkVecs;
         const int64_t token = tile_token + row;
         const bool valid = token < args.n_tokens;
@@ -1155,13 +1155,13 @@ __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixA
                                      : args.f + token * vecs + col;
         cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + c, src, valid);
     }
-    for (int e = tid; kPost && e < kPostMixTile * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // post, comb: 16 B
-        const bool is_post = e < kPostMixTile;
-        const int row = is_post ? e : (e - kPostMixTile) / kHc;
+    for (int e = tid; kPost && e < kTileTokens * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // post, comb: 16 B
+        const bool is_post = e < kTileTokens;
+        const int row = is_post ? e : (e - kTileTokens) / kHc;
         const bool valid = tile_token + row < args.n_tokens;
         const float* src = is_post ? args.post + (tile_token + row) * kHc
-                                   : args.comb + (tile_token + row) * kHc * kHc + ((e - kPostMixTile) % kHc) * kHc;
-        float* dst = is_post ? &tile_post[row][0] : &tile_comb[row][(e - kPostMixTile) % kHc][0];
+                                   : args.comb + (tile_token + row) * kHc * kHc + ((e - kTileTokens) % kHc) * kHc;
+        float* dst = is_post ? &tile_post[row][0] : &tile_comb[row][(e - kTileTokens) % kHc][0];
         cp_async16(dst, valid ? src : args.post, valid);
     }
     cp_async_commit();
@@ -1185,51 +1185,58 @@ __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixA
     cp_async_wait<0>();
     __syncthreads();
 
-    float acc[1][kNTiles][4] = {};
-    float sumsq[1][2] = {};
+    float acc[kMTiles][kNTiles][4] = {};
+    float sumsq[kMTiles][2] = {};
 #pragma unroll
     for (int st = 0; st < kSmallStepsPerWarp; ++st) {
         const int c = (first_step + st) * (kStepK / kBf16PerVec) + q;  // the lane's vector of the chunk row
-        Vec16 x[1][2];
+        Vec16 x[kMTiles][2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = h * 8 + g;
-            const Vec16* xr = tile_x + row * kSmallRowVecs + c;
-            if constexpr (kPost) {
-                float xs[kHc][8], fs[8];
+        for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-                for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(xr[i * kChunkVecs], xs[i]);
-                dsv4::unpack_bf16x8(xr[kHc * kChunkVecs], fs);
-                x[0][h] = post_combine(xs, fs, tile_post[row][j], tile_comb[row][0][j], tile_comb[row][1][j],
-                                       tile_comb[row][2][j], tile_comb[row][3][j]);
-                const int64_t token = tile_token + row;
-                if (token < args.n_tokens)
-                    args.out[(token * kHc + j) * vecs + int64_t(chunk) * kChunkVecs + c] = x[0][h];
-            } else {
-                x[0][h] = xr[j * kChunkVecs];
+            for (int h = 0; h < 2; ++h) {
+                const int row = mt * kPostMixTile + h * 8 + g;
+                const Vec16* xr = tile_x + row * kSmallRowVecs + c;
+                if constexpr (kPost) {
+                    float xs[kHc][8], fs[8];
+#pragma unroll
+                    for (int i = 0; i < kHc; ++i) dsv4::unpack_bf16x8(xr[i * kChunkVecs], xs[i]);
+                    dsv4::unpack_bf16x8(xr[kHc * kChunkVecs], fs);
+                    x[mt][h] = post_combine(xs, fs, tile_post[row][j], tile_comb[row][0][j], tile_comb[row][1][j],
+                                            tile_comb[row][2][j], tile_comb[row][3][j]);
+                    const int64_t token = tile_token + row;
+                    if (token < args.n_tokens)
+                        args.out[(token * kHc + j) * vecs + int64_t(chunk) * kChunkVecs + c] = x[mt][h];
+                } else {
+                    x[mt][h] = xr[j * kChunkVecs];
+                }
             }
-        }
-        mma_step_with<1, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
-                                                     uint32_t& lo1) {
+        mma_step_with<kMTiles, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1,
+                                                           uint32_t& lo0, uint32_t& lo1) {
             split_tf32(component(fn_frag[st][nt][u / 2], (2 * u) % 4), hi0, lo0);
             split_tf32(component(fn_frag[st][nt][u / 2], (2 * u) % 4 + 1), hi1, lo1);
         });
     }
+    __syncthreads();  // every warp is done with the X tile, whose bytes now take the products
 
-    // Warp sums into red[warp]: C fragment element (h, e) of n tile nt is row g + 8h, column nt * 8 + 2q + e.
+    // Warp sums into red[warp]: C fragment element (h, e) of m tile mt, n tile nt is row mt * 16 + g + 8h, column
+    // nt * 8 + 2q + e.
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 1);
-        sumsq[0][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[0][h], 2);
+    for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
+        for (int h = 0; h < 2; ++h) {
+            const int row = mt * kPostMixTile + h * 8 + g;
+            sumsq[mt][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[mt][h], 1);
+            sumsq[mt][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[mt][h], 2);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) red[warp][h * 8 + g][nt * 8 + 2 * q + e] = acc[0][nt][2 * h + e];
-        if (q == 0) red[warp][h * 8 + g][args.num_mix] = sumsq[0][h];
-    }
+            for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) red[warp][row][nt * 8 + 2 * q + e] = acc[mt][nt][2 * h + e];
+            if (q == 0) red[warp][row][args.num_mix] = sumsq[mt][h];
+        }
     __syncthreads();
     const int row_len = partial_row(args.num_mix);
-    for (int e = tid; e < kPostMixTile * row_len; e += kSmallThreads) {
+    for (int e = tid; e < kTileTokens * row_len; e += kSmallThreads) {
         const int row = e / row_len, col = e % row_len;
         const int64_t token = tile_token + row;
         if (token >= args.n_tokens) continue;
@@ -1284,6 +1291,32 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
     return DSV4_OK;
 }
 
+// mix_small_kernel over args.n_tokens: a block per (128-dim chunk, tile of 16 or 32 tokens). 32-token tiles (fn read
+// once per 32 tokens, not 16) once 16-token tiles would need more blocks than SMs; for post_mix (whose 32-token
+// instance takes 160 registers and 45 KB: one block per SM) only while its blocks then fit the SMs. V4-Pro on the
+// H100, us, 16 -> 32-token tiles: post_mix 48 tokens 8.54 -> 7.77, 64 8.90 -> 8.25, but 95 (168 blocks) 11.2 ->
+// 15.3; V4-Flash 95 8.64 -> 7.93, but 64 (128 blocks either way) 6.26 -> 7.28; standalone hc_pre 64 13.4 -> 11.9,
+// 192 26.3 -> 23.3; hc_head within +-0.2 below 96 tokens, 192 16.5 -> 15.2. Overlapping the previous kernel (PDL)
+// pays while the grid fits the SMs (post_mix 1 token 5.05 -> 4.78 us); beyond, the early CTAs pile onto the SMs
+// freed first (post_mix 64 tokens on 224 blocks 8.9 -> 9.6 us).
+template <int kNTiles, bool kPost>
+int launch_mix_small(const PostMixArgs& args, cudaStream_t stream) {
+    const int64_t chunks = args.vecs / kChunkVecs, sms = dsv4::sm_count();
+    const int64_t narrow_blocks = chunks * ((args.n_tokens + kPostMixTile - 1) / kPostMixTile);
+    const int64_t wide_blocks = chunks * ((args.n_tokens + 2 * kPostMixTile - 1) / (2 * kPostMixTile));
+    const bool wide = narrow_blocks > sms && (!kPost || wide_blocks <= sms);
+    const int64_t blocks = wide ? wide_blocks : narrow_blocks;
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(blocks / chunks));
+    const dsv4::Launch mode = blocks <= sms ? dsv4::Launch::kOverlapPrevious : dsv4::Launch::kAfterPrevious;
+    if (wide)
+        DSV4_CHECK_LAUNCH(
+            dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, 2, kPost>, grid, kSmallThreads, 0, stream, args));
+    else
+        DSV4_CHECK_LAUNCH(
+            dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, 1, kPost>, grid, kSmallThreads, 0, stream, args));
+    return DSV4_OK;
+}
+
 template <bool kPre>
 int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
     args.n_tokens = n_tokens;
@@ -1308,12 +1341,7 @@ int launch_post_mix(const PostMixArgs& base, cudaStream_t stream) {
     PostMixArgs args = base;
     const int64_t splits = args.vecs * kBf16PerVec / kPostMixDims;
     args.tiles = (args.n_tokens + kPostMixTile - 1) / kPostMixTile;
-    if (args.n_tokens < kPostMixSmallMaxTokens) {
-        const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(args.tiles));
-        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(small_mix_launch(grid), mix_small_kernel<kNTiles, true>, grid,
-                                              kSmallThreads, 0, stream, args));
-        return DSV4_OK;
-    }
+    if (args.n_tokens < kPostMixSmallMaxTokens) return launch_mix_small<kNTiles, true>(args, stream);
     // One block per SM, each loading its fn slice once: as many token groups as fill the SMs in one wave (so it is
     // launched after the previous kernel, not overlapping it: Launch::kAfterPrevious).
     const int64_t want_groups = std::clamp<int64_t>(dsv4::sm_count() / splits, 1, args.tiles);
@@ -1363,11 +1391,7 @@ int mix_partials(const Params& p, int num_mix, cudaStream_t stream, const float*
         args.vecs = p.dim / kBf16PerVec;
         args.num_mix = num_mix;
         *splits = static_cast<int>(p.dim / kPostMixDims);
-        const dim3 grid(static_cast<unsigned>(*splits),
-                        static_cast<unsigned>((p.n_tokens + kPostMixTile - 1) / kPostMixTile));
-        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(small_mix_launch(grid), mix_small_kernel<kNTiles, false>, grid,
-                                              kSmallThreads, 0, stream, args));
-        return DSV4_OK;
+        return launch_mix_small<kNTiles, false>(args, stream);
     }
     *splits = static_cast<int>(plan_mix(p.n_tokens, k).splits);
     return launch_mix_partial<kNTiles>(static_cast<float*>(p.workspace), p.x, p.fn, num_mix, p.n_tokens, k, stream);
