@@ -580,6 +580,18 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
     const Vec16* xt = args.x + t * kHc * args.vecs;
     Vec16 raw[kBlockFinVecs][kHc];
     if (row_warp) {
+        // Partials: row warp w sums splits w, w + 8, ... in order, kFinPartialBatch loads in flight at once. The
+        // first batch is issued ahead of the row's loads: the mix starts the longer path (post / comb).
+        constexpr int kRow = fin_partial_row(kPre);
+        const float* pt = args.partial + t * kRow + lane;
+        const int64_t split_stride = args.n_tokens * kRow;
+        const bool has_partial = lane < kRow;
+        float part[kFinPartialBatch];
+#pragma unroll
+        for (int b = 0; b < kFinPartialBatch; ++b) {
+            const int s = warp + b * kBlockFinRowWarps;
+            part[b] = has_partial && s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
+        }
 #pragma unroll
         for (int v = 0; v < kBlockFinVecs; ++v) {
             const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
@@ -594,23 +606,18 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
             }
             cp_async_commit();
         }
-
-        // Partials: row warp w sums splits w, w + 8, ... in order, kFinPartialBatch loads in flight at once.
-        constexpr int kRow = fin_partial_row(kPre);
-        const float* pt = args.partial + t * kRow + lane;
-        const int64_t split_stride = args.n_tokens * kRow;
         float sum = 0.0f;
-        if (lane < kRow) {
-            for (int first = warp; first < args.splits; first += kFinPartialBatch * kBlockFinRowWarps) {
-                float part[kFinPartialBatch];
 #pragma unroll
-                for (int b = 0; b < kFinPartialBatch; ++b) {
-                    const int s = first + b * kBlockFinRowWarps;
-                    part[b] = s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
-                }
+        for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
+        for (int first = warp + kFinPartialBatch * kBlockFinRowWarps; has_partial && first < args.splits;
+             first += kFinPartialBatch * kBlockFinRowWarps) {  // kernel 1's partials can have more splits
 #pragma unroll
-                for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
+            for (int b = 0; b < kFinPartialBatch; ++b) {
+                const int s = first + b * kBlockFinRowWarps;
+                part[b] = s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
             }
+#pragma unroll
+            for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
         }
         warp_sums[warp][lane] = sum;
     }
