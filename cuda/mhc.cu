@@ -26,8 +26,8 @@
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 265 us, post_mix + hc_pre from its partials = 213 + 139 us; at 1 token 1.5 + 11.5
-// and 5.1 + 5.4 us (the small-batch mix_small_kernel).
+// H100: hc_post + hc_pre = 185 + 265 us, post_mix + hc_pre from its partials = 217 + 137 us; at 1 token 1.3 + 8.2
+// and 4.9 + 4.6 us, at 64 tokens 4.2 + 11.1 and 8.3 + 6.3 us (the small-batch mix_small_kernel).
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
