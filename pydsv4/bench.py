@@ -10,10 +10,13 @@ merely moving the bytes).
 Each op is timed as a CUDA graph of many launches replayed several times (median), cycling over enough input
 sets that they do not fit in L2, so the numbers are HBM numbers, not cache numbers. Where torch is importable
 (on the GPU machine only; never a dependency) the matching torch op is timed on the same data as the peer.
+Consecutive launches overlap through programmatic dependent launch, as in a forward pass (the copies do not);
+DSV4_PDL=0 times every kernel launched plainly.
 """
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -390,7 +393,9 @@ def run_ops(args):
     dev = device()
     stream = new_stream()
     copy_bw = copy_bandwidth(stream)
-    print(f"device: {dev.name}; copy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s", flush=True)
+    pdl = os.environ.get("DSV4_PDL", "1") != "0"
+    print(f"device: {dev.name}; copy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s; programmatic dependent "
+          f"launch {'on' if pdl else 'off (DSV4_PDL=0)'}", flush=True)
     header = (f"{'op':<26} {'width':<6} {'tokens':>6} {'us':>9} {'GB/s':>8} {'%copy':>6} {'copy us':>8} "
               f"{'copy/ours':>9} {'peer us':>9} {'peer/ours':>9}")
     print(header)
@@ -415,7 +420,8 @@ def run_ops(args):
                                      note=case.note))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=dev.name, copy_gb_per_s=copy_bw / 1e9, rows=rows), f, indent=1)
+            json.dump(dict(device=dev.name, copy_gb_per_s=copy_bw / 1e9, programmatic_launch=pdl, rows=rows), f,
+                      indent=1)
     return 0
 
 
