@@ -7,10 +7,10 @@
 //     A block takes a tile of up to 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles)
 //     as the MMA's A operand and the whole of fn's rows as B (n8 tiles), so a block reads each fn element once
 //     for 128 tokens (from L2: fn is at most 2.75 MB). When the tile has fewer tokens, warps share tokens and
-//     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below kStandaloneSmallMaxTokens
-//     tokens mix_small_kernel forms the partials instead, so every launch now has 4 groups of one phase; the
-//     general code stays, as taking the phases out (every warp its own 32 tokens) measured slower (V4-Pro x 4096
-//     hc_pre 265 -> 275 us, hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
+//     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below
+//     kStandaloneSmallMaxTokens tokens mix_small_kernel forms the partials instead, so every launch now has 4 groups
+//     of one phase; the general code stays, as taking the phases out (every warp its own 32 tokens) measured slower
+//     (V4-Pro x 4096 hc_pre 265 -> 275 us, hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
 //     fn is fp32 and the reference sums in float64, so the product must keep fp32 accuracy: X (bf16) is exact
 //     in tf32, and fn = hi + lo with hi = fn's top 11 significant bits and lo = tf32(fn - hi); two tf32 MMAs
 //     (x*lo, then x*hi) leave an error of about 2^-22 |fn| per product, below fp32 summation noise; MMA chains
@@ -1098,12 +1098,12 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // forms) and standalone hc_pre / hc_head's (of X itself, in place of kernel 1). The pipelined post_mix above needs
 // a 2-3 us prologue (its fn slice into shared memory) and then walks each pair's slots as a chain of producer and
 // consumer steps, ~9 us at 1 token. Here block (c, m) takes chunk c (the same 128 dims as above, so the same
-// partial layout) of token tile m (16 or 32 tokens: launch_mix_small), and every load is issued at once: the tile's X (and f; cp.async into
-// shared memory, read by several warps), its post / comb weights, and each warp's fn fragments straight from global
-// memory (each fn element is used once per tile, so staging it would only add a round trip). Warp w takes copy
-// j = w % 4 over K steps 2 (w / 4) and 2 (w / 4) + 1 of the chunk (with kPost it forms and stores the new copy j)
-// and multiplies it by fn's copy-j rows on the tensor cores; the 8 warps' products are added in shared memory in
-// warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 -> 8.9 us; from 128 tokens the
+// partial layout) of token tile m (16 or 32 tokens: launch_mix_small), and every load is issued at once: the tile's
+// X (and f; cp.async into shared memory, read by several warps), its post / comb weights, and each warp's fn
+// fragments straight from global memory (each fn element is used once per tile, so staging it would only add a
+// round trip). Warp w takes copy j = w % 4 over K steps 2 (w / 4) and 2 (w / 4) + 1 of the chunk (with kPost it
+// forms and stores the new copy j) and multiplies it by fn's copy-j rows on the tensor cores; the 8 warps' products
+// are added in shared memory in warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 -> 8.9 us; from 128 tokens the
 // pipelined kernel is faster (14.1 against 16.2 us). fn is read once per tile: with its loads left out (a
 // diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that sharing fn among a chunk's
 // tiles (a cluster over the tiles, distributed shared memory) could win.
