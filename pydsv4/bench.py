@@ -382,10 +382,18 @@ def time_peer(case):
 
 
 # ---------------------------------------------------------------------------------------------- command line
+def selected_families(only):
+    """The families whose cases --only may select: those it names (--only norm), else every family, whose op names
+    it then filters (--only mhc_pre)."""
+    if only is None:
+        return list(FAMILIES)
+    return [f for f in FAMILIES if only in f] or list(FAMILIES)
+
+
 def run_ops(args):
     from pydsv4.cuda import gpu_available, new_stream
     from pydsv4.cuda.runtime import device
-    families = [f for f in FAMILIES if args.only is None or args.only in f]
+    families = selected_families(args.only)
     ok, reason = gpu_available(families)
     if not ok:
         print(f"bench: no GPU to measure on: {reason}", file=sys.stderr)
@@ -406,7 +414,7 @@ def run_ops(args):
         for tokens in args.tokens:
             for family in families:
                 for case in FAMILIES[family](width, d, H, tokens):
-                    if args.only and args.only not in case.op:
+                    if args.only and args.only not in case.op and args.only not in family:
                         continue
                     us = time_case(case, stream)
                     gbs = case.bytes_moved / (us * 1e-6) / 1e9
@@ -418,6 +426,9 @@ def run_ops(args):
                     rows.append(dict(op=case.op, width=width, tokens=tokens, us=us, gb_per_s=gbs,
                                      copy_fraction=gbs * 1e9 / copy_bw, same_bytes_copy_us=copy_us, bytes=case.bytes_moved, peer_us=peer_us,
                                      note=case.note))
+    if not rows:
+        print(f"bench: no op name contains {args.only!r}", file=sys.stderr)
+        return 2
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=dev.name, copy_gb_per_s=copy_bw / 1e9, programmatic_launch=pdl, rows=rows), f,
@@ -436,7 +447,7 @@ def main(argv=None):
     ops.add_argument("--widths", type=lambda t: t.split(","), default=["flash", "pro"],
                      help="model widths: flash (4096), pro (7168)")
     ops.add_argument("--tokens", type=_int_list, default=[1, 64, 4096], help="token counts, comma separated")
-    ops.add_argument("--only", help="only ops whose name contains this")
+    ops.add_argument("--only", help="only the family, or the ops, whose name contains this")
     ops.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     for w in getattr(args, "widths", []):

@@ -17,6 +17,12 @@ def test_rotation_covers_l2_without_unbounded_sets():
     assert bench._sets_needed(1) == bench.MAX_SETS
 
 
+def test_only_selects_a_family_or_filters_op_names():
+    assert bench.selected_families("norm") == ["norm"]
+    assert bench.selected_families("mhc_pre") == list(bench.FAMILIES)  # op names decide, family by family
+    assert bench.selected_families(None) == list(bench.FAMILIES)
+
+
 def test_without_gpu_it_says_why(capsys):
     ok, reason = gpu_available(tuple(bench.FAMILIES))
     if ok:
