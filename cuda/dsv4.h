@@ -13,6 +13,10 @@
  *  - Entries never exit, throw or allocate; scratch memory is sized by dsv4_<op>_workspace_bytes(...) and
  *    passed in. Empty work (e.g. n_tokens == 0) returns DSV4_OK without launching; its pointers may be NULL.
  *  - Entries are asynchronous on `stream` and safe to capture into a CUDA graph.
+ *  - Their kernels use programmatic dependent launch: one may be scheduled before the kernel ahead of it on the
+ *    stream has finished, and touches no memory until it has (griddepcontrol.wait); it lets the next kernel be
+ *    scheduled early in turn, so a kernel of yours that follows with programmatic stream serialization must wait
+ *    the same way before reading our outputs. DSV4_PDL=0 in the environment turns it off.
  *
  * Layout of this file: one section per family, in the order the families were added; a new family appends a
  * section at the end. Keep one prototype per declaration, `type name` per argument, no macros in prototypes
