@@ -427,7 +427,8 @@ def run_ops(args):
                                      copy_fraction=gbs * 1e9 / copy_bw, same_bytes_copy_us=copy_us, bytes=case.bytes_moved, peer_us=peer_us,
                                      note=case.note))
     if not rows:
-        print(f"bench: no op name contains {args.only!r}", file=sys.stderr)
+        print(f"bench: nothing to time: no op matching {args.only!r} at widths {','.join(args.widths)} and tokens "
+              f"{','.join(map(str, args.tokens))} (sampling runs at the flash width, up to 64 rows)", file=sys.stderr)
         return 2
     if args.json:
         with open(args.json, "w") as f:
