@@ -558,8 +558,7 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 
 // Small batches: a block per token, its kBlockFinRowWarps row warps sharing the token's partial sums and its row (a
 // warp per token would stream a whole row alone). hc_pre adds a warp that forms post and comb (the Sinkhorn, ~40
-// dependent IEEE divisions) while the row warps form y, which needs only pre. Every load a token needs (X, the norm
-// weights, the partials, the mix constants) is issued before the first use of any. kPre: hc_pre (post, comb,
+// dependent IEEE divisions) while the row warps form y, which needs only pre. kPre: hc_pre (post, comb,
 // y = rms_norm(...), FP8); else hc_head (y, optionally normed).
 // Measured slower, not kept: each token's row split over a cluster of 4 (up to 33 tokens) or 2 CTAs (up to 66), the
 // sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 ->
@@ -577,21 +576,14 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
     const bool norm = kPre || args.norm_weight != nullptr;
     const MixConstants constants = load_mix_constants<kPre>(args, lane);
 
+    // The row's loads: X and, for the norm, its weights (cp.async). hc_pre issues them once its partials have arrived
+    // (after the barrier below): the post / comb warp's Sinkhorn (~40 dependent divisions) is the longer path and
+    // starts from the partials, which X's 57 KB per token (V4-Pro) would otherwise queue behind in DRAM (hc_pre from
+    // partials, V4-Pro x 64 tokens on the H100: 6.37 -> 5.90 us, 1 token 4.65 -> 4.47). hc_head has no Sinkhorn and
+    // needs X right after the mix, so it issues both at once.
     const Vec16* xt = args.x + t * kHc * args.vecs;
     Vec16 raw[kBlockFinVecs][kHc];
-    if (row_warp) {
-        // Partials: row warp w sums splits w, w + 8, ... in order, kFinPartialBatch loads in flight at once. The
-        // first batch is issued ahead of the row's loads: the mix starts the longer path (post / comb).
-        constexpr int kRow = fin_partial_row(kPre);
-        const float* pt = args.partial + t * kRow + lane;
-        const int64_t split_stride = args.n_tokens * kRow;
-        const bool has_partial = lane < kRow;
-        float part[kFinPartialBatch];
-#pragma unroll
-        for (int b = 0; b < kFinPartialBatch; ++b) {
-            const int s = warp + b * kBlockFinRowWarps;
-            part[b] = has_partial && s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
-        }
+    auto load_row = [&] {
 #pragma unroll
         for (int v = 0; v < kBlockFinVecs; ++v) {
             const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
@@ -606,6 +598,20 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
             }
             cp_async_commit();
         }
+    };
+    if (row_warp) {
+        // Partials: row warp w sums splits w, w + 8, ... in order, kFinPartialBatch loads in flight at once.
+        constexpr int kRow = fin_partial_row(kPre);
+        const float* pt = args.partial + t * kRow + lane;
+        const int64_t split_stride = args.n_tokens * kRow;
+        const bool has_partial = lane < kRow;
+        float part[kFinPartialBatch];
+#pragma unroll
+        for (int b = 0; b < kFinPartialBatch; ++b) {
+            const int s = warp + b * kBlockFinRowWarps;
+            part[b] = has_partial && s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
+        }
+        if constexpr (!kPre) load_row();
         float sum = 0.0f;
 #pragma unroll
         for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
@@ -622,6 +628,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
         warp_sums[warp][lane] = sum;
     }
     __syncthreads();
+    if (kPre && row_warp) load_row();
 
     // Every warp adds the row warps' sums in order (the same total on each) and forms the mix.
     float total = 0.0f;
