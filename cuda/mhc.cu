@@ -26,8 +26,8 @@
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
-// H100: hc_post + hc_pre = 185 + 265 us, post_mix + hc_pre from its partials = 217 + 137 us; at 1 token 1.3 + 8.2
-// and 4.9 + 4.6 us, at 64 tokens 4.2 + 11.1 and 8.3 + 6.3 us (the small-batch mix_small_kernel).
+// H100: hc_post + hc_pre = 185 + 264 us, post_mix + hc_pre from its partials = 215 + 139 us; at 1 token 1.3 + 7.1
+// and 3.7 + 4.5 us, at 64 tokens 4.3 + 10.3 and 7.5 + 5.9 us (the small-batch mix_small_kernel).
 //
 // Tried and measured slower, so not kept: one kernel per hc_pre over clusters of 8 or 16 CTAs (a tile of 8 to 32
 // tokens, each CTA a dim slice of all 4 copies, partials and y^2 sums exchanged through distributed shared memory,
@@ -1110,10 +1110,10 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // fragments straight from global memory (each fn element is used once per tile, so staging it would only add a
 // round trip). Warp w takes copy j = w % 4 over K steps 2 (w / 4) and 2 (w / 4) + 1 of the chunk (with kPost it
 // forms and stores the new copy j) and multiplies it by fn's copy-j rows on the tensor cores; the 8 warps' products
-// are added in shared memory in warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 -> 8.9 us; from 128 tokens the
-// pipelined kernel is faster (14.1 against 16.2 us). fn is read once per tile: with its loads left out (a
-// diagnostic, wrong results) 64 tokens took 7.2 us and 1 token 3.5 us, the most that sharing fn among a chunk's
-// tiles (a cluster over the tiles, distributed shared memory) could win.
+// are added in shared memory in warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 ->
+// 8.9 us (now 3.6 and 7.4: 32-token tiles, lean loads); from 128 tokens the pipelined kernel is faster (14.1 against
+// 16.2 us). fn is read once per tile: with its loads left out (a diagnostic, wrong results, before the lean loads)
+// 64 tokens took 7.2 us and 1 token 3.5 us.
 constexpr int64_t kPostMixSmallMaxTokens = 96;
 // Standalone hc_pre / hc_head form their partials here below this many tokens, in place of kernel 1 (which
 // reads fn once per 128 tokens, not per 16). V4-Pro on the H100, us, kernel 1 -> mix_small: hc_pre 96 tokens
@@ -1138,9 +1138,21 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
     return v;
 }
 
+// How an instance loads its tile, and the resident blocks per SM it asks of ptxas (__launch_bounds__; 0 leaves that,
+// and so the register budget, to ptxas): measured per instance, as ptxas' register choice moves these latency-bound
+// kernels by up to ~2 us. Lean loads (fn first, then each thread's vector of whole rows) everywhere but hc_pre's
+// 32-token tiles, which keep the linear order: there the lean order ran hc_pre V4-Pro x 64 tokens at 12.6 us against
+// 10.2 (x 48: 12.2 against 9.8; not understood). The standalone (not kPost) lean instances ask for 2 blocks per SM
+// (~107 registers instead of ~72): hc_pre 1 token 7.9 -> 7.1 us, hc_head 64 tokens 8.4 -> 7.8 us.
+template <int kNTiles, int kMTiles, bool kPost>
+constexpr bool kMixSmallLeanLoads = kPost || kMTiles == 1 || kNTiles == 1;
+template <int kNTiles, int kMTiles, bool kPost>
+constexpr int kMixSmallMinBlocks = !kPost && kMixSmallLeanLoads<kNTiles, kMTiles, kPost> ? 2 : 0;
+
 // kMTiles m16 tiles of tokens per block (kMTiles * 16 tokens). Not kPost: out, f, post and comb are unused.
 template <int kNTiles, int kMTiles, bool kPost>
-__global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixArgs args) {
+__global__ void __launch_bounds__(kSmallThreads, kMixSmallMinBlocks<kNTiles, kMTiles, kPost>)
+    mix_small_kernel(const PostMixArgs args) {
     dsv4::await_previous_kernel();
     constexpr int kTileTokens = kMTiles * kPostMixTile;
     constexpr int kTileXBytes = kTileTokens * kSmallRowVecs * sizeof(Vec16);
@@ -1158,16 +1170,54 @@ __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixA
     const int64_t tile_token = int64_t(blockIdx.y) * kTileTokens;
     const int64_t vecs = args.vecs;
 
-    constexpr int kRowInputs = kPost ? kHc + 1 : kHc;  // the 4 copies, and f
-    for (int v = tid; v < kTileTokens * kRowInputs * kChunkVecs; v += kSmallThreads) {
-        const int row = v / (kRowInputs * kChunkVecs), i = (v / kChunkVecs) % kRowInputs, c = v % kChunkVecs;
+    // This warp's fn fragments: rows nt * 8 + g, copy j, elements 8q .. 8q + 7 of its K steps.
+    const int j = warp % kHc, first_step = (warp / kHc) * kSmallStepsPerWarp;
+    float4 fn_frag[kSmallStepsPerWarp][kNTiles][2];
+    auto load_fn = [&] {
+        const int64_t fn_row4 = vecs * 2 * kHc;  // float4s per fn row
+#pragma unroll
+        for (int st = 0; st < kSmallStepsPerWarp; ++st)
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+                const int row = nt * 8 + g;
+                const int64_t at = row * fn_row4 + (j * vecs + chunk * kChunkVecs) * 2 +
+                                   (first_step + st) * (kStepK / 4) + 2 * q;
+#pragma unroll
+                for (int v = 0; v < 2; ++v)
+                    fn_frag[st][nt][v] =
+                        row < args.num_mix ? load_early(args.fn + at + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+    };
+    // The tile: each input (the 4 copies, and f with kPost) of each row is 16 vectors, one per thread of a half warp.
+    constexpr int kRowInputs = kPost ? kHc + 1 : kHc;
+    auto load_tile_input = [&](int row, int i, int vec) {
         const int64_t token = tile_token + row;
         const bool valid = token < args.n_tokens;
-        const int64_t col = int64_t(chunk) * kChunkVecs + c;
+        const int64_t col = int64_t(chunk) * kChunkVecs + vec;
         const Vec16* src = !valid    ? args.x
                            : i < kHc ? args.x + (token * kHc + i) * vecs + col
                                      : args.f + token * vecs + col;
-        cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + c, src, valid);
+        cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + vec, src, valid);
+    };
+    constexpr bool kLeanLoads = kMixSmallLeanLoads<kNTiles, kMTiles, kPost>;
+    if constexpr (kLeanLoads) {
+        // fn first (the most bytes per thread, from L2), then thread tid copies vector tid % 16 of each input of rows
+        // tid / 16 + 16 k, unrolled. Against the linear order below (V4-Pro, H100): post_mix 1 token 4.8 -> 3.6 us,
+        // 64 tokens 8.0 -> 7.4 (its index arithmetic, divisions by 5 and branches, was ~600 of ~2500 instructions per
+        // warp, ncu).
+        load_fn();
+        constexpr int kRowsPerPass = kSmallThreads / kChunkVecs;
+        static_assert(kTileTokens % kRowsPerPass == 0, "whole passes over the tile's rows");
+#pragma unroll
+        for (int k = 0; k < kTileTokens / kRowsPerPass; ++k)
+#pragma unroll
+            for (int i = 0; i < kRowInputs; ++i)
+                load_tile_input(tid / kChunkVecs + k * kRowsPerPass, i, tid % kChunkVecs);
+    } else {
+        // hc_pre's 32-token tiles (kMixSmallLeanLoads): thread tid copies vectors tid + 256 k of the tile in order, fn
+        // after the tile's copies are issued.
+        for (int v = tid; v < kTileTokens * kRowInputs * kChunkVecs; v += kSmallThreads)
+            load_tile_input(v / (kRowInputs * kChunkVecs), (v / kChunkVecs) % kRowInputs, v % kChunkVecs);
     }
     for (int e = tid; kPost && e < kTileTokens * kHc * (1 + kHc) / 4; e += kSmallThreads) {  // post, comb: 16 B
         const bool is_post = e < kTileTokens;
@@ -1179,23 +1229,7 @@ __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixA
         cp_async16(dst, valid ? src : args.post, valid);
     }
     cp_async_commit();
-
-    // This warp's fn fragments: rows nt * 8 + g, copy j, elements 8q .. 8q + 7 of its K steps.
-    const int j = warp % kHc, first_step = (warp / kHc) * kSmallStepsPerWarp;
-    const int64_t fn_row4 = vecs * 2 * kHc;  // float4s per fn row
-    float4 fn_frag[kSmallStepsPerWarp][kNTiles][2];
-#pragma unroll
-    for (int st = 0; st < kSmallStepsPerWarp; ++st)
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-            const int row = nt * 8 + g;
-            const int64_t at = row * fn_row4 + (j * vecs + chunk * kChunkVecs) * 2 + (first_step + st) * (kStepK / 4) +
-                               2 * q;
-#pragma unroll
-            for (int v = 0; v < 2; ++v)
-                fn_frag[st][nt][v] =
-                    row < args.num_mix ? load_early(args.fn + at + v) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
+    if constexpr (!kLeanLoads) load_fn();
     cp_async_wait<0>();
     __syncthreads();
 
@@ -1249,15 +1283,15 @@ __global__ void __launch_bounds__(kSmallThreads) mix_small_kernel(const PostMixA
             if (q == 0) red[warp][row][args.num_mix] = sumsq[mt][h];
         }
     __syncthreads();
+    // Warp w stores the partial rows of tokens w, w + 8, ...: lane = column (row_len <= 25), no divisions.
     const int row_len = partial_row(args.num_mix);
-    for (int e = tid; e < kTileTokens * row_len; e += kSmallThreads) {
-        const int row = e / row_len, col = e % row_len;
+    for (int row = warp; row < kTileTokens; row += kSmallWarps) {
         const int64_t token = tile_token + row;
-        if (token >= args.n_tokens) continue;
+        if (token >= args.n_tokens || lane >= row_len) continue;
         float sum = 0.0f;
 #pragma unroll
-        for (int w = 0; w < kSmallWarps; ++w) sum += red[w][row][col];
-        args.partial[(int64_t(chunk) * args.n_tokens + token) * row_len + col] = sum;
+        for (int w = 0; w < kSmallWarps; ++w) sum += red[w][row][lane];
+        args.partial[(int64_t(chunk) * args.n_tokens + token) * row_len + lane] = sum;
     }
 }
 
