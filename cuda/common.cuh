@@ -114,7 +114,7 @@ inline int sm_count() {
 // Every kernel is launched with programmatic stream serialization: its CTAs may be scheduled while the kernel
 // before it on the stream is still running, so the launch latency and CTA setup (the floor of a decode-sized
 // kernel, ~1-2 us) overlap that kernel instead of following it. Correctness rests on every kernel calling
-// await_previous_kernel() (device helpers below) before its first global load or store. DSV4_PDL=0 in the
+// await_previous_kernel() (device helpers below) before its first global load or store (L2 prefetches aside). DSV4_PDL=0 in the
 // environment (read once per process) launches plainly, for profiling a kernel on its own or ruling PDL out.
 inline bool programmatic_launch_enabled() {
     static const bool enabled = [] {
@@ -318,6 +318,20 @@ __device__ __forceinline__ uint2 e4m3x8(const float (&v)[8], int exponent) {
 __device__ __forceinline__ void await_previous_kernel() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+// The one exception to the rule above: before await_previous_kernel() a kernel may warm L2 for loads it makes after
+// it. L2 is the device's point of coherence, so a prefetch into it never makes a later load stale, whatever the
+// previous kernel writes there meanwhile.
+__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
+
+// An int the previous kernel may still be writing, read before await_previous_kernel() only to pick an address to
+// prefetch_l2 (the value may be the old one; read it again after the wait for any other use). ld.relaxed.gpu goes to
+// L2 and leaves no L1 line behind that a load after the wait could hit.
+__device__ __forceinline__ int32_t load_for_prefetch(const int32_t* ptr) {
+    int32_t value;
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(value) : "l"(ptr));
+    return value;
 }
 
 __device__ __forceinline__ float warp_reduce_sum(float x) {
