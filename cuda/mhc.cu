@@ -1138,21 +1138,12 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
     return v;
 }
 
-// How an instance loads its tile, and the resident blocks per SM it asks of ptxas (__launch_bounds__; 0 leaves that,
-// and so the register budget, to ptxas): measured per instance, as ptxas' register choice moves these latency-bound
-// kernels by up to ~2 us. Lean loads (fn first, then each thread's vector of whole rows) everywhere but hc_pre's
-// 32-token tiles, which keep the linear order: there the lean order ran hc_pre V4-Pro x 64 tokens at 12.6 us against
-// 10.2 (x 48: 12.2 against 9.8; not understood). The standalone (not kPost) lean instances ask for 2 blocks per SM
-// (~107 registers instead of ~72): hc_pre 1 token 7.9 -> 7.1 us, hc_head 64 tokens 8.4 -> 7.8 us.
-template <int kNTiles, int kMTiles, bool kPost>
-constexpr bool kMixSmallLeanLoads = kPost || kMTiles == 1 || kNTiles == 1;
-template <int kNTiles, int kMTiles, bool kPost>
-constexpr int kMixSmallMinBlocks = !kPost && kMixSmallLeanLoads<kNTiles, kMTiles, kPost> ? 2 : 0;
-
-// kMTiles m16 tiles of tokens per block (kMTiles * 16 tokens). Not kPost: out, f, post and comb are unused.
-template <int kNTiles, int kMTiles, bool kPost>
-__global__ void __launch_bounds__(kSmallThreads, kMixSmallMinBlocks<kNTiles, kMTiles, kPost>)
-    mix_small_kernel(const PostMixArgs args) {
+// kMTiles m16 tiles of tokens per block (kMTiles * 16 tokens). Not kPost: out, f, post and comb are unused. kLean: the
+// tile's load order (below; launch_mix_small picks it). The standalone lean instances ask ptxas for 2 blocks per SM
+// (__launch_bounds__; 0 leaves the register budget to ptxas), ~107 registers instead of ~72, measured faster: hc_pre
+// V4-Pro 1 token 7.9 -> 7.1 us, hc_head 64 tokens 8.4 -> 7.8 us.
+template <int kNTiles, int kMTiles, bool kPost, bool kLean>
+__global__ void __launch_bounds__(kSmallThreads, !kPost && kLean ? 2 : 0) mix_small_kernel(const PostMixArgs args) {
     dsv4::await_previous_kernel();
     constexpr int kTileTokens = kMTiles * kPostMixTile;
     constexpr int kTileXBytes = kTileTokens * kSmallRowVecs * sizeof(Vec16);
@@ -1199,8 +1190,7 @@ __global__ void __launch_bounds__(kSmallThreads, kMixSmallMinBlocks<kNTiles, kMT
                                      : args.f + token * vecs + col;
         cp_async16(tile_x + row * kSmallRowVecs + i * kChunkVecs + vec, src, valid);
     };
-    constexpr bool kLeanLoads = kMixSmallLeanLoads<kNTiles, kMTiles, kPost>;
-    if constexpr (kLeanLoads) {
+    if constexpr (kLean) {
         // fn first (the most bytes per thread, from L2), then thread tid copies vector tid % 16 of each input of rows
         // tid / 16 + 16 k, unrolled. Against the linear order below (V4-Pro, H100): post_mix 1 token 4.8 -> 3.6 us,
         // 64 tokens 8.0 -> 7.4 (its index arithmetic, divisions by 5 and branches, was ~600 of ~2500 instructions per
@@ -1214,8 +1204,7 @@ __global__ void __launch_bounds__(kSmallThreads, kMixSmallMinBlocks<kNTiles, kMT
             for (int i = 0; i < kRowInputs; ++i)
                 load_tile_input(tid / kChunkVecs + k * kRowsPerPass, i, tid % kChunkVecs);
     } else {
-        // hc_pre's 32-token tiles (kMixSmallLeanLoads): thread tid copies vectors tid + 256 k of the tile in order, fn
-        // after the tile's copies are issued.
+        // Thread tid copies vectors tid + 256 k of the tile in order, fn after the tile's copies are issued.
         for (int v = tid; v < kTileTokens * kRowInputs * kChunkVecs; v += kSmallThreads)
             load_tile_input(v / (kRowInputs * kChunkVecs), (v / kChunkVecs) % kRowInputs, v % kChunkVecs);
     }
@@ -1229,7 +1218,7 @@ __global__ void __launch_bounds__(kSmallThreads, kMixSmallMinBlocks<kNTiles, kMT
         cp_async16(dst, valid ? src : args.post, valid);
     }
     cp_async_commit();
-    if constexpr (!kLeanLoads) load_fn();
+    if constexpr (!kLean) load_fn();
     cp_async_wait<0>();
     __syncthreads();
 
@@ -1341,12 +1330,22 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
 
 // mix_small_kernel over args.n_tokens: a block per (128-dim chunk, tile of 16 or 32 tokens). 32-token tiles (fn read
 // once per 32 tokens, not 16) once 16-token tiles would need more blocks than SMs; for post_mix (whose 32-token
-// instance takes 160 registers and 45 KB: one block per SM) only while its blocks then fit the SMs. V4-Pro on the
+// instance takes ~200 registers and 45 KB: one block per SM) only while its blocks then fit the SMs. V4-Pro on the
 // H100, us, 16 -> 32-token tiles: post_mix 48 tokens 8.54 -> 7.77, 64 8.90 -> 8.25, but 95 (168 blocks) 11.2 ->
 // 15.3; V4-Flash 95 8.64 -> 7.93, but 64 (128 blocks either way) 6.26 -> 7.28; standalone hc_pre 64 13.4 -> 11.9,
 // 192 26.3 -> 23.3; hc_head within +-0.2 below 96 tokens, 192 16.5 -> 15.2. Overlapping the previous kernel (PDL)
 // pays while the grid fits the SMs (post_mix 1 token 5.05 -> 4.78 us); beyond, the early CTAs pile onto the SMs
 // freed first (post_mix 64 tokens on 224 blocks 8.9 -> 9.6 us).
+template <int kNTiles, int kMTiles, bool kPost, bool kLean>
+cudaError_t launch_mix_small_instance(dim3 grid, dsv4::Launch mode, const PostMixArgs& args, cudaStream_t stream) {
+    return dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, kMTiles, kPost, kLean>, grid, kSmallThreads, 0, stream,
+                               args);
+}
+
+// Lean loads everywhere but where the linear order measured faster (V4-Pro, H100): hc_pre's 32-token tiles (lean: 64
+// tokens 12.6 us against 10.2, 48 tokens 12.2 against 9.8; not understood), and post_mix grids beyond one wave of
+// blocks, where the linear instance's ~80 registers fit 3 blocks per SM and the lean one's ~107 only 2 (95 tokens,
+// 336 blocks: 11.9 us against 11.0).
 template <int kNTiles, bool kPost>
 int launch_mix_small(const PostMixArgs& args, cudaStream_t stream) {
     const int64_t chunks = args.vecs / kChunkVecs, sms = dsv4::sm_count();
@@ -1356,12 +1355,18 @@ int launch_mix_small(const PostMixArgs& args, cudaStream_t stream) {
     const int64_t blocks = wide ? wide_blocks : narrow_blocks;
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(blocks / chunks));
     const dsv4::Launch mode = blocks <= sms ? dsv4::Launch::kOverlapPrevious : dsv4::Launch::kAfterPrevious;
-    if (wide)
-        DSV4_CHECK_LAUNCH(
-            dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, 2, kPost>, grid, kSmallThreads, 0, stream, args));
-    else
-        DSV4_CHECK_LAUNCH(
-            dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, 1, kPost>, grid, kSmallThreads, 0, stream, args));
+    constexpr bool kLeanWide = kPost || kNTiles == 1;
+    if (wide) {
+        DSV4_CHECK_LAUNCH(launch_mix_small_instance<kNTiles, 2, kPost, kLeanWide>(grid, mode, args, stream));
+        return DSV4_OK;
+    }
+    if constexpr (kPost) {
+        if (blocks > sms) {
+            DSV4_CHECK_LAUNCH(launch_mix_small_instance<kNTiles, 1, kPost, false>(grid, mode, args, stream));
+            return DSV4_OK;
+        }
+    }
+    DSV4_CHECK_LAUNCH(launch_mix_small_instance<kNTiles, 1, kPost, true>(grid, mode, args, stream));
     return DSV4_OK;
 }
 
