@@ -1,8 +1,8 @@
 // RMSNorm (SPEC section 4) and FP8 activation quantization (SPEC section 2, `act_quant`), standalone and fused.
 //
-// Every op here is a row op over bf16 rows of `dim` elements: one thread block per row (for few rows a cluster of
-// 2 or 4, see row_split_kernel), the row held in registers as 16-byte vectors (8 bf16), so each input byte is read
-// once and each output byte written once.
+// Every op here is a row op over bf16 rows of `dim` elements: one thread block per row (for few rows 2 or 4, see
+// row_split_kernel), the row held in registers as 16-byte vectors (8 bf16), so each input byte is read once from
+// HBM and each output byte written once.
 // Thread j of a kThreads-thread block holds vectors j, j + kThreads, ..., so every load and store instruction of
 // a warp covers 512 contiguous bytes. A quantization block of 128 (64) elements is 16 (8) consecutive vectors,
 // held by 16 (8) consecutive lanes at the same register index: its amax is a shuffle reduction within them.
@@ -17,11 +17,7 @@
 //    [-22, 120] for finite bf16 inputs), so q and the scale are exactly quant.act_quant's for the same values.
 #include "common.cuh"
 
-#include <cooperative_groups.h>
-
 #include <algorithm>
-
-namespace cg = cooperative_groups;
 
 namespace {
 
@@ -62,7 +58,7 @@ template <int kThreads>
 constexpr int kMinBlocks = 65536 / (kThreads * 80) > 0 ? 65536 / (kThreads * 80) : 1;
 
 // A block's vectors of a row are [first, end): thread j holds first + j + i * kThreads (first = 0 and end =
-// vecs_per_row unless a cluster splits the row; first is then a multiple of the quantization group).
+// vecs_per_row unless several CTAs split the row; first is then a multiple of the quantization group).
 struct RowRange {
     int64_t first, end;
 };
@@ -92,37 +88,29 @@ __device__ __forceinline__ void stage_weights(float4* weight_smem, const RowArgs
     }
 }
 
-// The sum of the kSplit CTAs' block sums, in rank order (the same value on every CTA): each CTA writes its sum into
-// slot [its rank] of every CTA's slots, then one cluster barrier.
-template <int kSplit>
-__device__ __forceinline__ float cluster_sum(float block_sum, float* slots) {
-    cg::cluster_group cluster = cg::this_cluster();
-    if (threadIdx.x < kSplit) *cluster.map_shared_rank(slots + cluster.block_rank(), threadIdx.x) = block_sum;
-    cluster.sync();
-    float total = 0.0f;
+// sum + the squares of the thread's vectors, in order (an fp32 fma chain).
+template <int kVecs>
+__device__ __forceinline__ float add_squares(const Vec16 (&raw)[kVecs], float sum) {
 #pragma unroll
-    for (int r = 0; r < kSplit; ++r) total += slots[r];
-    return total;
+    for (int i = 0; i < kVecs; ++i) {
+        float f[8];
+        dsv4::unpack_bf16x8(raw[i], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sum = fmaf(f[e], f[e], sum);
+    }
+    return sum;
 }
 
-template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes, int kSplit = 1>
+// The thread's vectors raw of the row's vectors `range`; thread_sumsq: its share of the row's sum of squares (RMSNorm
+// ops; every thread of the block adds one, see the kernels).
+template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
 __device__ __forceinline__ void process_row(const Vec16 (&raw)[kVecs], const float4* weight_smem,
-                                            const RowArgs& args, int64_t row, RowRange range,
-                                            float* split_slots = nullptr) {
+                                            const RowArgs& args, int64_t row, RowRange range, float thread_sumsq) {
     constexpr bool kNorm = kOp != RowOp::kQuant;
     const int tid = threadIdx.x;
     float inv_rms = 1.0f;
     if constexpr (kNorm) {
-        float sum = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) {
-            float f[8];
-            dsv4::unpack_bf16x8(raw[i], f);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) sum = fmaf(f[e], f[e], sum);
-        }
-        sum = dsv4::block_reduce_sum<kThreads>(sum);
-        if constexpr (kSplit > 1) sum = cluster_sum<kSplit>(sum, split_slots);
+        const float sum = dsv4::block_reduce_sum<kThreads>(thread_sumsq);
         inv_rms = 1.0f / sqrtf(__fdiv_rn(sum, args.dim) + args.eps);
     }
 
@@ -191,7 +179,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(con
         const int64_t next = row + gridDim.x;
         Vec16 prefetched[kVecs];
         if (next < n_rows) load_row<kThreads, kVecs>(prefetched, args, next, range);
-        process_row<kOp, kThreads, kVecs, kGroupLanes>(raw, weight_smem, args, row, range);
+        process_row<kOp, kThreads, kVecs, kGroupLanes>(raw, weight_smem, args, row, range,
+                                                       kNorm ? add_squares(raw, 0.0f) : 0.0f);
         if (next >= n_rows) break;
         row = next;
 #pragma unroll
@@ -199,22 +188,38 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(con
     }
 }
 
-// Few rows (at most a quarter / half of the SMs): a row split over a cluster of kSplit CTAs, so that more SMs stream
-// it and each does 1 / kSplit of its arithmetic; CTA r takes vectors [r * part_vecs, (r + 1) * part_vecs) and the
-// RMSNorm's sum of squares is added over the cluster (cluster_sum). Grid: n_rows * kSplit blocks.
+// Few rows (at most a quarter / half of the SMs): kSplit CTAs per row, so that more SMs stream it and each does
+// 1 / kSplit of its arithmetic; CTA r normalizes / quantizes vectors [r * part_vecs, (r + 1) * part_vecs). For the
+// RMSNorm ops every CTA also reads the other parts (L2 mostly: its partners read them at the same time) and forms
+// the whole row's sum of squares itself, thread j over vectors j + i * kThreads of each part in part order: the same
+// operations in every CTA, so the same inv_rms bits, with no exchange between the CTAs. Grid: n_rows * kSplit blocks.
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes, int kSplit>
-__global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
-    row_split_kernel(const RowArgs args, int64_t part_vecs) {
+__global__ void __launch_bounds__(kThreads) row_split_kernel(const RowArgs args, int64_t part_vecs) {
     dsv4::await_previous_kernel();
-    __shared__ float4 weight_smem[kOp == RowOp::kQuant ? 1 : 2 * kVecs * kThreads];
-    __shared__ float split_slots[kSplit];
+    constexpr bool kNorm = kOp != RowOp::kQuant;
+    __shared__ float4 weight_smem[kNorm ? 2 * kVecs * kThreads : 1];
     const int64_t row = blockIdx.x / kSplit;
-    const int64_t first = (blockIdx.x % kSplit) * part_vecs;
-    const RowRange range{first, min(first + part_vecs, args.vecs_per_row)};
+    const int rank = blockIdx.x % kSplit;
+    auto part = [&](int p) { return RowRange{p * part_vecs, min((p + 1) * part_vecs, args.vecs_per_row)}; };
+    const RowRange range = part(rank);
     Vec16 raw[kVecs];
-    load_row<kThreads, kVecs>(raw, args, row, range);
-    if constexpr (kOp != RowOp::kQuant) stage_weights<kThreads, kVecs>(weight_smem, args, range);
-    process_row<kOp, kThreads, kVecs, kGroupLanes, kSplit>(raw, weight_smem, args, row, range, split_slots);
+    float sumsq = 0.0f;
+    if constexpr (kNorm) {
+        Vec16 parts[kSplit][kVecs];
+#pragma unroll
+        for (int p = 0; p < kSplit; ++p) load_row<kThreads, kVecs>(parts[p], args, row, part(p));
+        stage_weights<kThreads, kVecs>(weight_smem, args, range);
+#pragma unroll
+        for (int p = 0; p < kSplit; ++p) {
+            sumsq = add_squares(parts[p], sumsq);
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i)
+                if (p == rank) raw[i] = parts[p][i];
+        }
+    } else {
+        load_row<kThreads, kVecs>(raw, args, row, range);
+    }
+    process_row<kOp, kThreads, kVecs, kGroupLanes>(raw, weight_smem, args, row, range, sumsq);
 }
 
 // Resident blocks of one row_kernel instantiation per SM times the SMs: the persistent grid of the norm ops.
@@ -276,7 +281,10 @@ template <RowOp kOp, int kGroupLanes>
 int launch_rows(const RowArgs& args, int64_t n_rows, cudaStream_t stream) {
     // Few rows: split each over 4 CTAs, or 2 for the quantizing ops, while the split rows fit the SMs in one wave.
     // V4-Pro on the H100 (us, unsplit -> split): 1 token rms 2.4 -> 2.1, rms_quant 3.2 -> 2.3, act_quant 2.0 -> 1.5;
-    // 64 tokens (split in 2) rms_quant 3.9 -> 3.7, act_quant 2.9 -> 2.7, but rms 3.3 -> 3.4.
+    // 64 tokens (split in 2) rms_quant 3.9 -> 3.7, act_quant 2.9 -> 2.7, but rms 3.3 -> 3.4 (measured with the split
+    // CTAs as a cluster adding their sums of squares over distributed shared memory; independent CTAs each reading
+    // the whole row for its sum, as now, against that: rms_quant 64 tokens 2.92 -> 2.72, 1 token 2.05 -> 1.79, rms 1
+    // token 1.91 -> 1.52, act_quant 1 token 1.33 -> 1.05, the cluster launch itself costing the quantizer ~0.3 us).
     const int64_t sms = dsv4::sm_count();
     if (n_rows * 4 <= sms && split_part_vecs<kGroupLanes, 4>(args.vecs_per_row) <= 512) {
         DSV4_CHECK_LAUNCH(launch_split<kOp, kGroupLanes, 4>(args, n_rows, stream));
