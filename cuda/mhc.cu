@@ -1328,6 +1328,12 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
     return DSV4_OK;
 }
 
+template <int kNTiles, int kMTiles, bool kPost, bool kLean>
+cudaError_t launch_mix_small_instance(dim3 grid, dsv4::Launch mode, const PostMixArgs& args, cudaStream_t stream) {
+    return dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, kMTiles, kPost, kLean>, grid, kSmallThreads, 0, stream,
+                               args);
+}
+
 // mix_small_kernel over args.n_tokens: a block per (128-dim chunk, tile of 16 or 32 tokens). 32-token tiles (fn read
 // once per 32 tokens, not 16) once 16-token tiles would need more blocks than SMs; for post_mix (whose 32-token
 // instance takes ~200 registers and 45 KB: one block per SM) only while its blocks then fit the SMs. V4-Pro on the
@@ -1336,16 +1342,10 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
 // 192 26.3 -> 23.3; hc_head within +-0.2 below 96 tokens, 192 16.5 -> 15.2. Overlapping the previous kernel (PDL)
 // pays while the grid fits the SMs (post_mix 1 token 5.05 -> 4.78 us); beyond, the early CTAs pile onto the SMs
 // freed first (post_mix 64 tokens on 224 blocks 8.9 -> 9.6 us).
-template <int kNTiles, int kMTiles, bool kPost, bool kLean>
-cudaError_t launch_mix_small_instance(dim3 grid, dsv4::Launch mode, const PostMixArgs& args, cudaStream_t stream) {
-    return dsv4::launch_kernel(mode, mix_small_kernel<kNTiles, kMTiles, kPost, kLean>, grid, kSmallThreads, 0, stream,
-                               args);
-}
-
 // Lean loads everywhere but where the linear order measured faster (V4-Pro, H100): hc_pre's 32-token tiles (lean: 64
 // tokens 12.6 us against 10.2, 48 tokens 12.2 against 9.8; not understood), and post_mix grids beyond one wave of
 // blocks, where the linear instance's ~80 registers fit 3 blocks per SM and the lean one's ~107 only 2 (95 tokens,
-// 336 blocks: 11.9 us against 11.0).
+// 336 blocks: 11.5 us against 10.8).
 template <int kNTiles, bool kPost>
 int launch_mix_small(const PostMixArgs& args, cudaStream_t stream) {
     const int64_t chunks = args.vecs / kChunkVecs, sms = dsv4::sm_count();
