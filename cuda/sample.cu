@@ -8,6 +8,7 @@
 // barrier publishes it, and every CTA combines the kCluster buffers in the same order, so all of them take the
 // same branch (two buffers alternate, so a buffer is rewritten only after everyone has read it).
 //  1. load z, its max (lowest id on ties) and whether the row is invalid (NaN, +inf, or no finite value);
+//     greedy stops here (and stages nothing in shared memory);
 //  2. top-k threshold t = the k-th largest z: radix select over the order-preserving 32-bit key of z, digits of
 //     11, 11, 10 bits, exact integer counts per digit (shared-memory atomics, summed over the cluster);
 //  3. top-p threshold: the largest z_p such that the mass of the kept tokens with z >= z_p reaches
@@ -15,6 +16,12 @@
 //     max), summed as integers, so the result does not depend on the order of the atomics;
 //  4. Gumbel-max over the kept tokens; a token with z + 17.5 < (max z + its noise) cannot win (g < 17.33
 //     always) and skips its Philox and logs. The CTAs push their best (score, id) into CTA 0, which writes it.
+// Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
+// digit; from the digits at and below the max's, the cluster finds the k-th largest's first digit d0 and, when
+// at most 2048 z of the row have a first digit >= d0, every CTA pushes those candidates (key, id) into CTA 0,
+// which sorts them and applies top-k, top-p (the same fixed-point masses and cut as 3) and Gumbel-max alone:
+// two cluster barriers instead of up to eight, and no further pass over the row. Rows with more candidates
+// (ties), or whose k-th largest lies too far below the max, take 2-4.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
 // the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
@@ -40,6 +47,8 @@ constexpr int kLevels = 3;                       // digits of 11, 11 and 10 bits
 constexpr int64_t kMaxSlice = 40960;             // floats of z per CTA: 160 KB of shared memory
 constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17.33, the largest g
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
+constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight
+constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 
 __device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
 __device__ __forceinline__ uint32_t digit_mask(int level) { return level < 2 ? 0x7FFu : 0x3FFu; }
@@ -51,6 +60,8 @@ struct alignas(16) Exchange {
     int index;                // its lowest token id
     int bad;                  // NaN or +inf seen
 };
+// Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
+constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
 
 struct SampleArgs {
     int32_t* tokens;          // [batch]
@@ -63,16 +74,29 @@ struct SampleArgs {
     uint32_t step;
 };
 
-// Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare.
+// Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare
+// (-0.0 + 0.0 is +0.0): flip every bit of a negative float, only the sign bit of a positive one.
 __device__ __forceinline__ uint32_t float_to_key(float f) {
-    uint32_t b = __float_as_uint(f);
-    if ((b << 1) == 0u) b = 0u;
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    const uint32_t b = __float_as_uint(__fadd_rn(f, 0.0f));
+    return b ^ (static_cast<uint32_t>(static_cast<int32_t>(b) >> 31) | 0x80000000u);
 }
 
 __device__ __forceinline__ float key_to_float(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
 }
+
+// Fixed-point mass of z: exp(z - max) * 2^31 rounded (0 below 2^-32 of the max's).
+__device__ __forceinline__ uint32_t fixed_mass(float v, float zmax) {
+    return __float2uint_rn(expf(__fsub_rn(v, zmax)) * kMassScale);
+}
+
+// Candidate entry of the top-k fast path: key in the high word, ~token in the low, so that descending order is z
+// descending, then token id ascending (the order of every tie-break here).
+__device__ __forceinline__ unsigned long long candidate(uint32_t key, uint32_t token) {
+    return (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(~token);
+}
+__device__ __forceinline__ uint32_t candidate_key(unsigned long long c) { return static_cast<uint32_t>(c >> 32); }
+__device__ __forceinline__ int candidate_token(unsigned long long c) { return static_cast<int>(~static_cast<uint32_t>(c)); }
 
 // First output word of Philox4x32-10 (Random123) at counter (c0, c1, c2, c3), key (k0, k1).
 __device__ __forceinline__ uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
@@ -129,6 +153,7 @@ struct alignas(16) Shared {
     int bad;
     uint32_t digit;
     unsigned long long above;
+    int count;  // top-k fast path: entries in this CTA's candidate list
     // CTA 0 only: the kCluster candidates of the final argmax, pushed by every CTA
     float cand_value[kCluster];
     int cand_index[kCluster];
@@ -182,7 +207,7 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
             if ((key & mask) != prefix) continue;
             const uint32_t bin = (key >> shift) & dmask;
             if (kMass) {
-                const uint32_t m = __float2uint_rn(expf(__fsub_rn(v, zmax)) * kMassScale);
+                const uint32_t m = fixed_mass(v, zmax);
                 if (m == 0u) continue;  // below 2^-32 of the max: adds nothing
                 atomicAdd(&mine.hist[0][bin], m >> 16);
                 atomicAdd(&mine.hist[1][bin], m & 0xFFFFu);
@@ -250,10 +275,132 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
     return true;
 }
 
-// grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats.
+// Top-k fast path, step 1: the level-0 digit d0 of the k-th largest z from the load pass's histograms (every CTA's
+// ex[0].hist[0]), combining only the kWindowBins bins at and below the max's bin (nothing lies above it). Returns
+// false, the same on every CTA, when the window does not reach k or more than kMaxCandidates z have digit >= d0.
+__device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_group& cluster, Shared& sh,
+                                uint32_t& digit) {
+    const int tid = threadIdx.x;
+    const int high_bin = static_cast<int>((float_to_key(zmax) >> digit_shift(0)) | 3u) - kBinsPerThread * tid;
+    const bool active = tid < kWindowBins / kBinsPerThread && high_bin >= kBinsPerThread - 1;
+    uint4 counts[kCluster];
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) {
+        const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
+        counts[r] = active ? *reinterpret_cast<const uint4*>(&remote->hist[0][high_bin - 3]) : make_uint4(0, 0, 0, 0);
+    }
+    unsigned long long h[kBinsPerThread], mine_sum = 0;
+#pragma unroll
+    for (int i = 0; i < kBinsPerThread; ++i) {  // bin high_bin - i: vector component 3 - i
+        unsigned long long s = 0;
+#pragma unroll
+        for (int r = 0; r < kCluster; ++r) s += word_of(counts[r], 3 - i);
+        h[i] = s;
+        mine_sum += s;
+    }
+    unsigned long long total;
+    const unsigned long long inclusive = block_scan(mine_sum, total, sh);
+    if (total < k) return false;
+    const unsigned long long exclusive = inclusive - mine_sum;
+    if (inclusive >= k && exclusive < k) {
+        unsigned long long c = exclusive;
+#pragma unroll
+        for (int i = 0; i < kBinsPerThread; ++i) {
+            if (c + h[i] >= k) {
+                sh.digit = static_cast<uint32_t>(high_bin - i);
+                sh.above = c + h[i];  // z with digit >= d0
+                break;
+            }
+            c += h[i];
+        }
+    }
+    __syncthreads();
+    digit = sh.digit;
+    return sh.above <= kMaxCandidates;
+}
+
+// Top-k fast path, step 2 (CTA 0, its threads on the n sorted candidates all[0, n)): the kept prefix under
+// top-k, then top-p as the radix path defines it (the longest prefix whose fixed-point masses first reach
+// ceil(top_p * total), extended over ties), then Gumbel-max over what is kept. Returns the token.
+__device__ int finish_candidates(const unsigned long long* all, int n, float zmax, uint32_t row,
+                                 const SampleArgs& a, Shared& sh) {
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    const int per = (n + kThreads - 1) / kThreads;  // thread tid owns entries [tid * per, (tid + 1) * per)
+    const int first = tid * per;
+    uint32_t cut = n >= a.top_k ? candidate_key(all[a.top_k - 1]) : 0u;  // key 0: keep every candidate
+    if (a.top_p < 1.0f) {
+        unsigned long long mine = 0, total;
+        for (int i = first; i < first + per; ++i)
+            if (i < n && candidate_key(all[i]) >= cut) mine += fixed_mass(key_to_float(candidate_key(all[i])), zmax);
+        const unsigned long long inclusive = block_scan(mine, total, sh);
+        const unsigned long long target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(total)));
+        if (total >= target) {  // uniform
+            unsigned long long c = inclusive - mine;
+            for (int i = first; i < first + per && c < target; ++i) {
+                if (i < n && candidate_key(all[i]) >= cut) {
+                    c += fixed_mass(key_to_float(candidate_key(all[i])), zmax);
+                    if (c >= target) sh.digit = candidate_key(all[i]);  // exactly one entry crosses
+                }
+            }
+            __syncthreads();
+            cut = max(cut, sh.digit);
+        }
+    }
+    float best = -INFINITY;
+    int best_i = INT_MAX;
+    for (int i = tid; i < n; i += kThreads) {  // at most 4 candidates a thread: no bound to skip by
+        const uint32_t key = candidate_key(all[i]);
+        const float v = key_to_float(key);
+        if (key < cut) continue;
+        const int token = candidate_token(all[i]);
+        take_better(best, best_i, __fadd_rn(v, gumbel(static_cast<uint32_t>(token), row, a)), token);
+    }
+    warp_best(best, best_i);
+    if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;
+    __syncthreads();
+    float v = -INFINITY;
+    int i = INT_MAX;
+    for (int w = 0; w < kWarps; ++w) take_better(v, i, sh.warp_value[w], sh.warp_index[w]);
+    return i;
+}
+
+// The n candidates of in[] (distinct) in descending order, by the CTA: into out[0, n) by counting each one's rank
+// when n <= kThreads (one candidate a thread, no barrier between steps); else a bitonic sort of in[] in place,
+// padded with zeros to the next power of two (in[] has room: n <= kMaxCandidates, a power of two). Returns the
+// sorted array.
+__device__ const unsigned long long* sort_descending(unsigned long long* in, unsigned long long* out, int n) {
+    if (n <= kThreads) {
+        if (threadIdx.x < n) {
+            const unsigned long long mine = in[threadIdx.x];
+            int rank = 0;
+            for (int j = 0; j < n; ++j) rank += in[j] > mine;
+            out[rank] = mine;
+        }
+        __syncthreads();
+        return out;
+    }
+    int n_pad = 1;
+    while (n_pad < n) n_pad <<= 1;
+    for (int i = n + threadIdx.x; i < n_pad; i += kThreads) in[i] = 0ull;  // below every candidate
+    __syncthreads();
+    for (int size = 2; size <= n_pad; size <<= 1) {
+        for (int stride = size / 2; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < n_pad / 2; i += kThreads) {
+                const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+                const unsigned long long x = in[lo], y = in[hi];
+                if ((x < y) == ((lo & size) == 0)) in[lo] = y, in[hi] = x;
+            }
+            __syncthreads();
+        }
+    }
+    return in;
+}
+
+// grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (none for greedy).
+template <bool kGreedy>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     dsv4::await_previous_kernel();
-    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z
+    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z (sampling only)
     __shared__ Shared sh;
     float* z = reinterpret_cast<float*>(z4);
 
@@ -263,26 +410,45 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     const int64_t row = blockIdx.x / kCluster;
     const int64_t begin = rank * a.slice;
     const int n_local = static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)));
-    const bool greedy = a.temperature == 0.0f;
+    // The top-k fast path (small k): the load pass also builds the level-0 histogram.
+    const bool fast_top_k = !kGreedy && a.top_k > 0 && a.top_k < a.vocab && a.top_k <= kMaxCandidates;
     int phase = 0;
+    if (fast_top_k) {
+        for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
+        if (tid == 0) sh.count = 0;
+        __syncthreads();
+    }
 
-    // 1. Load (16-byte vectors; the tail of the last vector lies inside the row's stride and is not used).
+    // 1. Load: kLoadBatch 16-byte vectors per thread in flight (the tail of the last vector lies inside the row's
+    // stride and is not used).
     const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
     float best = -INFINITY;
     int best_i = INT_MAX;
     bool bad = false;
-    for (int v = tid; 4 * v < n_local; v += kThreads) {
-        const float4 l = __ldg(src + v);
-        float e[4] = {l.x, l.y, l.z, l.w};
+    for (int first = tid; 4 * first < n_local; first += kLoadBatch * kThreads) {
+        float4 loaded[kLoadBatch];
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-            if (4 * v + c >= n_local) break;
-            const float zz = greedy ? e[c] : __fdiv_rn(e[c], a.temperature);
-            e[c] = zz;
-            bad |= isnan(zz) || zz == INFINITY;
-            take_better(best, best_i, zz, static_cast<int>(begin) + 4 * v + c);
+        for (int b = 0; b < kLoadBatch; ++b) {
+            const int v = first + b * kThreads;
+            loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        z4[v] = make_float4(e[0], e[1], e[2], e[3]);
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+            const int v = first + b * kThreads;
+            if (4 * v >= n_local) break;
+            float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const float zz = kGreedy ? e[c] : __fdiv_rn(e[c], a.temperature);
+                e[c] = zz;
+                if (4 * v + c < n_local) {
+                    bad |= !(zz < INFINITY);  // NaN or +inf
+                    if (zz > best) best = zz, best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
+                    if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(zz) >> digit_shift(0)], 1u);
+                }
+            }
+            if (!kGreedy) z4[v] = make_float4(e[0], e[1], e[2], e[3]);
+        }
     }
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
@@ -311,13 +477,50 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     ++phase;
     const float zmax = sh.zmax;
     const int imax = sh.imax;
-    if (sh.bad || greedy) {
+    if (kGreedy || sh.bad) {
         if (rank == 0 && tid == 0) a.tokens[row] = sh.bad ? -1 : imax;
         cluster.sync();  // no CTA leaves while another may still read its exchange buffer
         return;
     }
+    const uint32_t row32 = static_cast<uint32_t>(row);
 
-    // 2. top-k: keep z >= the k-th largest z.
+    // 2a. Top-k fast path: every z with digit >= d0 (at most kMaxCandidates in the row) goes straight into CTA 0's
+    // gather buffer (its ex[1], which no other CTA reads; slots from a warp-aggregated atomic on CTA 0's count);
+    // then CTA 0 sorts the candidates and finishes alone.
+    uint32_t digit;
+    if (fast_top_k && candidate_digit(static_cast<unsigned long long>(a.top_k), zmax, cluster, sh, digit)) {
+        unsigned long long* gathered = cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), 0);
+        int* gathered_count = cluster.map_shared_rank(&sh.count, 0);
+        for (int first = tid; 4 * first < n_local; first += kLoadBatch * kThreads) {
+            uint32_t takers = 0;  // bit 4 b + c: element c of vector first + b * kThreads
+#pragma unroll
+            for (int b = 0; b < kLoadBatch; ++b) {
+                const int v = first + b * kThreads;
+                const float4 zv = 4 * v < n_local ? z4[v] : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+                const float e[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+                for (int c = 0; c < 4; ++c)
+                    if (4 * v + c < n_local && e[c] > -INFINITY && (float_to_key(e[c]) >> digit_shift(0)) >= digit)
+                        takers |= 1u << (4 * b + c);
+            }
+            for (; takers != 0u; takers &= takers - 1u) {  // rare: about k per row
+                const int bit = __ffs(takers) - 1;
+                const int j = 4 * (first + (bit / 4) * kThreads) + bit % 4;
+                gathered[atomicAdd(gathered_count, 1)] = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
+            }
+        }
+        cluster.sync();  // every candidate is in CTA 0, which no other CTA reads from again
+        if (rank != 0) return;
+        const int n = sh.count;
+        const unsigned long long* sorted =
+            sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
+                            reinterpret_cast<unsigned long long*>(sh.ex[0].hist), n);
+        const int token = finish_candidates(sorted, n, zmax, row32, a, sh);
+        if (tid == 0) a.tokens[row] = token;
+        return;
+    }
+
+    // 2b. top-k: keep z >= the k-th largest z.
     float threshold = -INFINITY;
     if (a.top_k > 0 && a.top_k < a.vocab) {
         uint32_t key;
@@ -333,7 +536,6 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     }
 
     // 4. Gumbel-max over z > -inf, z >= threshold.
-    const uint32_t row32 = static_cast<uint32_t>(row);
     const float bound = __fadd_rn(zmax, gumbel(static_cast<uint32_t>(imax), row32, a));
     best = -INFINITY;
     best_i = INT_MAX;
@@ -388,7 +590,7 @@ int raise_smem_limit() {
     DSV4_CHECK_ARG(device >= 0 && device < kMaxDevices, DSV4_ERR_UNSUPPORTED, "device %d: at most %d devices", device,
                    kMaxDevices);
     if (!g_smem_limit_set[device].load(std::memory_order_acquire)) {
-        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
@@ -396,10 +598,16 @@ int raise_smem_limit() {
 }
 
 int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
+    const unsigned grid = static_cast<unsigned>(batch * kCluster);
+    if (args.temperature == 0.0f) {
+        DSV4_CHECK_LAUNCH(
+            dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<true>, grid, kThreads, 0, stream, args));
+        return DSV4_OK;
+    }
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel,
-                                          static_cast<unsigned>(batch * kCluster), kThreads, smem, stream, args));
+    DSV4_CHECK_LAUNCH(
+        dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<false>, grid, kThreads, smem, stream, args));
     return DSV4_OK;
 }
 

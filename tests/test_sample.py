@@ -177,6 +177,24 @@ def test_ties_and_signed_zeros(rng, stream):
     ledger.assert_rare()
 
 
+def test_top_k_candidates_and_the_radix_fallback(rng, stream):
+    """Small top_k sorts the few z whose leading digit reaches the k-th largest's (at most 2048 per row); a row
+    whose k-th largest lies too far below its max, or with more such z (ties), takes the radix path."""
+    batch = 5
+    logits = random_logits(rng, batch, VOCAB, 2.0)
+    logits[1, 4321] = 1e30  # the rest ~2^100 below the max: beyond the digits the candidate search combines
+    logits[2, rng.choice(VOCAB, 3000, replace=False)] = 9.0  # 3000 ties at the max: too many candidates
+    logits[3, rng.choice(VOCAB, 1900, replace=False)] = 9.0  # 1900 ties: they fit
+    logits[4, :] = 0.25
+    logits[4, 9] = 0.5
+    ledger = MismatchLedger()
+    for top_k, top_p in [(1, 1.0), (5, 1.0), (5, 0.9), (1500, 1.0), (1500, 0.8), (2048, 0.95), (2049, 0.95)]:
+        gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=top_k, step=1)
+        assert gpu[1] == 4321
+        ledger.compare(logits, gpu, 1.0, top_k, top_p, top_k, 1)
+    ledger.assert_rare()
+
+
 def test_same_seed_same_tokens_and_seeds_differ(rng, stream):
     logits = random_logits(rng, 64, VOCAB, 1.0)
     first = run_sample(logits, stream, 1.0, 0, 0.9, seed=77, step=5)
