@@ -372,8 +372,13 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
     if (n <= kThreads) {
         if (threadIdx.x < n) {
             const unsigned long long mine = in[threadIdx.x];
-            int rank = 0;
-            for (int j = 0; j < n; ++j) rank += in[j] > mine;
+            const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
+            int rank = n % 2 == 1 && in[n - 1] > mine;
+#pragma unroll 8
+            for (int j = 0; j < n / 2; ++j) {  // broadcast reads, 8 in flight
+                const ulonglong2 p = pairs[j];
+                rank += (p.x > mine) + (p.y > mine);
+            }
             out[rank] = mine;
         }
         __syncthreads();
