@@ -15,7 +15,8 @@
 //     top_p * (total kept mass): the same radix descent over masses exp(z - max) in fixed point (2^31 for the
 //     max), summed as integers, so the result does not depend on the order of the atomics;
 //  4. Gumbel-max over the kept tokens; a token with z + 17.5 < (max z + its noise) cannot win (g < 17.33
-//     always) and skips its Philox and logs. The CTAs push their best (score, id) into CTA 0, which writes it.
+//     always) and skips its Philox and logs, and one whose z + an upper bound on its own g (from the Philox word,
+//     no logs) stays below the thread's best skips the logs. The CTAs push their best (score, id) into CTA 0.
 // Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
 // digit; from the digits at and below the max's, the cluster finds the k-th largest's first digit d0 and, when
 // at most 2048 z of the row have a first digit >= d0, every CTA pushes those candidates (key, id) into CTA 0,
@@ -117,10 +118,25 @@ __device__ __forceinline__ uint32_t philox_first_word(uint32_t c0, uint32_t c1, 
     return c0;
 }
 
-__device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const SampleArgs& a) {
-    const uint32_t x = philox_first_word(token, row, a.step, 0u, a.key0, a.key1);
+__device__ __forceinline__ uint32_t philox_word(uint32_t token, uint32_t row, const SampleArgs& a) {
+    return philox_first_word(token, row, a.step, 0u, a.key0, a.key1);
+}
+
+__device__ __forceinline__ float gumbel_of_word(uint32_t x) {
     const double u = double(x >> 8) * 0x1p-24 + 0x1p-25;  // exact, strictly inside (0, 1)
     return __double2float_rn(-log(-log(u)));
+}
+
+__device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const SampleArgs& a) {
+    return gumbel_of_word(philox_word(token, row, a));
+}
+
+// An upper bound on gumbel_of_word(x) without the double logs: -log(u) > 1 - u, so g < -log(1 - u), and
+// 1 - u = k 2^-25 with the integer k = 2^25 - 2 (x >> 8) - 1; 1e-3 covers the fp32 roundings of g and of this
+// bound (MUFU log2, ~2^-21). Near u = 1, where g is large, the bound is tight (g = -log(1 - u) - (1 - u) / 2 ...).
+__device__ __forceinline__ float gumbel_upper_bound(uint32_t x) {
+    const uint32_t k = (1u << 25) - 2u * (x >> 8) - 1u;
+    return __fmul_rn(__fsub_rn(25.0f, __log2f(static_cast<float>(k))), 0.693147182f) + 1e-3f;
 }
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
@@ -545,10 +561,15 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     best = -INFINITY;
     best_i = INT_MAX;
     for (int j = tid; j < n_local; j += kThreads) {
+        // A token whose score cannot reach the better of bound and this thread's best (a tie included) is skipped:
+        // first by z + the largest g, then by z + an upper bound on its own g (Philox only, no double logs).
         const float v = z[j];
-        if (!(v > -INFINITY && v >= threshold) || __fadd_rn(v, kGumbelBound) < bound) continue;
+        const float to_beat = fmaxf(bound, best);
+        if (!(v > -INFINITY && v >= threshold) || __fadd_rn(v, kGumbelBound) < to_beat) continue;
         const int token = static_cast<int>(begin) + j;
-        take_better(best, best_i, __fadd_rn(v, gumbel(static_cast<uint32_t>(token), row32, a)), token);
+        const uint32_t x = philox_word(static_cast<uint32_t>(token), row32, a);
+        if (__fadd_rn(v, gumbel_upper_bound(x)) < to_beat) continue;
+        take_better(best, best_i, __fadd_rn(v, gumbel_of_word(x)), token);
     }
     warp_best(best, best_i);
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;

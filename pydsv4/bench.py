@@ -280,18 +280,21 @@ def sample_cases(width, d, H, tokens):
     if width != "flash" or tokens > 64:
         return []
 
-    def make(greedy):
+    def make(greedy, top_k=0, top_p=1.0):
         def make_set(i):
             logits = _upload(_rng(i).standard_normal((tokens, VOCAB), np.float32) * np.float32(3))
             out = _empty(tokens, np.int32)
             if greedy:
                 return lambda s: lib.dsv4_sample_greedy_f32(out, logits, tokens, VOCAB, VOCAB, s)
-            return lambda s: lib.dsv4_sample_tokens_f32(out, logits, tokens, VOCAB, VOCAB, 0.8, 50, 0.9, 1234, i, s)
+            return lambda s: lib.dsv4_sample_tokens_f32(out, logits, tokens, VOCAB, VOCAB, 0.8, top_k, top_p, 1234, i,
+                                                        s)
         return make_set
 
     nbytes = tokens * VOCAB * 4 + tokens * 4
     return [Case("sample_greedy_f32", "vocab", tokens, nbytes, make(True)),
-            Case("sample_tokens_f32(T,k,p)", "vocab", tokens, nbytes, make(False))]
+            Case("sample_tokens_f32(T)", "vocab", tokens, nbytes, make(False), note="generate's default: T only"),
+            Case("sample_tokens_f32(T,k,p)", "vocab", tokens, nbytes, make(False, 50, 0.9)),
+            Case("sample_tokens_f32(T,p)", "vocab", tokens, nbytes, make(False, 0, 0.9))]
 
 
 FAMILIES = {"embed": embed_cases, "norm": norm_cases, "rope": rope_cases, "mhc": mhc_cases, "sample": sample_cases}
