@@ -97,7 +97,9 @@ __device__ __forceinline__ unsigned long long candidate(uint32_t key, uint32_t t
     return (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(~token);
 }
 __device__ __forceinline__ uint32_t candidate_key(unsigned long long c) { return static_cast<uint32_t>(c >> 32); }
-__device__ __forceinline__ int candidate_token(unsigned long long c) { return static_cast<int>(~static_cast<uint32_t>(c)); }
+__device__ __forceinline__ int candidate_token(unsigned long long c) {
+    return static_cast<int>(~static_cast<uint32_t>(c));
+}
 
 // First output word of Philox4x32-10 (Random123) at counter (c0, c1, c2, c3), key (k0, k1).
 __device__ __forceinline__ uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
@@ -506,8 +508,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     const uint32_t row32 = static_cast<uint32_t>(row);
 
     // 2a. Top-k fast path: every z with digit >= d0 (at most kMaxCandidates in the row) goes straight into CTA 0's
-    // gather buffer (its ex[1], which no other CTA reads; slots from a warp-aggregated atomic on CTA 0's count);
-    // then CTA 0 sorts the candidates and finishes alone.
+    // gather buffer (its ex[1], which no other CTA reads; a slot from an atomic on CTA 0's count per candidate, of
+    // which a CTA has about k / 8); then CTA 0 sorts the candidates and finishes alone.
     uint32_t digit;
     if (fast_top_k && candidate_digit(static_cast<unsigned long long>(a.top_k), zmax, cluster, sh, digit)) {
         unsigned long long* gathered = cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), 0);
@@ -527,7 +529,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
             for (; takers != 0u; takers &= takers - 1u) {  // rare: about k per row
                 const int bit = __ffs(takers) - 1;
                 const int j = 4 * (first + (bit / 4) * kThreads) + bit % 4;
-                gathered[atomicAdd(gathered_count, 1)] = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
+                const unsigned long long entry = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
+                gathered[atomicAdd(gathered_count, 1)] = entry;
             }
         }
         cluster.sync();  // every candidate is in CTA 0, which no other CTA reads from again
