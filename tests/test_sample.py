@@ -182,7 +182,8 @@ def test_top_k_candidates_and_the_radix_fallback(rng, stream):
     whose k-th largest lies too far below its max, or with more such z (ties), takes the radix path."""
     batch = 5
     logits = random_logits(rng, batch, VOCAB, 2.0)
-    logits[1, 4321] = 1e30  # the rest ~2^100 below the max: beyond the digits the candidate search combines
+    logits[1] = -np.abs(logits[1])  # the max 1e30 (~2^100), the rest negative: below the 512 first digits
+    logits[1, 4321] = 1e30          # (128 octaves) the candidate search combines, so top_k > 1 falls back
     logits[2, rng.choice(VOCAB, 3000, replace=False)] = 9.0  # 3000 ties at the max: too many candidates
     logits[3, rng.choice(VOCAB, 1900, replace=False)] = 9.0  # 1900 ties: they fit
     logits[4, :] = 0.25
