@@ -1,6 +1,7 @@
 // Token sampling over fp32 logits [batch, vocab], exactly as defined at the top of pydsv4/sampling.py:
 // greedy argmax (ties to the lowest id), or z = logits / T, the top-k and top-p filters, and Gumbel-max with
-// Philox4x32-10 noise g_i = fp32(-log(-log(u_i))) (u, g in double), counter (i, row, step, 0), key = seed.
+// Philox4x32-10 noise g_i = fp32(-log(-log(u_i))) (u, g in double), u_i from word i % 4 of the block at counter
+// (i / 4, row, step, 0), key = seed: one block serves the 4 tokens of a 16-byte vector of z.
 //
 // One cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z in shared memory
 // (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -14,15 +15,23 @@
 //  3. top-p threshold: the largest z_p such that the mass of the kept tokens with z >= z_p reaches
 //     top_p * (total kept mass): the same radix descent over masses exp(z - max) in fixed point (2^31 for the
 //     max), summed as integers, so the result does not depend on the order of the atomics;
-//  4. Gumbel-max over the kept tokens; a token with z + 17.5 < (max z + its noise) cannot win (g < 17.33
-//     always) and skips its Philox and logs, and one whose z + an upper bound on its own g (from the Philox word,
-//     no logs) stays below the thread's best skips the logs. The CTAs push their best (score, id) into CTA 0.
+//  4. Gumbel-max over the kept tokens, 4 at a time; a vector whose 4 z are all below (max z + its noise) - 17.5
+//     cannot win (g < 17.33 always) and skips its Philox block and logs, and a token whose z + an upper bound on its
+//     own g (from the Philox word, no logs) stays below the thread's best skips the logs. The CTAs push their best
+//     (score, id) into CTA 0.
 // Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
 // digit; from the digits at and below the max's, the cluster finds the k-th largest's first digit d0 and, when
 // at most 2048 z of the row have a first digit >= d0, every CTA pushes those candidates (key, id) into CTA 0,
 // which sorts them and applies top-k, top-p (the same fixed-point masses and cut as 3) and Gumbel-max alone:
 // two cluster barriers instead of up to eight, and no further pass over the row. Rows with more candidates
 // (ties), or whose k-th largest lies too far below the max, take 2-4.
+// Top-p fast path (top-p without top-k), replacing 3: after the max, every CTA histograms its z by zmax - z
+// (1024 bins over the 22.2 below the max where fixed-point masses are nonzero: mass and count per bin), CTA r sums
+// the cluster's bins of its eighth, and all CTAs find the bin where the walk from the max first reaches
+// ceil(top_p * the row's mass). Everything in the bins before it is kept; its own z (at most 2048) are pushed to
+// every CTA, and each sorts them and walks them from the mass before the bin to the same cut. Then 4 as usual:
+// three cluster barriers and one pass over shared memory in place of three radix levels that each pull 128 KB of
+// histograms per CTA, and the nucleus may be of any size.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
 // the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
@@ -48,8 +57,14 @@ constexpr int kLevels = 3;                       // digits of 11, 11 and 10 bits
 constexpr int64_t kMaxSlice = 40960;             // floats of z per CTA: 160 KB of shared memory
 constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17.33, the largest g
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
-constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight
+constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
+constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
+// Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
+// rounds to 0 below ln 2^-32 = -22.18); CTA r of the cluster combines bins [r, r + 1) * kMassBinsPerCta.
+constexpr int kMassBins = 1024;
+constexpr float kMassBinsPerUnit = kMassBins / 22.25f;
+constexpr int kMassBinsPerCta = kMassBins / kCluster;
 
 __device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
 __device__ __forceinline__ uint32_t digit_mask(int level) { return level < 2 ? 0x7FFu : 0x3FFu; }
@@ -91,6 +106,11 @@ __device__ __forceinline__ uint32_t fixed_mass(float v, float zmax) {
     return __float2uint_rn(expf(__fsub_rn(v, zmax)) * kMassScale);
 }
 
+// Top-p fast path: the bin of a finite z <= zmax, non-increasing in z (each step rounds monotonically).
+__device__ __forceinline__ int mass_bin(float v, float zmax) {
+    return min(kMassBins - 1, __float2int_rz(__fmul_rn(__fsub_rn(zmax, v), kMassBinsPerUnit)));
+}
+
 // Candidate entry of the top-k fast path: key in the high word, ~token in the low, so that descending order is z
 // descending, then token id ascending (the order of every tie-break here).
 __device__ __forceinline__ unsigned long long candidate(uint32_t key, uint32_t token) {
@@ -101,9 +121,9 @@ __device__ __forceinline__ int candidate_token(unsigned long long c) {
     return static_cast<int>(~static_cast<uint32_t>(c));
 }
 
-// First output word of Philox4x32-10 (Random123) at counter (c0, c1, c2, c3), key (k0, k1).
-__device__ __forceinline__ uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                                                      uint32_t k1) {
+// Philox4x32-10 (Random123) at counter (c0, c1, c2, c3), key (k0, k1): the 4 output words.
+__device__ __forceinline__ uint4 philox_block(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                              uint32_t k1) {
 #pragma unroll
     for (int round = 0; round < 10; ++round) {
         if (round > 0) {
@@ -117,11 +137,12 @@ __device__ __forceinline__ uint32_t philox_first_word(uint32_t c0, uint32_t c1, 
         c2 = hi0 ^ c3 ^ k1;
         c3 = lo0;
     }
-    return c0;
+    return make_uint4(c0, c1, c2, c3);
 }
 
-__device__ __forceinline__ uint32_t philox_word(uint32_t token, uint32_t row, const SampleArgs& a) {
-    return philox_first_word(token, row, a.step, 0u, a.key0, a.key1);
+// The Philox words of tokens 4 group .. 4 group + 3 of a row.
+__device__ __forceinline__ uint4 philox_words(uint32_t group, uint32_t row, const SampleArgs& a) {
+    return philox_block(group, row, a.step, 0u, a.key0, a.key1);
 }
 
 __device__ __forceinline__ float gumbel_of_word(uint32_t x) {
@@ -129,20 +150,37 @@ __device__ __forceinline__ float gumbel_of_word(uint32_t x) {
     return __double2float_rn(-log(-log(u)));
 }
 
-__device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const SampleArgs& a) {
-    return gumbel_of_word(philox_word(token, row, a));
-}
-
-// An upper bound on gumbel_of_word(x) without the double logs: -log(u) > 1 - u, so g < -log(1 - u), and
-// 1 - u = k 2^-25 with the integer k = 2^25 - 2 (x >> 8) - 1; 1e-3 covers the fp32 roundings of g and of this
-// bound (MUFU log2, ~2^-21). Near u = 1, where g is large, the bound is tight (g = -log(1 - u) - (1 - u) / 2 ...).
-__device__ __forceinline__ float gumbel_upper_bound(uint32_t x) {
-    const uint32_t k = (1u << 25) - 2u * (x >> 8) - 1u;
-    return __fmul_rn(__fsub_rn(25.0f, __log2f(static_cast<float>(k))), 0.693147182f) + 1e-3f;
-}
-
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+__device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const SampleArgs& a) {
+    return gumbel_of_word(word_of(philox_words(token / 4, row, a), token % 4));
+}
+
+// An upper bound on gumbel_of_word(x) without logs: -log(u) > 1 - u, so g < -log(1 - u) = (25 - log2 k) ln 2 with
+// the integer k = 2^25 - 2 (x >> 8) - 1 (1 - u = k 2^-25). For k = 2^e (1 + f), log2 k >= e + f (log2(1 + f) >= f on
+// [0, 1]), and e + f = bits(k) / 2^23 - 127 where bits(k) is k's fp32 bit pattern. 1e-3 covers the fp32 roundings
+// (k and bits(k) to fp32, the constants, g itself: ~1e-5). Near u = 1, where g is large, the bound is tight.
+__device__ __forceinline__ float gumbel_upper_bound(uint32_t x) {
+    constexpr float kLn2 = 0.693147182f;
+    const uint32_t k = (1u << 25) - 2u * (x >> 8) - 1u;
+    const float bits = static_cast<float>(__float_as_int(static_cast<float>(k)));
+    return fmaf(bits, -kLn2 * 0x1p-23f, 152.0f * kLn2 + 1e-3f);
+}
+
+// z = x / T rounded to nearest, as __fdiv_rn(x, t), from r = RN(1 / T): q = RN(x r) is within an ulp of x / T, and
+// Markstein's correction RN(q + RN(x - q T) r) is then RN(x / T) while nothing overflows or underflows: |x| in
+// [2^-60, 2^60) with T in [2^-40, 2^40] (moderate_t, the same for the whole launch). Other x (0, +-inf, NaN, tiny
+// or huge) take __fdiv_rn. Checked bit for bit against x / T on the CPU: 9e7 random x of that range over 18
+// temperatures, and every x in [1, 2) at T = 0.8. Against __fdiv_rn alone: T only, 64 rows 45.7 -> 43.9 us.
+__device__ __forceinline__ float divide_by_temperature(float x, float t, float r, bool moderate_t) {
+    const uint32_t magnitude = __float_as_uint(x) & 0x7FFFFFFFu;
+    if (moderate_t && magnitude - 0x21800000u < 0x5D800000u - 0x21800000u) {  // 2^-60, 2^60
+        const float q = __fmul_rn(x, r);
+        return fmaf(fmaf(-q, t, x), r, q);
+    }
+    return __fdiv_rn(x, t);
 }
 
 // (v, i) becomes the better of itself and (ov, oi): larger value, then lower id.
@@ -171,7 +209,14 @@ struct alignas(16) Shared {
     int bad;
     uint32_t digit;
     unsigned long long above;
-    int count;  // top-k fast path: entries in this CTA's candidate list
+    int crossing_range;                      // top-p fast path: the range where the walk crosses, its target,
+    unsigned long long crossing_target;      // and how many z the crossing bin holds
+    uint32_t crossing_count;
+    int count;  // fast paths: entries in this CTA's gathered candidate list
+    // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
+    unsigned long long bin_mass[kMassBinsPerCta];
+    uint32_t bin_count[kMassBinsPerCta];
+    unsigned long long range_mass;
     // CTA 0 only: the kCluster candidates of the final argmax, pushed by every CTA
     float cand_value[kCluster];
     int cand_index[kCluster];
@@ -337,32 +382,132 @@ __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_gr
     return sh.above <= kMaxCandidates;
 }
 
-// Top-k fast path, step 2 (CTA 0, its threads on the n sorted candidates all[0, n)): the kept prefix under
-// top-k, then top-p as the radix path defines it (the longest prefix whose fixed-point masses first reach
-// ceil(top_p * total), extended over ties), then Gumbel-max over what is kept. Returns the token.
-__device__ int finish_candidates(const unsigned long long* all, int n, float zmax, uint32_t row,
-                                 const SampleArgs& a, Shared& sh) {
+// Top-p fast path, step 1 (no top-k; the CTAs' z in shared memory, zmax known): the bin b of zmax - z in which the
+// walk over the row's z from the max first reaches target = ceil(top_p * the row's fixed-point mass), and the mass
+// of the z in bins < b (all of them kept). Every CTA histograms its slice (mass and count per bin), CTA r combines
+// the cluster's bins of its range, and every CTA then scans the range totals and the crossing range's bins in the
+// same order. Returns false, the same on every CTA, when more than kMaxCandidates z lie in bin b.
+__device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float top_p, cg::cluster_group& cluster,
+                                  Shared& sh, int& bin_out, unsigned long long& mass_above,
+                                  unsigned long long& target) {
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
-    const int per = (n + kThreads - 1) / kThreads;  // thread tid owns entries [tid * per, (tid + 1) * per)
-    const int first = tid * per;
+    const int rank = static_cast<int>(cluster.block_rank());
+    // ex[0]: mass as (high 16 bits, low 16 bits) in hist[0][b], hist[0][kMassBins + b]; counts in hist[1][b]
+    uint32_t* mass_high = sh.ex[0].hist[0];
+    uint32_t* mass_low = sh.ex[0].hist[0] + kMassBins;
+    uint32_t* counts = sh.ex[0].hist[1];
+    for (int b = tid; b < kMassBins; b += kThreads) mass_high[b] = 0u, mass_low[b] = 0u, counts[b] = 0u;
+    __syncthreads();
+    for (int j = tid; j < n_local; j += kThreads) {
+        const float v = z[j];
+        if (!(v > -INFINITY)) continue;
+        const int bin = mass_bin(v, zmax);
+        atomicAdd(&counts[bin], 1u);
+        const uint32_t m = fixed_mass(v, zmax);
+        if (m == 0u) continue;
+        atomicAdd(&mass_high[bin], m >> 16);
+        atomicAdd(&mass_low[bin], m & 0xFFFFu);
+    }
+    cluster.sync();  // every CTA's histogram is complete
+
+    // This CTA's range, summed over the cluster in rank order: thread t < kMassBinsPerCta owns one bin.
+    unsigned long long mass = 0;
+    if (tid < kMassBinsPerCta) {
+        const int bin = rank * kMassBinsPerCta + tid;
+        uint32_t high[kCluster], low[kCluster], c[kCluster];
+#pragma unroll
+        for (int r = 0; r < kCluster; ++r) {
+            const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
+            high[r] = remote->hist[0][bin], low[r] = remote->hist[0][kMassBins + bin], c[r] = remote->hist[1][bin];
+        }
+        uint32_t count = 0;
+#pragma unroll
+        for (int r = 0; r < kCluster; ++r) {
+            mass += (static_cast<unsigned long long>(high[r]) << 16) + low[r];
+            count += c[r];
+        }
+        sh.bin_mass[tid] = mass, sh.bin_count[tid] = count;
+    }
+    unsigned long long range_mass;
+    block_scan(mass, range_mass, sh);
+    if (tid == 0) sh.range_mass = range_mass;
+    cluster.sync();  // every range is combined
+
+    // The ranges in rank order (warp 0): the one where the walk crosses, and the mass before it.
+    if (warp == 0) {
+        unsigned long long m = lane < kCluster ? cluster.map_shared_rank(&sh, lane)->range_mass : 0ull;
+#pragma unroll
+        for (int offset = 1; offset < kCluster; offset <<= 1) {
+            const unsigned long long other = __shfl_up_sync(0xFFFFFFFFu, m, offset);
+            if (lane >= offset) m += other;
+        }
+        const unsigned long long total = __shfl_sync(0xFFFFFFFFu, m, kCluster - 1);
+        const unsigned long long goal = static_cast<unsigned long long>(ceil(double(top_p) * double(total)));
+        const int q = __ffs(__ballot_sync(0xFFFFFFFFu, lane < kCluster && m >= goal)) - 1;  // total >= goal
+        const unsigned long long before = q > 0 ? __shfl_sync(0xFFFFFFFFu, m, q - 1) : 0ull;
+        if (lane == 0) sh.crossing_range = q, sh.above = before, sh.crossing_target = goal;
+    }
+    __syncthreads();
+    const int q = sh.crossing_range;
+    target = sh.crossing_target;
+    const unsigned long long before = sh.above;
+    mass = 0;
+    uint32_t count = 0;
+    if (tid < kMassBinsPerCta) {
+        const Shared* remote = cluster.map_shared_rank(&sh, q);
+        mass = remote->bin_mass[tid], count = remote->bin_count[tid];
+    }
+    unsigned long long unused;
+    const unsigned long long inclusive = before + block_scan(mass, unused, sh);
+    if (inclusive >= target && inclusive - mass < target) {  // exactly one bin crosses
+        sh.digit = static_cast<uint32_t>(q * kMassBinsPerCta + tid);
+        sh.above = inclusive - mass;
+        sh.crossing_count = count;
+    }
+    __syncthreads();
+    bin_out = static_cast<int>(sh.digit);
+    mass_above = sh.above;
+    return sh.crossing_count <= kMaxCandidates;
+}
+
+// Walks the entries of sorted[0, n) (descending) with keys >= cut in order, adding their fixed-point masses to base;
+// returns the key of the entry at which the sum first reaches target (exactly one entry crosses; ties at it are kept
+// too, as their keys are equal), or 0 when it never does. Thread tid owns entries [tid * per, (tid + 1) * per).
+// target_of(total): the target given the total mass of those entries (the same on every thread).
+template <typename TargetOf>
+__device__ uint32_t crossing_key(const unsigned long long* sorted, int n, uint32_t cut, float zmax,
+                                 unsigned long long base, TargetOf target_of, Shared& sh) {
+    const int per = (n + kThreads - 1) / kThreads;
+    const int first = threadIdx.x * per;
+    unsigned long long mine = 0, total;
+    for (int i = first; i < first + per; ++i)
+        if (i < n && candidate_key(sorted[i]) >= cut) mine += fixed_mass(key_to_float(candidate_key(sorted[i])), zmax);
+    unsigned long long c = base + block_scan(mine, total, sh) - mine;
+    const unsigned long long target = target_of(total);
+    if (threadIdx.x == 0) sh.digit = 0u;
+    __syncthreads();
+    for (int i = first; i < first + per && c < target; ++i) {
+        if (i < n && candidate_key(sorted[i]) >= cut) {
+            c += fixed_mass(key_to_float(candidate_key(sorted[i])), zmax);
+            if (c >= target) sh.digit = candidate_key(sorted[i]);
+        }
+    }
+    __syncthreads();
+    return sh.digit;
+}
+
+// Top-k fast path, step 2 (CTA 0, its threads on the n sorted candidates all[0, n), which hold every z top-k keeps):
+// the kept prefix under top-k, then top-p as the radix path defines it (the longest prefix whose fixed-point masses
+// first reach ceil(top_p * total), extended over ties), then Gumbel-max over what is kept. Returns the token.
+__device__ int finish_candidates(const unsigned long long* all, int n, float zmax, uint32_t row, const SampleArgs& a,
+                                 Shared& sh) {
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     uint32_t cut = n >= a.top_k ? candidate_key(all[a.top_k - 1]) : 0u;  // key 0: keep every candidate
     if (a.top_p < 1.0f) {
-        unsigned long long mine = 0, total;
-        for (int i = first; i < first + per; ++i)
-            if (i < n && candidate_key(all[i]) >= cut) mine += fixed_mass(key_to_float(candidate_key(all[i])), zmax);
-        const unsigned long long inclusive = block_scan(mine, total, sh);
-        const unsigned long long target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(total)));
-        if (total >= target) {  // uniform
-            unsigned long long c = inclusive - mine;
-            for (int i = first; i < first + per && c < target; ++i) {
-                if (i < n && candidate_key(all[i]) >= cut) {
-                    c += fixed_mass(key_to_float(candidate_key(all[i])), zmax);
-                    if (c >= target) sh.digit = candidate_key(all[i]);  // exactly one entry crosses
-                }
-            }
-            __syncthreads();
-            cut = max(cut, sh.digit);
-        }
+        const float top_p = a.top_p;
+        cut = max(cut, crossing_key(all, n, cut, zmax, 0ull, [top_p](unsigned long long total) {
+                      return static_cast<unsigned long long>(ceil(double(top_p) * double(total)));
+                  }, sh));
     }
     float best = -INFINITY;
     int best_i = INT_MAX;
@@ -419,6 +564,47 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
     return in;
 }
 
+// Fast paths, the push: every z of this CTA's slice for which take(z) holds (finite z only, at most kMaxCandidates
+// in the row) goes into the gather buffer (ex[1], which no other CTA reads; a slot from an atomic on the receiver's
+// count) of CTA 0 or, with kEveryRank, of every CTA. Ends with the cluster barrier after which the receivers hold
+// them all.
+template <bool kEveryRank, typename Take>
+__device__ void push_candidates(const float4* z4, int n_local, int64_t begin, Take take, cg::cluster_group& cluster,
+                                Shared& sh) {
+    const int tid = threadIdx.x;
+    const float* z = reinterpret_cast<const float*>(z4);
+    for (int first = tid; 4 * first < n_local; first += kLoadBatch * kThreads) {
+        uint32_t takers = 0;  // bit 4 b + c: element c of vector first + b * kThreads
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+            const int v = first + b * kThreads;
+            const float4 zv = 4 * v < n_local ? z4[v] : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            const float e[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                if (4 * v + c < n_local && e[c] > -INFINITY && take(e[c])) takers |= 1u << (4 * b + c);
+        }
+        for (; takers != 0u; takers &= takers - 1u) {  // rare
+            const int bit = __ffs(takers) - 1;
+            const int j = 4 * (first + (bit / 4) * kThreads) + bit % 4;
+            const unsigned long long entry = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
+#pragma unroll
+            for (int r = 0; r < (kEveryRank ? kCluster : 1); ++r) {
+                unsigned long long* gathered =
+                    cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), r);
+                gathered[atomicAdd(cluster.map_shared_rank(&sh.count, r), 1)] = entry;
+            }
+        }
+    }
+    cluster.sync();  // every candidate has arrived
+}
+
+// This CTA's gathered candidates (after push_candidates), sorted.
+__device__ const unsigned long long* sorted_candidates(Shared& sh) {
+    return sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
+                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
+}
+
 // grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (none for greedy).
 template <bool kGreedy>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
@@ -433,36 +619,47 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     const int64_t row = blockIdx.x / kCluster;
     const int64_t begin = rank * a.slice;
     const int n_local = static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)));
-    // The top-k fast path (small k): the load pass also builds the level-0 histogram.
-    const bool fast_top_k = !kGreedy && a.top_k > 0 && a.top_k < a.vocab && a.top_k <= kMaxCandidates;
+    // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
+    // without top-k) tries a candidate search on masses after it.
+    const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
+    const bool fast_top_k = !kGreedy && top_k_active && a.top_k <= kMaxCandidates;
+    const bool fast_top_p = !kGreedy && !top_k_active && a.top_p < 1.0f;
     int phase = 0;
     if (fast_top_k) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
+    }
+    if (fast_top_k || fast_top_p) {
         if (tid == 0) sh.count = 0;
         __syncthreads();
     }
 
-    // 1. Load: kLoadBatch 16-byte vectors per thread in flight (the tail of the last vector lies inside the row's
-    // stride and is not used).
+    // 1. Load: kLoadBatch (greedy) or kSampleLoadBatch 16-byte vectors per thread in flight (the tail of the last
+    // vector lies inside the row's stride and is not used: it is staged as -inf, so the Gumbel pass needs no bound
+    // check).
     const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
+    const float t = a.temperature, reciprocal_t = __frcp_rn(t);
+    const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
     float best = -INFINITY;
     int best_i = INT_MAX;
     bool bad = false;
-    for (int first = tid; 4 * first < n_local; first += kLoadBatch * kThreads) {
-        float4 loaded[kLoadBatch];
+    constexpr int kBatch = kGreedy ? kLoadBatch : kSampleLoadBatch;
+    for (int first = tid; 4 * first < n_local; first += kBatch * kThreads) {
+        float4 loaded[kBatch];
 #pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
             const int v = first + b * kThreads;
             loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
             const int v = first + b * kThreads;
             if (4 * v >= n_local) break;
             float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                const float zz = kGreedy ? e[c] : __fdiv_rn(e[c], a.temperature);
+                const float zz = kGreedy                ? e[c]
+                                 : 4 * v + c >= n_local ? -INFINITY
+                                                        : divide_by_temperature(e[c], t, reciprocal_t, moderate_t);
                 e[c] = zz;
                 if (4 * v + c < n_local) {
                     bad |= !(zz < INFINITY);  // NaN or +inf
@@ -507,72 +704,72 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     }
     const uint32_t row32 = static_cast<uint32_t>(row);
 
-    // 2a. Top-k fast path: every z with digit >= d0 (at most kMaxCandidates in the row) goes straight into CTA 0's
-    // gather buffer (its ex[1], which no other CTA reads; a slot from an atomic on CTA 0's count per candidate, of
-    // which a CTA has about k / 8); then CTA 0 sorts the candidates and finishes alone.
+    // 2a. Fast paths. Top-k: every z with digit >= d0 (at most kMaxCandidates in the row) goes straight into CTA 0,
+    // which sorts them and finishes alone. Top-p: the z of the crossing mass bin go to every CTA, each finds the same
+    // cut among them, and 4 follows. A fallback to 2b-3 starts its radix levels at ex[1] (phase 1), which is
+    // untouched until a fast path pushes.
     uint32_t digit;
     if (fast_top_k && candidate_digit(static_cast<unsigned long long>(a.top_k), zmax, cluster, sh, digit)) {
-        unsigned long long* gathered = cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), 0);
-        int* gathered_count = cluster.map_shared_rank(&sh.count, 0);
-        for (int first = tid; 4 * first < n_local; first += kLoadBatch * kThreads) {
-            uint32_t takers = 0;  // bit 4 b + c: element c of vector first + b * kThreads
-#pragma unroll
-            for (int b = 0; b < kLoadBatch; ++b) {
-                const int v = first + b * kThreads;
-                const float4 zv = 4 * v < n_local ? z4[v] : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-                const float e[4] = {zv.x, zv.y, zv.z, zv.w};
-#pragma unroll
-                for (int c = 0; c < 4; ++c)
-                    if (4 * v + c < n_local && e[c] > -INFINITY && (float_to_key(e[c]) >> digit_shift(0)) >= digit)
-                        takers |= 1u << (4 * b + c);
-            }
-            for (; takers != 0u; takers &= takers - 1u) {  // rare: about k per row
-                const int bit = __ffs(takers) - 1;
-                const int j = 4 * (first + (bit / 4) * kThreads) + bit % 4;
-                const unsigned long long entry = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
-                gathered[atomicAdd(gathered_count, 1)] = entry;
-            }
-        }
-        cluster.sync();  // every candidate is in CTA 0, which no other CTA reads from again
+        push_candidates<false>(z4, n_local, begin,
+                               [&](float v) { return (float_to_key(v) >> digit_shift(0)) >= digit; }, cluster, sh);
         if (rank != 0) return;
-        const int n = sh.count;
-        const unsigned long long* sorted =
-            sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
-                            reinterpret_cast<unsigned long long*>(sh.ex[0].hist), n);
-        const int token = finish_candidates(sorted, n, zmax, row32, a, sh);
+        const int token = finish_candidates(sorted_candidates(sh), sh.count, zmax, row32, a, sh);
         if (tid == 0) a.tokens[row] = token;
         return;
     }
+    float threshold = -INFINITY;
+    bool top_p_done = false;
+    int bin;
+    unsigned long long mass_above, target;
+    if (fast_top_p && crossing_mass_bin(z, n_local, zmax, a.top_p, cluster, sh, bin, mass_above, target)) {
+        // Every z in bins < bin is kept; the cut lies among the z of the crossing bin, which every CTA gathers.
+        push_candidates<true>(z4, n_local, begin, [&](float v) { return mass_bin(v, zmax) == bin; }, cluster, sh);
+        const uint32_t cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
+                                          [target](unsigned long long) { return target; }, sh);
+        threshold = key_to_float(cut);
+        top_p_done = true;
+    }
 
     // 2b. top-k: keep z >= the k-th largest z.
-    float threshold = -INFINITY;
-    if (a.top_k > 0 && a.top_k < a.vocab) {
+    if (top_k_active) {
         uint32_t key;
         radix_select<false>(z, n_local, -INFINITY, zmax, static_cast<unsigned long long>(a.top_k), 0.0f, phase,
                             cluster, sh, key);
         threshold = key_to_float(key);
     }
     // 3. top-p among the kept tokens.
-    if (a.top_p < 1.0f) {
+    if (a.top_p < 1.0f && !top_p_done) {
         uint32_t key;
         if (radix_select<true>(z, n_local, threshold, zmax, 0ull, a.top_p, phase, cluster, sh, key))
             threshold = fmaxf(threshold, key_to_float(key));
     }
 
-    // 4. Gumbel-max over z > -inf, z >= threshold.
+    // 4. Gumbel-max over z > -inf, z >= threshold, a 16-byte vector (one Philox block) at a time.
     const float bound = __fadd_rn(zmax, gumbel(static_cast<uint32_t>(imax), row32, a));
     best = -INFINITY;
     best_i = INT_MAX;
-    for (int j = tid; j < n_local; j += kThreads) {
+    for (int v = tid; 4 * v < n_local; v += kThreads) {
         // A token whose score cannot reach the better of bound and this thread's best (a tie included) is skipped:
-        // first by z + the largest g, then by z + an upper bound on its own g (Philox only, no double logs).
-        const float v = z[j];
+        // first by z + the largest g (-inf z, the slice's tail included, fails it: bound is finite; the vector's
+        // block is skipped when all 4 do), then by z + an upper bound on its own g (Philox only, no double logs).
+        const float4 zv = z4[v];
+        const float e[4] = {zv.x, zv.y, zv.z, zv.w};
         const float to_beat = fmaxf(bound, best);
-        if (!(v > -INFINITY && v >= threshold) || __fadd_rn(v, kGumbelBound) < to_beat) continue;
-        const int token = static_cast<int>(begin) + j;
-        const uint32_t x = philox_word(static_cast<uint32_t>(token), row32, a);
-        if (__fadd_rn(v, gumbel_upper_bound(x)) < to_beat) continue;
-        take_better(best, best_i, __fadd_rn(v, gumbel_of_word(x)), token);
+        bool live[4], any = false;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            live[c] = __fadd_rn(e[c], kGumbelBound) >= to_beat && e[c] >= threshold;
+            any |= live[c];
+        }
+        if (!any) continue;
+        const int first_token = static_cast<int>(begin) + 4 * v;  // begin and the slice are multiples of 4
+        const uint4 words = philox_words(static_cast<uint32_t>(first_token / 4), row32, a);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const uint32_t x = word_of(words, c);
+            if (!live[c] || __fadd_rn(e[c], gumbel_upper_bound(x)) < fmaxf(bound, best)) continue;
+            take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
+        }
     }
     warp_best(best, best_i);
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;

@@ -17,8 +17,9 @@ Sampling (``temperature > 0``), fp32 throughout unless stated:
    ``top_p == 1`` skips this step.
 4. Gumbel-max: ``token = argmax over kept i of (z_i + g_i)`` (fp32 sum), ties to the lowest id, where
    ``g_i = -log(-log(u_i))`` and ``u_i`` comes from Philox4x32-10 (Random123) with
-   key ``(seed & 0xffffffff, seed >> 32)`` and counter ``(i, r, step, 0)``: ``x`` = the first 32-bit output word,
-   ``u = (x >> 8) * 2^-24 + 2^-25``, which lies strictly inside (0, 1).
+   key ``(seed & 0xffffffff, seed >> 32)`` and counter ``(i // 4, r, step, 0)``: ``x`` = output word ``i % 4`` (one
+   block gives the words of 4 consecutive tokens), ``u = (x >> 8) * 2^-24 + 2^-25``, which lies strictly inside
+   (0, 1).
    ``u`` and ``g`` are computed in float64 (where ``u`` is exact; in fp32 the largest ``u`` would round to 1.0),
    then ``g`` is rounded to fp32.
 
@@ -97,12 +98,13 @@ def gumbel_noise(seed: int, step: int, rows, vocab: int) -> np.ndarray:
         raise ValueError(f"rows must be an integer or a 1-D sequence of integers, got {rows!r}")
     for row in row_array.reshape(-1).tolist():
         _check_counter_word("row", row)
-    counter = np.zeros(row_array.shape + (vocab, 4), dtype=np.uint32)
-    counter[..., 0] = np.arange(vocab, dtype=np.uint32)
+    blocks = (vocab + 3) // 4
+    counter = np.zeros(row_array.shape + (blocks, 4), dtype=np.uint32)
+    counter[..., 0] = np.arange(blocks, dtype=np.uint32)
     counter[..., 1] = row_array.astype(np.uint32)[..., None]
     counter[..., 2] = step
-    first_words = philox4x32_10(counter, philox_key(seed))[..., 0]
-    return (-np.log(-np.log(uniform_from_bits(first_words)))).astype(np.float32)
+    words = philox4x32_10(counter, philox_key(seed)).reshape(row_array.shape + (4 * blocks,))[..., :vocab]
+    return (-np.log(-np.log(uniform_from_bits(words)))).astype(np.float32)
 
 
 class Sampler:

@@ -196,6 +196,33 @@ def test_top_k_candidates_and_the_radix_fallback(rng, stream):
     ledger.assert_rare()
 
 
+def test_top_p_candidates_and_the_radix_fallback(rng, stream):
+    """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
+    walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
+    rows, many ties) takes the radix path."""
+    batch = 8
+    logits = random_logits(rng, batch, VOCAB, 3.0)                # nucleus of a few hundred z: bins of range 0
+    logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
+    logits[1, 9] = 0.5
+    logits[2] = random_logits(rng, 1, VOCAB, 1.0)
+    logits[2, rng.choice(VOCAB, 1900, replace=False)] = 9.0      # the crossing among 1900 ties: they fit
+    logits[3] = random_logits(rng, 1, VOCAB, 1.0)
+    logits[3, rng.choice(VOCAB, 3000, replace=False)] = 9.0      # 3000 ties: too many candidates
+    logits[4, :] = -30.0                                         # below 2^-32 of the max: no mass, never kept
+    logits[4, rng.choice(VOCAB, 1500, replace=False)] = 6.0      # the crossing 4 below the max: range 1 of 8
+    logits[4, [17, 70000, VOCAB - 1, 3, 5]] = 10.0
+    logits[5] = logits[4]
+    logits[5, logits[5] == -30.0] = -10.0                        # tiny masses: in the total, not candidates
+    logits[6, rng.random(VOCAB) < 0.5] = -np.inf                 # masked half
+    logits[7] = random_logits(rng, 1, VOCAB, 0.5)                # a nucleus of 40K-129K z, 66-2048 in the crossing bin
+    ledger = MismatchLedger()
+    for top_k, top_p in [(0, 0.9), (0, 0.5), (VOCAB, 0.99), (0, 0.999)]:
+        gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=int(top_p * 1000), step=2)
+        assert logits[4, gpu[4]] >= 6.0 and logits[5, gpu[5]] >= 6.0
+        ledger.compare(logits, gpu, 1.0, top_k, top_p, int(top_p * 1000), 2)
+    ledger.assert_rare()
+
+
 def test_same_seed_same_tokens_and_seeds_differ(rng, stream):
     logits = random_logits(rng, 64, VOCAB, 1.0)
     first = run_sample(logits, stream, 1.0, 0, 0.9, seed=77, step=5)

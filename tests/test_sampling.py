@@ -61,11 +61,11 @@ def test_gumbel_noise_has_gumbel_moments_and_follows_counter():
     assert noise.dtype == np.float32 and noise.shape == (200_000,)
     assert abs(noise.mean() - np.euler_gamma) < 0.01
     assert abs(noise.std() - np.pi / np.sqrt(6)) < 0.01
-    key = philox_key(7)
-    counter = np.array([1234, 2, 3, 0], dtype=np.uint32)
-    first_word = philox4x32_10(counter, key)[:1]
-    expected = np.float32(-np.log(-np.log(uniform_from_bits(first_word)[0])))
-    assert noise[1234] == expected
+    # tokens 1232..1235 take the 4 words of the block at counter (1232 // 4, row, step, 0), in order
+    words = philox4x32_10(np.array([308, 2, 3, 0], dtype=np.uint32), philox_key(7))
+    expected = (-np.log(-np.log(uniform_from_bits(words)))).astype(np.float32)
+    np.testing.assert_array_equal(noise[1232:1236], expected)
+    assert len(set(expected.tolist())) == 4
 
 
 def test_gumbel_noise_of_several_rows_stacks_single_rows():
@@ -74,6 +74,8 @@ def test_gumbel_noise_of_several_rows_stacks_single_rows():
     for position, row in enumerate([0, 5, 2]):
         np.testing.assert_array_equal(stacked[position], gumbel_noise(3, 1, row, 33))
     assert not np.array_equal(stacked[0], stacked[2])
+    # a vocab that is not a multiple of 4 takes the first words of its last block: a prefix of a longer row
+    np.testing.assert_array_equal(stacked[1], gumbel_noise(3, 1, 5, 36)[:33])
 
 
 def test_greedy_takes_lowest_id_among_ties():
