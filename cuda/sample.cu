@@ -208,7 +208,7 @@ struct alignas(16) Shared {
     int imax;
     int bad;
     uint32_t digit;
-    unsigned long long above;
+    unsigned long long above;  // z (counts) or mass (top-p fast path) before the chosen digit / bin or range
     int crossing_range;                      // top-p fast path: the range where the walk crosses, its target,
     unsigned long long crossing_target;      // and how many z the crossing bin holds
     uint32_t crossing_count;
