@@ -325,6 +325,13 @@ __device__ __forceinline__ void await_previous_kernel() {
 // previous kernel writes there meanwhile.
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
 
+// The same for a contiguous range: `bytes` from `ptr` (both multiples of 16), one bulk request to the TMA unit. For
+// small grids, whose CTAs all start while the previous kernel runs, this takes their inputs' DRAM latency off the
+// critical path (V4-Pro x 64 tokens, H100: hc_pre from partials 5.87 -> 4.87 us, post_mix 7.41 -> 6.75 us).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* ptr, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(bytes) : "memory");
+}
+
 // An int the previous kernel may still be writing, read before await_previous_kernel() only to pick an address to
 // prefetch_l2 (the value may be the old one; read it again after the wait for any other use). ld.relaxed.gpu goes to
 // L2 and leaves no L1 line behind that a load after the wait could hit.

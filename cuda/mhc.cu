@@ -22,7 +22,9 @@
 //     pre), except for hc_pre from kWarpFinMinTokens tokens: a warp per token, y parked in shared memory between
 //     its two passes, so one token's Sinkhorn (~40 dependent IEEE divisions) hides behind other warps' loads (ncu,
 //     hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre from given partials 197 -> 145 us; hc_head, without a
-//     Sinkhorn, was faster with a block per token).
+//     Sinkhorn, was faster with a block per token). The block-per-token kernel and mix_small_kernel warm L2 with
+//     their inputs before waiting on the previous kernel; the warp-per-token kernel does not (each warp's prefetch
+//     of its row: hc_pre from partials at V4-Pro x 4096 138 -> 178 us).
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
 // hc_head): post_mix_kernel writes the new stream and, from the same registers, the next mix product's partials,
 // so hc_pre / hc_head given those partials run only the finalize and X is read once. At V4-Pro x 4096 on the
@@ -556,18 +558,42 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
     }
 }
 
+// Before await_previous_kernel(): warm L2 with token t's X row (the 4 copies are one contiguous range) and its
+// partial rows, from `threads` threads numbered `tid`.
+template <bool kPre>
+__device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, int64_t t, int tid, int threads) {
+    if (tid == 0) dsv4::prefetch_l2_bulk(args.x + t * kHc * args.vecs, static_cast<uint32_t>(kHc * args.vecs * 16));
+    constexpr int kRow = fin_partial_row(kPre);
+    for (int s = tid; s < args.splits; s += threads) {
+        const float* row = args.partial + (s * args.n_tokens + t) * kRow;
+        dsv4::prefetch_l2(row);
+        dsv4::prefetch_l2(row + kRow - 1);  // a row may straddle two lines
+    }
+}
+
 // Small batches: a block per token, its kBlockFinRowWarps row warps sharing the token's partial sums and its row (a
 // warp per token would stream a whole row alone). hc_pre adds a warp that forms post and comb (the Sinkhorn, ~40
 // dependent IEEE divisions) while the row warps form y, which needs only pre. kPre: hc_pre (post, comb,
 // y = rms_norm(...), FP8); else hc_head (y, optionally normed).
+// Before waiting on the previous kernel each block warms L2 with its token's X row and partial rows (prefetch_token_
+// inputs), so that both are L2 hits once it may read them. hc_pre from partials, V4-Pro x 64 tokens on the H100: 5.87
+// -> 4.87 us; the 8 row warps' sums of y^2 are then added from shared memory, not by another 5 shuffles. At 64 tokens
+// the row (its loads, 57 KB of X and 28 KB of norm weights per SM, and the FP8 outputs) and the post / comb warp
+// are about as long (ablations: 20 -> 1 Sinkhorn iteration -0.1 us, no y / q outputs -0.2 us).
 // Measured slower, not kept: each token's row split over a cluster of 4 (up to 33 tokens) or 2 CTAs (up to 66), the
 // sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 ->
-// 8.1 us at 64 (the post / comb warp, not the row, is the longer path).
+// 8.1 us at 64 (the post / comb warp, not the row, was the longer path then; a cluster barrier alone costs ~0.25 us
+// in a PDL chain, measured on empty kernels). The post / comb warp summing the partials alone and the row warps
+// loading X meanwhile: 4.9 -> 6.8 us at 64 tokens (one warp's 56 loads per lane and sums lengthen the Sinkhorn's
+// path). X loaded with the partials, before their barrier: 5.1 -> 5.6 us (the partials queue behind X). The
+// quantizer's group max by redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
+    prefetch_token_inputs<kPre>(args, blockIdx.x, threadIdx.x, blockDim.x);
     dsv4::await_previous_kernel();
     __shared__ float warp_sums[kBlockFinRowWarps][dsv4::kWarpSize];
-    __shared__ float row_sums[kBlockFinRowWarps];
+    __shared__ __align__(16) float row_sums[kBlockFinRowWarps];
+    static_assert(kBlockFinRowWarps == 8, "the row sums are added as two float4");
     __shared__ float4 weight_smem[kMaxDim / 4];  // the norm weights, each thread's own vectors (cp.async)
 
     const int64_t t = blockIdx.x;
@@ -653,7 +679,11 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
         sumsq = dsv4::warp_reduce_sum(sumsq);
         if (lane == 0) row_sums[warp] = sumsq;
         asm volatile("bar.sync 1, %0;" ::"n"(kBlockFinRowThreads) : "memory");
-        sumsq = dsv4::warp_reduce_sum(lane < kBlockFinRowWarps ? row_sums[lane] : 0.0f);
+        // The 8 warp sums, added in the order a butterfly over them would (the value every lane had when this was
+        // dsv4::warp_reduce_sum of row_sums[lane]), from shared memory without its 5 dependent shuffles.
+        const float4 r0 = reinterpret_cast<const float4*>(row_sums)[0];
+        const float4 r1 = reinterpret_cast<const float4*>(row_sums)[1];
+        sumsq = ((r0.x + r1.x) + (r0.z + r1.z)) + ((r0.y + r1.y) + (r0.w + r1.w));
         inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
         cp_async_wait<0>();  // this thread's own weight vectors
     }
@@ -1144,8 +1174,23 @@ __device__ __forceinline__ float4 load_early(const float4* ptr) {
 // V4-Pro 1 token 7.9 -> 7.1 us, hc_head 64 tokens 8.4 -> 7.8 us.
 template <int kNTiles, int kMTiles, bool kPost, bool kLean>
 __global__ void __launch_bounds__(kSmallThreads, !kPost && kLean ? 2 : 0) mix_small_kernel(const PostMixArgs args) {
-    dsv4::await_previous_kernel();
     constexpr int kTileTokens = kMTiles * kPostMixTile;
+    {
+        // Warm L2 with the block's inputs while the previous kernel runs: each (token, input) chunk row is 256
+        // contiguous bytes, each (fn row, copy) chunk 512.
+        constexpr int kInputs = kPost ? kHc + 1 : kHc;
+        const int64_t first_token = int64_t(blockIdx.y) * kTileTokens, col = int64_t(blockIdx.x) * kChunkVecs;
+        for (int e = threadIdx.x; e < kTileTokens * kInputs; e += kSmallThreads) {
+            const int64_t token = first_token + e / kInputs;
+            const int i = e % kInputs;
+            const Vec16* row = i < kHc ? args.x + (token * kHc + i) * args.vecs : args.f + token * args.vecs;
+            if (token < args.n_tokens) dsv4::prefetch_l2_bulk(row + col, kChunkVecs * sizeof(Vec16));
+        }
+        for (int e = threadIdx.x; e < args.num_mix * kHc; e += kSmallThreads)
+            dsv4::prefetch_l2_bulk(args.fn + (e / kHc) * args.vecs * 2 * kHc + ((e % kHc) * args.vecs + col) * 2,
+                                   kChunkVecs * 2 * sizeof(float4));
+    }
+    dsv4::await_previous_kernel();
     constexpr int kTileXBytes = kTileTokens * kSmallRowVecs * sizeof(Vec16);
     constexpr int kRedBytes = kSmallWarps * kTileTokens * kSmallRedPitch * sizeof(float);
     // The X tile ([row][copy 0..3, f][16 vectors] + pad), then, once the products are formed, each warp's products

@@ -8,7 +8,9 @@ small problems, where launch latency and not bandwidth sets the floor, each row 
 copy of the same bytes timed the same way ("copy us") and its ratio to the op ("copy/ours": 1.0 = as fast as
 merely moving the bytes).
 Each op is timed as a CUDA graph of many launches replayed several times (median), cycling over enough input
-sets that they do not fit in L2, so the numbers are HBM numbers, not cache numbers. Where torch is importable
+sets that they do not fit in L2, so the numbers are HBM numbers, not cache numbers (small-batch kernels warm L2 with
+their inputs while the launch before runs, as they would behind the kernel that wrote them in a forward pass: their
+DRAM latency then overlaps that launch, their bytes still come from HBM). Where torch is importable
 (on the GPU machine only; never a dependency) the matching torch op is timed on the same data as the peer.
 Consecutive launches overlap through programmatic dependent launch, as in a forward pass (the copies do not);
 DSV4_PDL=0 times every kernel launched plainly.
