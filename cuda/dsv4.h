@@ -14,10 +14,12 @@
  *    passed in. Empty work (e.g. n_tokens == 0) returns DSV4_OK without launching; its pointers may be NULL.
  *  - Entries are asynchronous on `stream` and safe to capture into a CUDA graph.
  *  - Their kernels use programmatic dependent launch: one may be scheduled before the kernel ahead of it on the
- *    stream has finished, and touches no memory until it has (griddepcontrol.wait; L2 prefetches aside, which never
- *    make a later read stale: dsv4_rope_kv_fp8 prefetches its positions' table rows); it lets the next kernel be
- *    scheduled early in turn, so a kernel of yours that follows with programmatic stream serialization must wait
- *    the same way before reading our outputs. DSV4_PDL=0 in the environment turns it off.
+ *    stream has finished, and touches no memory until it has (griddepcontrol.wait), except to warm L2: the
+ *    small-batch mhc, kv and sampling kernels prefetch their inputs into L2 meanwhile (a prefetch never makes a later
+ *    read stale), and dsv4_rope_kv_fp8 reads its positions early only to pick the table rows to start on, keeping
+ *    them after the wait only where the position still reads the same. It lets the next kernel be scheduled early
+ *    in turn, so a kernel of yours that follows with programmatic stream serialization must wait the same way before
+ *    reading our outputs. DSV4_PDL=0 in the environment turns it off.
  *
  * Layout of this file: one section per family, in the order the families were added; a new family appends a
  * section at the end. Keep one prototype per declaration, `type name` per argument, no macros in prototypes

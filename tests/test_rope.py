@@ -405,6 +405,45 @@ def test_kv_path_degenerate_rows_and_bad_positions(table, rng, stream):
     assert_bit_exact(rows[4:, 576:], good_nope[:, 576:], name="kv scales at bad positions")
 
 
+@pytest.mark.gpu("rope", "embed")
+def test_kv_path_reads_positions_the_previous_kernel_writes(table, rng, stream):
+    """The kv kernel reads each position before waiting on the kernel ahead (to start on its table row early) and must
+    use the row of the position that kernel wrote. Here an embedding gather writes the positions right before it (as
+    the bits of the last of its 2048 output rows, an embedding row made of int32 positions) over a buffer of other
+    valid positions. Whether an early read sees an old one is up to the timing: on the H100 none did (this passed
+    with the kernel's check after the wait taken out), so this guards the result, not that check."""
+    n, rows, dim = 8, 2048, 4096
+    old = rng.integers(TABLE_POSITIONS // 2, TABLE_POSITIONS, n).astype(np.int32)  # never equal to a new position
+    new = rng.integers(0, TABLE_POSITIONS // 2, n).astype(np.int32)
+    emb = np.zeros((2, dim), BF16)
+    emb[1].view(np.int32)[:n] = new
+    ids = np.zeros(rows, np.int32)
+    ids[-1] = 1
+    out = np.zeros((rows, dim), BF16)
+    out[-1].view(np.int32)[:n] = old
+    kv, w = random_bf16(rng, (n, D)), random_kv_weight(rng)
+    slots = np.arange(n, dtype=np.int32)
+    cache = DeviceArray.empty((n * rope.KV_RECORD_BYTES,), np.uint8).fill_poison(stream)
+    out_dev, emb_dev, ids_dev, kv_dev, w_dev, slots_dev = (DeviceArray.from_numpy(a, stream)
+                                                           for a in (out, emb, ids, kv, w, slots))
+    positions = out_dev.ptr + (rows - 1) * dim * 2
+    p = KvParams(cache=cache.ptr, kv=kv_dev.ptr, weight=w_dev.ptr, positions=positions, slot_mapping=slots_dev.ptr,
+                 table=table[0].ptr, n_tokens=n, n_slots=n, block_size=1, block_stride_bytes=rope.KV_RECORD_BYTES,
+                 kv_stride=D, table_positions=TABLE_POSITIONS, eps=EPS)  # fmt: skip
+    busy = [DeviceArray.empty((256 << 20,), np.uint8) for _ in range(2)]
+    runtime.stream_synchronize(stream)
+    # A 256 MB copy ahead keeps the GPU busy while the host queues both kernels, so the kv kernel is launched behind a
+    # running gather, not after it has finished.
+    runtime.copy_device_to_device(busy[0].ptr, busy[1].ptr, busy[0].nbytes, stream)
+    lib.dsv4_embed_gather_bf16(out_dev, emb_dev, ids_dev, rows, 2, dim, 1, stream)
+    lib.dsv4_rope_kv_fp8(p, stream)
+    assert np.array_equal(out_dev.to_numpy(stream)[-1].view(np.int32)[:n], new)
+    rows_out = cache.to_numpy(stream).reshape(n, rope.KV_RECORD_BYTES)
+    cos, sin = cos_sin(table[1], new)
+    expected, normed = kv_expected(kv, w, cos, sin)
+    assert_kv_rows_close(rows_out, expected, normed, "kv rows at positions written just before")
+
+
 @gpu
 def test_kv_path_bad_arguments(table, stream):
     cache = DeviceArray.empty((4 * 584,), np.uint8)
