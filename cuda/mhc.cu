@@ -562,7 +562,7 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 // partial rows, from `threads` threads numbered `tid`.
 template <bool kPre>
 __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, int64_t t, int tid, int threads) {
-    if (tid == 0) dsv4::prefetch_l2_bulk(args.x + t * kHc * args.vecs, static_cast<uint32_t>(kHc * args.vecs * 16));
+    if (tid == 0) dsv4::prefetch_l2_bulk(args.x + t * kHc * args.vecs, static_cast<uint32_t>(kHc * args.vecs * sizeof(Vec16)));
     constexpr int kRow = fin_partial_row(kPre);
     for (int s = tid; s < args.splits; s += threads) {
         const float* row = args.partial + (s * args.n_tokens + t) * kRow;
@@ -575,11 +575,11 @@ __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, 
 // warp per token would stream a whole row alone). hc_pre adds a warp that forms post and comb (the Sinkhorn, ~40
 // dependent IEEE divisions) while the row warps form y, which needs only pre. kPre: hc_pre (post, comb,
 // y = rms_norm(...), FP8); else hc_head (y, optionally normed).
-// Before waiting on the previous kernel each block warms L2 with its token's X row and partial rows (prefetch_token_
-// inputs), so that both are L2 hits once it may read them. hc_pre from partials, V4-Pro x 64 tokens on the H100: 5.87
-// -> 4.87 us; the 8 row warps' sums of y^2 are then added from shared memory, not by another 5 shuffles. At 64 tokens
-// the row (its loads, 57 KB of X and 28 KB of norm weights per SM, and the FP8 outputs) and the post / comb warp
-// are about as long (ablations: 20 -> 1 Sinkhorn iteration -0.1 us, no y / q outputs -0.2 us).
+// Before waiting on the previous kernel each block warms L2 with its token's X row and partial rows
+// (prefetch_token_inputs), so that both are L2 hits once it may read them. hc_pre from partials, V4-Pro x 64 tokens
+// on the H100: 5.87 -> 4.87 us; the 8 row warps' sums of y^2 are added from shared memory, not by 5 more shuffles.
+// At 64 tokens the row (its loads, 57 KB of X and 28 KB of norm weights per SM, and the FP8 outputs) and the post /
+// comb warp are about as long (ablations: 20 -> 1 Sinkhorn iteration -0.1 us, no y / q outputs -0.2 us).
 // Measured slower, not kept: each token's row split over a cluster of 4 (up to 33 tokens) or 2 CTAs (up to 66), the
 // sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 ->
 // 8.1 us at 64 (the post / comb warp, not the row, was the longer path then; a cluster barrier alone costs ~0.25 us
