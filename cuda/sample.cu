@@ -608,28 +608,27 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (none for greedy).
 template <bool kGreedy>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
-    {
-        // Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to
-        // 16 bytes: inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows
-        // 43.9 -> 43.0 us.
-        constexpr int64_t kPiece = 4096;
-        const int64_t first = (blockIdx.x % kCluster) * a.slice;
-        const int64_t bytes = 4 * max(int64_t(0), min(a.vocab - first, a.slice));
-        const char* base = reinterpret_cast<const char*>(a.logits + (blockIdx.x / kCluster) * a.stride + first);
-        for (int64_t at = threadIdx.x * kPiece; at < bytes; at += kThreads * kPiece)
-            dsv4::prefetch_l2_bulk(base + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
-    }
-    dsv4::await_previous_kernel();
-    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z (sampling only)
-    __shared__ Shared sh;
-    float* z = reinterpret_cast<float*>(z4);
-
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int64_t row = blockIdx.x / kCluster;
     const int64_t begin = rank * a.slice;
     const int n_local = static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)));
+    {
+        // Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to
+        // 16 bytes: inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows
+        // 43.9 -> 43.0 us.
+        constexpr int64_t kPiece = 4096;
+        const int64_t bytes = 4 * int64_t(n_local);
+        const char* slice = reinterpret_cast<const char*>(a.logits + row * a.stride + begin);
+        for (int64_t at = tid * kPiece; at < bytes; at += kThreads * kPiece)
+            dsv4::prefetch_l2_bulk(slice + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
+    }
+    dsv4::await_previous_kernel();
+    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z (sampling only)
+    __shared__ Shared sh;
+    float* z = reinterpret_cast<float*>(z4);
+
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
     // without top-k) tries a candidate search on masses after it.
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
