@@ -3,8 +3,16 @@
 // Philox4x32-10 noise g_i = fp32(-log(-log(u_i))) (u, g in double), u_i from word i % 4 of the block at counter
 // (i / 4, row, step, 0), key = seed: one block serves the 4 tokens of a 16-byte vector of z.
 //
-// One cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z in shared memory
-// (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
+// Temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged. Each CTA of a
+// row's cluster forms the Gumbel-max of its slice from cheap bounds on every score and double logs for the few tokens
+// whose bound reaches the best seen so far (gumbel_pass), and the cluster combines the CTAs' winners as greedy does.
+// Against the staged path below (max, cluster barrier, Gumbel pass over shared memory) at Flash vocab on the H100:
+// 1 row 11.6 -> 8.4-8.6 us, 64 rows 43.0 -> 30.3-31.7 us over two runs (ncu, 64 rows: 20.4M -> 12.9M warp
+// instructions). It is still issue- and latency-bound (ncu: 0.51 instructions issued per scheduler per cycle, barrier
+// stalls at the end of short CTAs): 8 CTAs of 16 warps per row give each warp only 4 steps at 64 rows, in 2 waves.
+//
+// Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
+// in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
 // distributed shared memory: each CTA writes its contribution into its own exchange buffer, the cluster
 // barrier publishes it, and every CTA combines the kCluster buffers in the same order, so all of them take the
 // same branch (two buffers alternate, so a buffer is rewritten only after everyone has read it).
@@ -16,8 +24,8 @@
 //     top_p * (total kept mass): the same radix descent over masses exp(z - max) in fixed point (2^31 for the
 //     max), summed as integers, so the result does not depend on the order of the atomics;
 //  4. Gumbel-max over the kept tokens, 4 at a time; a vector whose 4 z are all below (max z + its noise) - 17.5
-//     cannot win (g < 17.33 always) and skips its Philox block and logs, and a token whose z + an upper bound on its
-//     own g (from the Philox word, no logs) stays below the thread's best skips the logs. The CTAs push their best
+//     cannot win (g < 17.33 always) and skips its Philox block and logs, and a token whose upper bound (score_bounds,
+//     from the Philox word, no logs) stays below the thread's best skips the logs. The CTAs push their best
 //     (score, id) into CTA 0.
 // Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
 // digit; from the digits at and below the max's, the cluster finds the k-th largest's first digit d0 and, when
@@ -59,6 +67,9 @@ constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
+// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2: 64 registers, 2 CTAs per SM;
+// 1 measured slower (64 rows 31.6 -> 32.8 us), 3 needs 97 registers (1 CTA per SM).
+constexpr int kGumbelBatch = 2;
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 // Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
 // rounds to 0 below ln 2^-32 = -22.18); CTA r of the cluster combines bins [r, r + 1) * kMassBinsPerCta.
@@ -79,6 +90,8 @@ struct alignas(16) Exchange {
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
 
+constexpr int kPhiloxRounds = 10;
+
 struct SampleArgs {
     int32_t* tokens;          // [batch]
     const float* logits;      // [batch, stride]
@@ -86,7 +99,7 @@ struct SampleArgs {
     float temperature;        // 0: greedy
     int64_t top_k;            // active when 0 < top_k < vocab
     float top_p;              // active when < 1
-    uint32_t key0, key1;      // Philox key: seed low, high word
+    uint32_t round_key[kPhiloxRounds][2];  // Philox key schedule of (seed low, seed high): in the constant bank
     uint32_t step;
 };
 
@@ -121,28 +134,26 @@ __device__ __forceinline__ int candidate_token(unsigned long long c) {
     return static_cast<int>(~static_cast<uint32_t>(c));
 }
 
-// Philox4x32-10 (Random123) at counter (c0, c1, c2, c3), key (k0, k1): the 4 output words.
-__device__ __forceinline__ uint4 philox_block(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                                              uint32_t k1) {
+// Philox4x32-10 (Random123) at counter (c0, c1, c2, c3) under the round keys of a key (k0, k1): round r uses
+// (k0 + r 0x9E3779B9, k1 + r 0xBB67AE85), formed once on the host (dsv4_sample_tokens_f32), so each round's XORs
+// take them straight from the kernel's parameters.
+__device__ __forceinline__ uint4 philox_block(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                              const uint32_t (&round_key)[kPhiloxRounds][2]) {
 #pragma unroll
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
-        const uint32_t hi0 = __umulhi(c0, 0xD2511F53u), lo0 = c0 * 0xD2511F53u;
-        const uint32_t hi1 = __umulhi(c2, 0xCD9E8D57u), lo1 = c2 * 0xCD9E8D57u;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
+    for (int round = 0; round < kPhiloxRounds; ++round) {
+        // One 32 x 32 -> 64-bit product each (IMAD.WIDE.U32), not a high and a low half apart.
+        const uint64_t p0 = uint64_t(c0) * 0xD2511F53u, p1 = uint64_t(c2) * 0xCD9E8D57u;
+        c0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ round_key[round][0];
+        c1 = static_cast<uint32_t>(p1);
+        c2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ round_key[round][1];
+        c3 = static_cast<uint32_t>(p0);
     }
     return make_uint4(c0, c1, c2, c3);
 }
 
 // The Philox words of tokens 4 group .. 4 group + 3 of a row.
 __device__ __forceinline__ uint4 philox_words(uint32_t group, uint32_t row, const SampleArgs& a) {
-    return philox_block(group, row, a.step, 0u, a.key0, a.key1);
+    return philox_block(group, row, a.step, 0u, a.round_key);
 }
 
 __device__ __forceinline__ float gumbel_of_word(uint32_t x) {
@@ -158,15 +169,9 @@ __device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const Samp
     return gumbel_of_word(word_of(philox_words(token / 4, row, a), token % 4));
 }
 
-// An upper bound on gumbel_of_word(x) without logs: -log(u) > 1 - u, so g < -log(1 - u) = (25 - log2 k) ln 2 with
-// the integer k = 2^25 - 2 (x >> 8) - 1 (1 - u = k 2^-25). For k = 2^e (1 + f), log2 k >= e + f (log2(1 + f) >= f on
-// [0, 1]), and e + f = bits(k) / 2^23 - 127 where bits(k) is k's fp32 bit pattern. 1e-3 covers the fp32 roundings
-// (k and bits(k) to fp32, the constants, g itself: ~1e-5). Near u = 1, where g is large, the bound is tight.
-__device__ __forceinline__ float gumbel_upper_bound(uint32_t x) {
-    constexpr float kLn2 = 0.693147182f;
-    const uint32_t k = (1u << 25) - 2u * (x >> 8) - 1u;
-    const float bits = static_cast<float>(__float_as_int(static_cast<float>(k)));
-    return fmaf(bits, -kLn2 * 0x1p-23f, 152.0f * kLn2 + 1e-3f);
+// |x| in [2^-60, 2^60).
+__device__ __forceinline__ bool moderate(float x) {
+    return (__float_as_uint(x) & 0x7FFFFFFFu) - 0x21800000u < 0x5D800000u - 0x21800000u;
 }
 
 // z = x / T rounded to nearest, as __fdiv_rn(x, t), from r = RN(1 / T): q = RN(x r) is within an ulp of x / T, and
@@ -175,12 +180,33 @@ __device__ __forceinline__ float gumbel_upper_bound(uint32_t x) {
 // or huge) take __fdiv_rn. Checked bit for bit against x / T on the CPU: 9e7 random x of that range over 18
 // temperatures, and every x in [1, 2) at T = 0.8. Against __fdiv_rn alone: T only, 64 rows 45.7 -> 43.9 us.
 __device__ __forceinline__ float divide_by_temperature(float x, float t, float r, bool moderate_t) {
-    const uint32_t magnitude = __float_as_uint(x) & 0x7FFFFFFFu;
-    if (moderate_t && magnitude - 0x21800000u < 0x5D800000u - 0x21800000u) {  // 2^-60, 2^60
+    if (moderate_t && moderate(x)) {
         const float q = __fmul_rn(x, r);
         return fmaf(fmaf(-q, t, x), r, q);
     }
     return __fdiv_rn(x, t);
+}
+
+// Bounds on a token's score RN(z + g) (g = gumbel_of_word(x)) from x and z', within an ulp of z (|z - z'| <= 2^-22
+// |z'|), without double logs; the upper bound is NaN for z' = -inf. With w = 1 - u = (n + 1/2) 2^-24, n = 2^24 - 1 -
+// (x >> 8): -log u lies in [w, w / (1 - w)], so g <= -log w and, for w <= 1/2 (where w / (1 - w) <= w (1 + 2w)),
+// g >= -log w - 2w; above 1/2 the lower bound is -inf and the upper one takes w' = 1/2 - 2^-25 < w. For n < 2^23,
+// n + 1/2 has 24 significant bits, so w is exact in fp32 (formed from the bits of 2^23 + n, without a conversion
+// instruction). log w is lg2.approx.f32 (absolute error < 2^-22) times ln 2. The slack, 1e-3 + 2^-20 |z'|, covers that,
+// z - z' and every fp32 rounding (g's own included). Near u = 1, where g is large, the bounds are 2w + 2e-3 apart.
+struct Bounds {
+    float upper, lower;
+};
+__device__ __forceinline__ Bounds score_bounds(float z_approx, uint32_t x) {
+    constexpr float kLn2 = 0.693147182f;
+    const uint32_t n = (~x) >> 8;
+    const float w = (__uint_as_float(0x4B000000u | min(n, 0x7FFFFFu)) - 8388607.5f) * 0x1p-24f;
+    float log2_w;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(log2_w) : "f"(w));
+    const float neg_log_w = -kLn2 * log2_w;
+    const float slack = fmaf(fabsf(z_approx), 0x1p-20f, 1e-3f);
+    const float lower = __fadd_rn(z_approx, fmaf(-2.0f, w, neg_log_w)) - slack;
+    return {__fadd_rn(z_approx, neg_log_w) + slack, n < 0x800000u ? lower : -INFINITY};
 }
 
 // (v, i) becomes the better of itself and (ov, oi): larger value, then lower id.
@@ -213,6 +239,7 @@ struct alignas(16) Shared {
     unsigned long long crossing_target;      // and how many z the crossing bin holds
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
+    uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the CTA has seen
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
@@ -605,9 +632,146 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
                            reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
 }
 
-// grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (none for greedy).
-template <bool kGreedy>
+// Temperature only: Gumbel-max over this CTA's slice in one pass over the logits, nothing staged. Each lane takes
+// kGumbelBatch 16-byte vectors at a time: their Philox blocks, z' = logit * RN(1 / T) and the bounds of every score
+// (score_bounds: no double logs). The threshold is the largest lower bound on a score the CTA has seen (its warps
+// share it through shared memory once a step) or the best exact score the warp has formed; a token whose upper
+// bound reaches it (a tie included) goes on the warp's candidate list with that bound, and the others cannot win.
+// When the list would overflow, and at the end (against the CTA's final threshold: usually one warp of the CTA has
+// work left), the warp forms the exact scores of its candidates that still reach the threshold, one per lane (z by
+// divide_by_temperature, g by double logs from the logit and Philox block fetched again). z' is within an ulp of z
+// for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product overflows (an underflow costs
+// less than the slack): z' outside (-2^126, 2^126) (+-inf, NaN, near overflow) takes a per-thread detour, the exact
+// z, which decides whether the row is invalid, and a finite z makes the token a candidate (upper bound +inf).
+// Returns this thread's best (exact score, lowest id on ties) and whether it saw a NaN or +inf z.
+constexpr int kWarpCandidates = dsv4::kWarpSize;
+constexpr float kDetourFrom = 0x1p126f;
+constexpr float kMinGumbelT = 0x1p-126f, kMaxGumbelT = 0x1p126f;  // other temperatures take the staged path
+
+__device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int n_local, Shared& sh, float& best,
+                            int& best_i, bool& bad) {
+    const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    // The warp's candidates in ex[1], which nothing else uses on this path: slice positions, then upper bounds.
+    int* candidates = reinterpret_cast<int*>(sh.ex[1].hist) + warp * kWarpCandidates;
+    float* candidate_upper = reinterpret_cast<float*>(sh.ex[1].hist) + (kWarps + warp) * kWarpCandidates;
+    static_assert(2 * kWarps * kWarpCandidates * sizeof(int) <= sizeof(Exchange::hist), "candidate lists fit ex[1]");
+    const float* logits = a.logits + row * a.stride + begin;
+    const float4* src = reinterpret_cast<const float4*>(logits);
+    const float t = a.temperature, reciprocal_t = __frcp_rn(t);
+    const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
+    const uint32_t row32 = static_cast<uint32_t>(row), first_group = static_cast<uint32_t>(begin / 4);
+    float lower = -INFINITY;      // the largest lower bound this lane has seen
+    float threshold = -INFINITY;  // warp-uniform, as is count
+    int count = 0;
+
+    // Lane 0 publishes the warp's threshold; every lane takes the CTA's.
+    auto share_threshold = [&] {
+        float cta = -INFINITY;
+        if (lane == 0) cta = key_to_float(atomicMax(&sh.threshold_key, float_to_key(threshold)));
+        threshold = fmaxf(threshold, __shfl_sync(0xFFFFFFFFu, cta, 0));
+    };
+    auto evaluate_candidates = [&] {
+        __syncwarp();
+        if (lane < count && candidate_upper[lane] >= threshold) {
+            const int j = candidates[lane];
+            const uint32_t token = static_cast<uint32_t>(begin + j);
+            const float z = divide_by_temperature(__ldg(logits + j), t, reciprocal_t, moderate_t);
+            take_better(best, best_i, __fadd_rn(z, gumbel(token, row32, a)), static_cast<int>(token));
+        }
+        __syncwarp();
+        count = 0;
+        threshold = fmaxf(threshold, dsv4::warp_reduce_max(best));
+    };
+    // Vectors first + b kThreads (b < kGumbelBatch): what lies past the slice (whole vectors, and the tail of the row's
+    // last vector, inside its stride) reads as -inf; the next step's are loaded while this step's are scored.
+    auto load_step = [&](float4 (&loaded)[kGumbelBatch], int first) {
+#pragma unroll
+        for (int b = 0; b < kGumbelBatch; ++b) {
+            const int v = first + b * kThreads;
+            loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            if (4 * v < n_local && 4 * v + 4 > n_local) {
+                if (4 * v + 1 >= n_local) loaded[b].y = -INFINITY;
+                if (4 * v + 2 >= n_local) loaded[b].z = -INFINITY;
+                if (4 * v + 3 >= n_local) loaded[b].w = -INFINITY;
+            }
+        }
+    };
+    float4 next[kGumbelBatch];
+    load_step(next, threadIdx.x);
+    // The loop runs while the warp's first vector is in the slice, so every lane takes part in the collectives.
+    for (int warp_first = threadIdx.x - lane; 4 * warp_first < n_local; warp_first += kGumbelBatch * kThreads) {
+        const int first = warp_first + lane;
+        float4 loaded[kGumbelBatch];
+#pragma unroll
+        for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = next[b];
+        load_step(next, first + kGumbelBatch * kThreads);
+
+        float upper[kGumbelBatch][4];  // NaN: no candidate (z = -inf, or past the slice)
+        float upper_max = -INFINITY;
+        bool detour = false;
+#pragma unroll
+        for (int b = 0; b < kGumbelBatch; ++b) {
+            const uint4 words = philox_words(first_group + static_cast<uint32_t>(first + b * kThreads), row32, a);
+            const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const float z_approx = __fmul_rn(e[c], reciprocal_t);
+                detour |= !(fabsf(z_approx) < kDetourFrom);
+                const Bounds score = score_bounds(z_approx, word_of(words, c));
+                upper[b][c] = score.upper;
+                upper_max = fmaxf(upper_max, score.upper);
+                lower = fmaxf(lower, score.lower);
+            }
+        }
+        if (detour) {
+#pragma unroll
+            for (int b = 0; b < kGumbelBatch; ++b) {
+                const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    if (fabsf(__fmul_rn(e[c], reciprocal_t)) < kDetourFrom) continue;
+                    const bool in_slice = 4 * (first + b * kThreads) + c < n_local;
+                    const float z = fabsf(e[c]) < INFINITY ? __fdiv_rn(e[c], t) : __fmul_rn(e[c], reciprocal_t);
+                    bad |= in_slice && !(z < INFINITY);  // NaN or +inf
+                    upper[b][c] = in_slice && z > -INFINITY ? INFINITY : NAN;
+                    upper_max = fmaxf(upper_max, upper[b][c]);
+                }
+            }
+        }
+        threshold = fmaxf(threshold, dsv4::warp_reduce_max(lower));
+        share_threshold();
+        if (!__any_sync(0xFFFFFFFFu, upper_max >= threshold)) continue;
+#pragma unroll
+        for (int b = 0; b < kGumbelBatch; ++b) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const bool take = upper[b][c] >= threshold;
+                const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
+                if (takers == 0u) continue;
+                if (count + __popc(takers) > kWarpCandidates) evaluate_candidates();
+                if (take) {
+                    const int at = count + __popc(takers & ((1u << lane) - 1u));
+                    candidates[at] = 4 * (first + b * kThreads) + c;
+                    candidate_upper[at] = upper[b][c];
+                }
+                count += __popc(takers);
+            }
+        }
+    }
+    share_threshold();
+    __syncthreads();  // every warp has published its threshold
+    share_threshold();
+    if (count > 0) evaluate_candidates();
+}
+
+// What a launch computes: greedy; temperature only (gumbel_pass, nothing staged); top-k and / or top-p, or an extreme
+// temperature (z staged).
+enum class Mode { kGreedy, kTemperature, kFiltered };
+
+// grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (kFiltered only).
+template <Mode kMode>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
+    constexpr bool kGreedy = kMode == Mode::kGreedy, kFiltered = kMode == Mode::kFiltered;
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
@@ -632,8 +796,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
     // without top-k) tries a candidate search on masses after it.
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
-    const bool fast_top_k = !kGreedy && top_k_active && a.top_k <= kMaxCandidates;
-    const bool fast_top_p = !kGreedy && !top_k_active && a.top_p < 1.0f;
+    const bool fast_top_k = kFiltered && top_k_active && a.top_k <= kMaxCandidates;
+    const bool fast_top_p = kFiltered && !top_k_active && a.top_p < 1.0f;
     int phase = 0;
     if (fast_top_k) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
@@ -645,39 +809,45 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
 
     // 1. Load: kLoadBatch (greedy) or kSampleLoadBatch 16-byte vectors per thread in flight (the tail of the last
     // vector lies inside the row's stride and is not used: it is staged as -inf, so the Gumbel pass needs no bound
-    // check).
-    const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
-    const float t = a.temperature, reciprocal_t = __frcp_rn(t);
-    const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
+    // check). Greedy and kFiltered take the max z (lowest id on ties); kTemperature takes the best Gumbel score.
     float best = -INFINITY;
     int best_i = INT_MAX;
     bool bad = false;
-    constexpr int kBatch = kGreedy ? kLoadBatch : kSampleLoadBatch;
-    for (int first = tid; 4 * first < n_local; first += kBatch * kThreads) {
-        float4 loaded[kBatch];
+    if constexpr (kMode == Mode::kTemperature) {
+        if (tid == 0) sh.threshold_key = float_to_key(-INFINITY);
+        __syncthreads();
+        gumbel_pass(a, row, begin, n_local, sh, best, best_i, bad);
+    } else {
+        const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
+        const float t = a.temperature, reciprocal_t = __frcp_rn(t);
+        const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
+        constexpr int kBatch = kGreedy ? kLoadBatch : kSampleLoadBatch;
+        for (int first = tid; 4 * first < n_local; first += kBatch * kThreads) {
+            float4 loaded[kBatch];
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-            const int v = first + b * kThreads;
-            loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-            const int v = first + b * kThreads;
-            if (4 * v >= n_local) break;
-            float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const float zz = kGreedy                ? e[c]
-                                 : 4 * v + c >= n_local ? -INFINITY
-                                                        : divide_by_temperature(e[c], t, reciprocal_t, moderate_t);
-                e[c] = zz;
-                if (4 * v + c < n_local) {
-                    bad |= !(zz < INFINITY);  // NaN or +inf
-                    if (zz > best) best = zz, best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
-                    if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(zz) >> digit_shift(0)], 1u);
-                }
+            for (int b = 0; b < kBatch; ++b) {
+                const int v = first + b * kThreads;
+                loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
-            if (!kGreedy) z4[v] = make_float4(e[0], e[1], e[2], e[3]);
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int v = first + b * kThreads;
+                if (4 * v >= n_local) break;
+                float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const float zz = kGreedy                ? e[c]
+                                     : 4 * v + c >= n_local ? -INFINITY
+                                                            : divide_by_temperature(e[c], t, reciprocal_t, moderate_t);
+                    e[c] = zz;
+                    if (4 * v + c < n_local) {
+                        bad |= !(zz < INFINITY);  // NaN or +inf
+                        if (zz > best) best = zz, best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
+                        if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(zz) >> digit_shift(0)], 1u);
+                    }
+                }
+                if (kFiltered) z4[v] = make_float4(e[0], e[1], e[2], e[3]);
+            }
         }
     }
     warp_best(best, best_i);
@@ -707,7 +877,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     ++phase;
     const float zmax = sh.zmax;
     const int imax = sh.imax;
-    if (kGreedy || sh.bad) {
+    if (!kFiltered || sh.bad) {  // greedy's max z, or kTemperature's best score, is the token
         if (rank == 0 && tid == 0) a.tokens[row] = sh.bad ? -1 : imax;
         cluster.sync();  // no CTA leaves while another may still read its exchange buffer
         return;
@@ -777,7 +947,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const uint32_t x = word_of(words, c);
-            if (!live[c] || __fadd_rn(e[c], gumbel_upper_bound(x)) < fmaxf(bound, best)) continue;
+            if (!live[c] || score_bounds(e[c], x).upper < fmaxf(bound, best)) continue;
             take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
         }
     }
@@ -826,7 +996,7 @@ int raise_smem_limit() {
     DSV4_CHECK_ARG(device >= 0 && device < kMaxDevices, DSV4_ERR_UNSUPPORTED, "device %d: at most %d devices", device,
                    kMaxDevices);
     if (!g_smem_limit_set[device].load(std::memory_order_acquire)) {
-        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
@@ -835,15 +1005,19 @@ int raise_smem_limit() {
 
 int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
     const unsigned grid = static_cast<unsigned>(batch * kCluster);
-    if (args.temperature == 0.0f) {
-        DSV4_CHECK_LAUNCH(
-            dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<true>, grid, kThreads, 0, stream, args));
+    const bool filtered = (args.top_k > 0 && args.top_k < args.vocab) || args.top_p < 1.0f ||
+                          args.temperature < kMinGumbelT || args.temperature > kMaxGumbelT;
+    if (args.temperature == 0.0f || !filtered) {
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
+                                              args.temperature == 0.0f ? sample_kernel<Mode::kGreedy>
+                                                                       : sample_kernel<Mode::kTemperature>,
+                                              grid, kThreads, 0, stream, args));
         return DSV4_OK;
     }
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
-    DSV4_CHECK_LAUNCH(
-        dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<false>, grid, kThreads, smem, stream, args));
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered>, grid,
+                                          kThreads, smem, stream, args));
     return DSV4_OK;
 }
 
@@ -890,8 +1064,11 @@ DSV4_API int dsv4_sample_tokens_f32(int32_t* tokens, const float* logits, int64_
         args.temperature = temperature;
         args.top_k = top_k;
         args.top_p = top_p;
-        args.key0 = static_cast<uint32_t>(seed & 0xFFFFFFFFu);
-        args.key1 = static_cast<uint32_t>(seed >> 32);
+        uint32_t k0 = static_cast<uint32_t>(seed & 0xFFFFFFFFu), k1 = static_cast<uint32_t>(seed >> 32);
+        for (int round = 0; round < kPhiloxRounds; ++round, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+            args.round_key[round][0] = k0;
+            args.round_key[round][1] = k1;
+        }
         args.step = static_cast<uint32_t>(step);
         return launch_sample(args, batch, stream);
     });

@@ -41,9 +41,10 @@ def upload_logits(logits, stream, stride=None, pad_value=np.nan):
     return DeviceArray.from_numpy(host, stream), stride
 
 
-def run_sample(logits, stream, temperature=1.0, top_k=0, top_p=1.0, seed=0, step=0, stride=None, greedy_entry=False):
+def run_sample(logits, stream, temperature=1.0, top_k=0, top_p=1.0, seed=0, step=0, stride=None, greedy_entry=False,
+               pad_value=np.nan):
     batch, vocab = logits.shape
-    dev, stride = upload_logits(logits, stream, stride)
+    dev, stride = upload_logits(logits, stream, stride, pad_value)
     out = DeviceArray.empty(batch + 1, np.int32).fill_bytes(TOKEN_POISON, stream)
     if greedy_entry:
         lib.dsv4_sample_greedy_f32(out, dev, batch, vocab, stride, stream)
@@ -231,6 +232,56 @@ def test_same_seed_same_tokens_and_seeds_differ(rng, stream):
     other_seed = run_sample(logits, stream, 1.0, 0, 0.9, seed=78, step=5)
     other_step = run_sample(logits, stream, 1.0, 0, 0.9, seed=77, step=6)
     assert (first != other_seed).mean() > 0.9 and (first != other_step).mean() > 0.9
+
+
+@pytest.mark.parametrize("sigma", [0.05, 1.0, 4.0, 30.0])
+def test_temperature_only_matches_the_cpu_sampler(sigma, rng, stream):
+    """Temperature only forms exact scores just for the tokens whose bound reaches the best seen so far (no staging):
+    narrow and wide logits, cold and hot temperatures, every token equal to the CPU's or explained."""
+    ledger = MismatchLedger()
+    for temperature, seed in [(0.3, 1), (1.0, 2), (2.5, 3), (1e-30, 4)]:
+        logits = random_logits(rng, 16, VOCAB, sigma)
+        gpu = run_sample(logits, stream, temperature, seed=seed, step=int(sigma * 10))
+        ledger.compare(logits, gpu, temperature, 0, 1.0, seed, int(sigma * 10))
+    ledger.assert_rare()
+
+
+def test_temperature_only_ties_huge_and_invalid_rows(rng, stream):
+    """Rows that defeat the score bounds: flat z (only the noise decides), z = 2e30 everywhere (z + g rounds to z, every
+    token ties, so each one is a candidate and the lowest id wins), three huge z over a flat row, a masked row, a z
+    of 2e38 (exact division, near overflow); and the rows on which the CPU raises (-1)."""
+    logits = random_logits(rng, 9, VOCAB, 2.0)
+    logits[0] = 0.5
+    logits[1] = 1e30
+    logits[2] = -5.0
+    logits[2, [77777, 3, VOCAB - 1]] = 1e30
+    logits[3, rng.random(VOCAB) < 0.999] = -np.inf
+    logits[4, 1234] = np.nan
+    logits[5, 99999] = np.inf
+    logits[6, :] = -np.inf
+    logits[7, 77] = 3e38  # finite, but 3e38 / 0.5 overflows to +inf
+    logits[8, 55] = 1e38  # 2e38: finite
+    sampled = run_sample(logits, stream, 0.5, seed=6, step=4, stride=VOCAB + 4)
+    assert sampled[1:3].tolist() == [0, 3]
+    assert sampled[4:].tolist() == [-1, -1, -1, -1, 55]
+    assert np.isfinite(logits[3, sampled[3]])
+    for row in (0, 3):  # the CPU raises on the batch: sample each valid row alone, at its own row index
+        cpu = Sampler(0.5, 0, 1.0, 6).sample(np.repeat(logits[row][None], row + 1, axis=0), 4)[row]
+        assert sampled[row] == cpu or explained(logits[row], row, int(sampled[row]), 0.5, 0, 1.0, 6, 4)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (5, 1.0), (0, 0.9)])
+def test_row_padding_is_never_data(top_k, top_p, rng, stream):
+    """Finite, huge values in each row's stride padding (vocab 1001 and 4099: the last 16-byte vector is partial,
+    plus whole padding vectors) never become a token."""
+    for vocab in (1001, 4099):
+        logits = random_logits(rng, 4, vocab, 1.0)
+        stride = -(-vocab // 4) * 4 + 8
+        gpu = run_sample(logits, stream, 0.7, top_k, top_p, seed=vocab, step=1, stride=stride, pad_value=1e30)
+        assert (gpu < vocab).all() and (gpu >= 0).all(), gpu
+        ledger = MismatchLedger()
+        ledger.compare(logits, gpu, 0.7, top_k, top_p, vocab, 1)
+        assert ledger.mismatches == 0
 
 
 # ---- greedy ------------------------------------------------------------------------------------------------------
