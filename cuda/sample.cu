@@ -169,18 +169,14 @@ __device__ __forceinline__ float gumbel(uint32_t token, uint32_t row, const Samp
     return gumbel_of_word(word_of(philox_words(token / 4, row, a), token % 4));
 }
 
-// |x| in [2^-60, 2^60).
-__device__ __forceinline__ bool moderate(float x) {
-    return (__float_as_uint(x) & 0x7FFFFFFFu) - 0x21800000u < 0x5D800000u - 0x21800000u;
-}
-
 // z = x / T rounded to nearest, as __fdiv_rn(x, t), from r = RN(1 / T): q = RN(x r) is within an ulp of x / T, and
 // Markstein's correction RN(q + RN(x - q T) r) is then RN(x / T) while nothing overflows or underflows: |x| in
 // [2^-60, 2^60) with T in [2^-40, 2^40] (moderate_t, the same for the whole launch). Other x (0, +-inf, NaN, tiny
 // or huge) take __fdiv_rn. Checked bit for bit against x / T on the CPU: 9e7 random x of that range over 18
 // temperatures, and every x in [1, 2) at T = 0.8. Against __fdiv_rn alone: T only, 64 rows 45.7 -> 43.9 us.
 __device__ __forceinline__ float divide_by_temperature(float x, float t, float r, bool moderate_t) {
-    if (moderate_t && moderate(x)) {
+    const uint32_t magnitude = __float_as_uint(x) & 0x7FFFFFFFu;
+    if (moderate_t && magnitude - 0x21800000u < 0x5D800000u - 0x21800000u) {  // 2^-60, 2^60
         const float q = __fmul_rn(x, r);
         return fmaf(fmaf(-q, t, x), r, q);
     }
