@@ -3,13 +3,14 @@
 // Philox4x32-10 noise g_i = fp32(-log(-log(u_i))) (u, g in double), u_i from word i % 4 of the block at counter
 // (i / 4, row, step, 0), key = seed: one block serves the 4 tokens of a 16-byte vector of z.
 //
-// Temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged. Each CTA of a
-// row's cluster forms the Gumbel-max of its slice from cheap bounds on every score and double logs for the few tokens
-// whose bound reaches the best seen so far (gumbel_pass), and the cluster combines the CTAs' winners as greedy does.
-// Against the staged path below (max, cluster barrier, Gumbel pass over shared memory) at Flash vocab on the H100:
-// 1 row 11.6 -> 8.4-8.6 us, 64 rows 43.0 -> 30.3-31.7 us over two runs (ncu, 64 rows: 20.4M -> 12.9M warp
-// instructions). It is still issue- and latency-bound (ncu: 0.51 instructions issued per scheduler per cycle, barrier
-// stalls at the end of short CTAs): 8 CTAs of 16 warps per row give each warp only 4 steps at 64 rows, in 2 waves.
+// Greedy and temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged.
+// Each CTA of a row's cluster takes a slice; for temperature only, it forms the Gumbel-max of its slice from cheap
+// bounds on every score and double logs for the few tokens whose bound reaches the best seen so far (gumbel_pass).
+// Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These run CTAs of
+// kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond (launch_sample).
+// Flash vocab on the H100, T only: 1 row 7.2, 8 rows 7.5, 64 rows 25.4 us (the staged path took 11.6, 12.4, 43.0).
+// Still issue- and latency-bound: stalls at the closing barriers (warps and CTAs end at different times) and a
+// fixed cost of about 8 us at 64 rows (25.3 us at vocab 129280, 17.2 us at half of it).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -24,7 +25,7 @@
 //     top_p * (total kept mass): the same radix descent over masses exp(z - max) in fixed point (2^31 for the
 //     max), summed as integers, so the result does not depend on the order of the atomics;
 //  4. Gumbel-max over the kept tokens, 4 at a time; a vector whose 4 z are all below (max z + its noise) - 17.5
-//     cannot win (g < 17.33 always) and skips its Philox block and logs, and a token whose upper bound (score_bounds,
+//     cannot win (g < 17.33 always) and skips its Philox block and logs, and a token whose upper bound (gumbel_reach,
 //     from the Philox word, no logs) stays below the thread's best skips the logs. The CTAs push their best
 //     (score, id) into CTA 0.
 // Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
@@ -58,6 +59,7 @@ namespace {
 
 constexpr int kCluster = 8;                      // CTAs per row (portable cluster size)
 constexpr int kThreads = 512;
+constexpr int kNarrowThreads = 256;              // greedy and temperature only, at large batch (launch_sample)
 constexpr int kWarps = kThreads / dsv4::kWarpSize;
 constexpr int kBins = 2048;                      // 11-bit digits
 constexpr int kBinsPerThread = kBins / kThreads;
@@ -67,8 +69,8 @@ constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
-// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2: 64 registers, 2 CTAs per SM;
-// 1 measured slower (64 rows 31.6 -> 32.8 us), 3 needs 97 registers (1 CTA per SM).
+// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 fits 64 registers (a few bytes
+// spilled); 1 measured slower (64 rows, 256 threads: 27.4 -> 29.9 us), 3 needs 97 registers.
 constexpr int kGumbelBatch = 2;
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 // Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
@@ -97,6 +99,7 @@ struct SampleArgs {
     const float* logits;      // [batch, stride]
     int64_t vocab, stride, slice;
     float temperature;        // 0: greedy
+    float reciprocal_temperature;  // RN(1 / temperature), formed on the host: a constant-bank operand
     int64_t top_k;            // active when 0 < top_k < vocab
     float top_p;              // active when < 1
     uint32_t round_key[kPhiloxRounds][2];  // Philox key schedule of (seed low, seed high): in the constant bank
@@ -112,6 +115,11 @@ __device__ __forceinline__ uint32_t float_to_key(float f) {
 
 __device__ __forceinline__ float key_to_float(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
+}
+
+// The warp's largest x (NaN excluded), in one redux.sync on the keys instead of five shuffle rounds.
+__device__ __forceinline__ float warp_max(float x) {
+    return key_to_float(__reduce_max_sync(0xFFFFFFFFu, float_to_key(fmaxf(x, -INFINITY))));
 }
 
 // Fixed-point mass of z: exp(z - max) * 2^31 rounded (0 below 2^-32 of the max's).
@@ -183,27 +191,34 @@ __device__ __forceinline__ float divide_by_temperature(float x, float t, float r
     return __fdiv_rn(x, t);
 }
 
-// Bounds on a token's score RN(z + g) (g = gumbel_of_word(x)) from x and z', within an ulp of z (|z - z'| <= 2^-22
-// |z'|), without double logs; the upper bound is NaN for z' = -inf. With w = 1 - u = (n + 1/2) 2^-24, n = 2^24 - 1 -
-// (x >> 8): -log u lies in [w, w / (1 - w)], so g <= -log w and, for w <= 1/2 (where w / (1 - w) <= w (1 + 2w)),
-// g >= -log w - 2w; above 1/2 the lower bound is -inf and the upper one takes w' = 1/2 - 2^-25 < w. For n < 2^23,
-// n + 1/2 has 24 significant bits, so w is exact in fp32 (formed from the bits of 2^23 + n, without a conversion
-// instruction). log w is lg2.approx.f32 (absolute error < 2^-22) times ln 2. The slack, 1e-3 + 2^-20 |z'|, covers that,
-// z - z' and every fp32 rounding (g's own included). Near u = 1, where g is large, the bounds are 2w + 2e-3 apart.
-struct Bounds {
-    float upper, lower;
+// Bounds on a token's score RN(z + g) (g = gumbel_of_word(x)) without double logs, from x and z' = RN(x RN(1 / T)),
+// within an ulp of z. With w = 1 - u = (n + 1/2) 2^-24, n = 2^24 - 1 - (x >> 8): -log u lies in [w, w / (1 - w)], so
+// g <= -log w and, for w <= 1/2 (where w / (1 - w) <= w (1 + 2w)), g >= -log w - 2w. gumbel_reach returns
+//   reach = z' - log w                     (an upper bound on the score, up to rounding),
+//   floor = reach - 2w for w <= 1/2, else -inf (a lower bound, up to rounding);
+// above 1/2 reach takes w' = 1/2 - 2^-25 < w. For n < 2^23, m = n + 1/2 has 24 significant bits, so it is exact in fp32
+// (formed from the bits of 2^23 + n, without a conversion instruction), and -log w = 24 ln 2 - ln 2 log2 m, where
+// log2 m is lg2.approx.f32 (absolute error < 2^-22); the caller passes z' + 24 ln 2 (one FFMA with the division).
+// score_slack(v) (v = reach or floor) covers that error, z - z', every fp32 rounding (g's own included) and the ln 2
+// rounding, using |z'| <= |v| + 18.4: reach + slack(reach) >= score >= floor - slack(floor). The slack grows with |v|,
+// so the largest reach of a group, plus its slack, bounds every score of the group.
+constexpr float kLn2 = 0.693147182f;
+constexpr float kReachShift = 24.0f * kLn2;  // the -log 2^-24 of w = m 2^-24, added with z'
+struct GumbelReach {
+    float reach, floor;
 };
-__device__ __forceinline__ Bounds score_bounds(float z_approx, uint32_t x) {
-    constexpr float kLn2 = 0.693147182f;
+__device__ __forceinline__ GumbelReach gumbel_reach(float z_shifted, uint32_t x) {
     const uint32_t n = (~x) >> 8;
-    const float w = (__uint_as_float(0x4B000000u | min(n, 0x7FFFFFu)) - 8388607.5f) * 0x1p-24f;
-    float log2_w;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(log2_w) : "f"(w));
-    const float neg_log_w = -kLn2 * log2_w;
-    const float slack = fmaf(fabsf(z_approx), 0x1p-20f, 1e-3f);
-    const float lower = __fadd_rn(z_approx, fmaf(-2.0f, w, neg_log_w)) - slack;
-    return {__fadd_rn(z_approx, neg_log_w) + slack, n < 0x800000u ? lower : -INFINITY};
+    const float m = __uint_as_float(0x4B000000u | min(n, 0x7FFFFFu)) - 8388607.5f;
+    float log2_m;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(log2_m) : "f"(m));
+    const float reach = fmaf(log2_m, -kLn2, z_shifted);
+    return {reach, n < 0x800000u ? fmaf(m, -0x1p-23f, reach) : -INFINITY};
 }
+__device__ __forceinline__ float score_slack(float v) { return fmaf(fabsf(v), 0x1p-20f, 1e-3f + 19.0f * 0x1p-20f); }
+
+// The upper bound on a score, NaN for z' = -inf (it is never a candidate).
+__device__ __forceinline__ float score_upper(float reach) { return reach + score_slack(reach); }
 
 // (v, i) becomes the better of itself and (ov, oi): larger value, then lower id.
 __device__ __forceinline__ void take_better(float& v, int& i, float ov, int oi) {
@@ -236,6 +251,11 @@ struct alignas(16) Shared {
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
     uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the CTA has seen
+    // greedy and temperature only, rank 0: every warp's best (value, lowest id) by rank and warp, and whether any
+    // CTA saw a NaN or +inf
+    float winner_value[kCluster * kWarps];
+    int winner_index[kCluster * kWarps];
+    int winner_bad;
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
@@ -629,34 +649,50 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 }
 
 // Temperature only: Gumbel-max over this CTA's slice in one pass over the logits, nothing staged. Each lane takes
-// kGumbelBatch 16-byte vectors at a time: their Philox blocks, z' = logit * RN(1 / T) and the bounds of every score
-// (score_bounds: no double logs). The threshold is the largest lower bound on a score the CTA has seen (its warps
-// share it through shared memory once a step) or the best exact score the warp has formed; a token whose upper
-// bound reaches it (a tie included) goes on the warp's candidate list with that bound, and the others cannot win.
-// When the list would overflow, and at the end (against the CTA's final threshold: usually one warp of the CTA has
-// work left), the warp forms the exact scores of its candidates that still reach the threshold, one per lane (z by
-// divide_by_temperature, g by double logs from the logit and Philox block fetched again). z' is within an ulp of z
-// for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product overflows (an underflow costs
-// less than the slack): z' outside (-2^126, 2^126) (+-inf, NaN, near overflow) takes a per-thread detour, the exact
-// z, which decides whether the row is invalid, and a finite z makes the token a candidate (upper bound +inf).
-// Returns this thread's best (exact score, lowest id on ties) and whether it saw a NaN or +inf z.
+// kGumbelBatch 16-byte vectors at a time (the next ones loading meanwhile): their Philox blocks, z' = logit * RN(1 / T)
+// and every token's reach and floor (gumbel_reach: no double logs). The threshold is the largest lower bound on a
+// score the CTA has seen (its warps share it through shared memory once a step) or the best exact score the warp has
+// formed. A step whose largest reach, plus slack, stays below it costs nothing more (the usual case); otherwise a token
+// whose upper bound reaches it (a tie included) goes on the warp's candidate list with that bound. When the list would
+// overflow, and at the end (against the CTA's final threshold: usually one warp of the CTA has work left), the warp
+// forms the exact scores of its candidates that still reach the threshold, one per lane (z by divide_by_temperature, g
+// by double logs from the logit and Philox block fetched again).
+// z' is within an ulp of z for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product
+// overflows (an underflow costs less than the slack). A step with a NaN, an infinite or a huge reach (|z'| near
+// 2^126 or beyond; the reach of -inf z' alone does not count) takes a per-thread detour: the exact z decides whether
+// the row is invalid, and a finite z of a huge or infinite z' makes the token a candidate (reach +inf). A finite z
+// whose z' overflowed to -inf (T < 1, |z| within an ulp of FLT_MAX) loses to every other finite score, so it matters
+// only in a slice whose best is below -2^126 or missing: a warp that ends with no threshold above that scans its
+// tokens again for such z.
+// Returns this thread's best (exact score, lowest id on ties) and whether the CTA saw a NaN or +inf z.
 constexpr int kWarpCandidates = dsv4::kWarpSize;
 constexpr float kDetourFrom = 0x1p126f;
 constexpr float kMinGumbelT = 0x1p-126f, kMaxGumbelT = 0x1p126f;  // other temperatures take the staged path
 
+__device__ __forceinline__ float max_propagating_nan(float x, float y) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
+    return r;
+}
+
+template <int kBlockThreads>
 __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int n_local, Shared& sh, float& best,
                             int& best_i, bool& bad) {
+    constexpr int kBlockWarps = kBlockThreads / dsv4::kWarpSize;
+    constexpr int kStep = kGumbelBatch * kBlockThreads;  // vectors of the CTA per step
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
     // The warp's candidates in ex[1], which nothing else uses on this path: slice positions, then upper bounds.
     int* candidates = reinterpret_cast<int*>(sh.ex[1].hist) + warp * kWarpCandidates;
-    float* candidate_upper = reinterpret_cast<float*>(sh.ex[1].hist) + (kWarps + warp) * kWarpCandidates;
-    static_assert(2 * kWarps * kWarpCandidates * sizeof(int) <= sizeof(Exchange::hist), "candidate lists fit ex[1]");
+    float* candidate_upper = reinterpret_cast<float*>(sh.ex[1].hist) + (kBlockWarps + warp) * kWarpCandidates;
+    static_assert(2 * kBlockWarps * kWarpCandidates * sizeof(int) <= sizeof(Exchange::hist),
+                  "candidate lists fit ex[1]");
     const float* logits = a.logits + row * a.stride + begin;
     const float4* src = reinterpret_cast<const float4*>(logits);
-    const float t = a.temperature, reciprocal_t = __frcp_rn(t);
+    const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
     const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
     const uint32_t row32 = static_cast<uint32_t>(row), first_group = static_cast<uint32_t>(begin / 4);
-    float lower = -INFINITY;      // the largest lower bound this lane has seen
+    const int vectors = (n_local + 3) / 4, whole_vectors = n_local / 4;
+    float floor_max = -INFINITY;  // the largest floor this lane has seen
     float threshold = -INFINITY;  // warp-uniform, as is count
     int count = 0;
 
@@ -666,114 +702,146 @@ __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int
         if (lane == 0) cta = key_to_float(atomicMax(&sh.threshold_key, float_to_key(threshold)));
         threshold = fmaxf(threshold, __shfl_sync(0xFFFFFFFFu, cta, 0));
     };
+    auto take_token = [&](int j, float z) {  // z exact: the token's score, compared with this thread's best
+        const uint32_t token = static_cast<uint32_t>(begin + j);
+        take_better(best, best_i, __fadd_rn(z, gumbel(token, row32, a)), static_cast<int>(token));
+    };
     auto evaluate_candidates = [&] {
         __syncwarp();
         if (lane < count && candidate_upper[lane] >= threshold) {
             const int j = candidates[lane];
-            const uint32_t token = static_cast<uint32_t>(begin + j);
-            const float z = divide_by_temperature(__ldg(logits + j), t, reciprocal_t, moderate_t);
-            take_better(best, best_i, __fadd_rn(z, gumbel(token, row32, a)), static_cast<int>(token));
+            take_token(j, divide_by_temperature(__ldg(logits + j), t, reciprocal_t, moderate_t));
         }
         __syncwarp();
         count = 0;
-        threshold = fmaxf(threshold, dsv4::warp_reduce_max(best));
+        threshold = fmaxf(threshold, warp_max(best));
     };
-    // Vectors first + b kThreads (b < kGumbelBatch): what lies past the slice (whole vectors, and the tail of the row's
-    // last vector, inside its stride) reads as -inf; the next step's are loaded while this step's are scored.
+    // Vectors first + b kBlockThreads (b < kGumbelBatch), clamped to the slice: unconditional loads, so that nothing
+    // waits for them before score_step, which masks what lies past the slice (whole vectors, and the tail of the row's
+    // last vector, inside its stride) as -inf.
     auto load_step = [&](float4 (&loaded)[kGumbelBatch], int first) {
 #pragma unroll
-        for (int b = 0; b < kGumbelBatch; ++b) {
-            const int v = first + b * kThreads;
-            loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-            if (4 * v < n_local && 4 * v + 4 > n_local) {
-                if (4 * v + 1 >= n_local) loaded[b].y = -INFINITY;
-                if (4 * v + 2 >= n_local) loaded[b].z = -INFINITY;
-                if (4 * v + 3 >= n_local) loaded[b].w = -INFINITY;
-            }
-        }
+        for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = __ldg(src + min(first + b * kBlockThreads, vectors - 1));
     };
-    float4 next[kGumbelBatch];
-    load_step(next, threadIdx.x);
-    // The loop runs while the warp's first vector is in the slice, so every lane takes part in the collectives.
-    for (int warp_first = threadIdx.x - lane; 4 * warp_first < n_local; warp_first += kGumbelBatch * kThreads) {
-        const int first = warp_first + lane;
-        float4 loaded[kGumbelBatch];
-#pragma unroll
-        for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = next[b];
-        load_step(next, first + kGumbelBatch * kThreads);
-
-        float upper[kGumbelBatch][4];  // NaN: no candidate (z = -inf, or past the slice)
-        float upper_max = -INFINITY;
-        bool detour = false;
+    auto score_step = [&](const float4 (&loaded)[kGumbelBatch], int first) {
+        float reach[kGumbelBatch][4];
+        float reach_max = -INFINITY;  // NaN if any reach is
 #pragma unroll
         for (int b = 0; b < kGumbelBatch; ++b) {
-            const uint4 words = philox_words(first_group + static_cast<uint32_t>(first + b * kThreads), row32, a);
-            const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+            const uint4 words = philox_words(first_group + static_cast<uint32_t>(first + b * kBlockThreads), row32, a);
+            float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+            if (first + b * kBlockThreads >= whole_vectors) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c)
+                    if (4 * (first + b * kBlockThreads) + c >= n_local) e[c] = -INFINITY;
+            }
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                const float z_approx = __fmul_rn(e[c], reciprocal_t);
-                detour |= !(fabsf(z_approx) < kDetourFrom);
-                const Bounds score = score_bounds(z_approx, word_of(words, c));
-                upper[b][c] = score.upper;
-                upper_max = fmaxf(upper_max, score.upper);
-                lower = fmaxf(lower, score.lower);
+                const GumbelReach g = gumbel_reach(fmaf(e[c], reciprocal_t, kReachShift), word_of(words, c));
+                reach[b][c] = g.reach;
+                reach_max = max_propagating_nan(reach_max, g.reach);
+                floor_max = fmaxf(floor_max, g.floor);
             }
         }
-        if (detour) {
+        if (!(fabsf(reach_max) < kDetourFrom) && reach_max != -INFINITY) {
+            reach_max = -INFINITY;
 #pragma unroll
-            for (int b = 0; b < kGumbelBatch; ++b) {
-                const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+            for (int b = 0; b < kGumbelBatch; ++b) {  // the logits fetched again: the buffer's registers are free
+                const float4 again = __ldg(src + min(first + b * kBlockThreads, vectors - 1));
+                const float e[4] = {again.x, again.y, again.z, again.w};
 #pragma unroll
                 for (int c = 0; c < 4; ++c) {
-                    if (fabsf(__fmul_rn(e[c], reciprocal_t)) < kDetourFrom) continue;
-                    const bool in_slice = 4 * (first + b * kThreads) + c < n_local;
-                    const float z = fabsf(e[c]) < INFINITY ? __fdiv_rn(e[c], t) : __fmul_rn(e[c], reciprocal_t);
-                    bad |= in_slice && !(z < INFINITY);  // NaN or +inf
-                    upper[b][c] = in_slice && z > -INFINITY ? INFINITY : NAN;
-                    upper_max = fmaxf(upper_max, upper[b][c]);
+                    if (!(fabsf(__fmul_rn(e[c], reciprocal_t)) < kDetourFrom)) {
+                        const bool in_slice = 4 * (first + b * kBlockThreads) + c < n_local;
+                        const float z = fabsf(e[c]) < INFINITY ? __fdiv_rn(e[c], t) : __fmul_rn(e[c], reciprocal_t);
+                        if (in_slice && !(z < INFINITY)) sh.bad = 1;  // NaN or +inf (a register less in the loop)
+                        reach[b][c] = in_slice && z > -INFINITY ? INFINITY : -INFINITY;
+                    }
+                    reach_max = fmaxf(reach_max, reach[b][c]);
                 }
             }
         }
-        threshold = fmaxf(threshold, dsv4::warp_reduce_max(lower));
+        threshold = fmaxf(threshold, warp_max(floor_max - score_slack(floor_max)));
         share_threshold();
-        if (!__any_sync(0xFFFFFFFFu, upper_max >= threshold)) continue;
+        if (!__any_sync(0xFFFFFFFFu, score_upper(reach_max) >= threshold)) return;
 #pragma unroll
         for (int b = 0; b < kGumbelBatch; ++b) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                const bool take = upper[b][c] >= threshold;
+                const float upper = score_upper(reach[b][c]);
+                const bool take = upper >= threshold;
                 const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
                 if (takers == 0u) continue;
                 if (count + __popc(takers) > kWarpCandidates) evaluate_candidates();
                 if (take) {
                     const int at = count + __popc(takers & ((1u << lane) - 1u));
-                    candidates[at] = 4 * (first + b * kThreads) + c;
-                    candidate_upper[at] = upper[b][c];
+                    candidates[at] = 4 * (first + b * kBlockThreads) + c;
+                    candidate_upper[at] = upper;
                 }
                 count += __popc(takers);
             }
         }
+    };
+
+    // Two buffers in turn, so that the loads in flight need no register moves. The loop runs while the warp's first
+    // vector is in the slice, so every lane takes part in the collectives.
+    float4 even[kGumbelBatch], odd[kGumbelBatch];
+    int first = threadIdx.x;
+    if (vectors > 0) load_step(even, first);
+    cg::this_cluster().barrier_wait();  // the threshold's initial value (sample_kernel), while the first loads fly
+    while (first - lane < vectors) {
+        load_step(odd, first + kStep);
+        score_step(even, first);
+        first += kStep;
+        if (first - lane >= vectors) break;
+        load_step(even, first + kStep);
+        score_step(odd, first);
+        first += kStep;
     }
     share_threshold();
-    __syncthreads();  // every warp has published its threshold
+    __syncthreads();  // every warp has published its threshold and its invalid z
     share_threshold();
+    bad = sh.bad;
     if (count > 0) evaluate_candidates();
+    if (t < 1.0f && !(threshold > -kDetourFrom)) {  // see above: z' overflowed to -inf, z finite (rare)
+        for (int j = threadIdx.x; j < n_local; j += kBlockThreads) {
+            const float e = __ldg(logits + j);
+            if (fabsf(e) < INFINITY && !(fabsf(__fmul_rn(e, reciprocal_t)) < INFINITY)) {
+                const float z = __fdiv_rn(e, t);
+                if (z > -INFINITY) take_token(j, z);
+            }
+        }
+    }
 }
 
 // What a launch computes: greedy; temperature only (gumbel_pass, nothing staged); top-k and / or top-p, or an extreme
 // temperature (z staged).
 enum class Mode { kGreedy, kTemperature, kFiltered };
 
-// grid (batch * kCluster), clusters of kCluster along x; dynamic shared memory = slice floats (kFiltered only).
-template <Mode kMode>
-__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
+// grid (batch * kCluster), clusters of kCluster along x, kBlockThreads threads (kThreads for kFiltered, whose
+// histogram and scan code assumes it); dynamic shared memory = slice floats (kFiltered only).
+// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads).
+template <Mode kMode, int kBlockThreads>
+__global__ void __cluster_dims__(kCluster, 1, 1)
+    __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
     constexpr bool kGreedy = kMode == Mode::kGreedy, kFiltered = kMode == Mode::kFiltered;
+    static_assert(!kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
+    constexpr int kBlockWarps = kBlockThreads / dsv4::kWarpSize;
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int64_t row = blockIdx.x / kCluster;
     const int64_t begin = rank * a.slice;
     const int n_local = static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)));
+    __shared__ Shared sh;
+    // Greedy and temperature only: every warp's best goes straight into rank 0's winner slots (distributed shared
+    // memory), and one cluster barrier ends the launch. Arriving at another barrier phase here publishes the initial
+    // values; its wait comes before their first use (gumbel_pass's first threshold, or the winner slots), so nobody
+    // waits at the start. Before the prefetch, so that the arrival's release has no bulk prefetch to wait for.
+    if constexpr (!kFiltered) {
+        if (tid == 0) sh.threshold_key = float_to_key(-INFINITY), sh.bad = 0, sh.winner_bad = 0;
+        cluster.barrier_arrive();
+    }
     {
         // Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to
         // 16 bytes: inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows
@@ -781,12 +849,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
         constexpr int64_t kPiece = 4096;
         const int64_t bytes = 4 * int64_t(n_local);
         const char* slice = reinterpret_cast<const char*>(a.logits + row * a.stride + begin);
-        for (int64_t at = tid * kPiece; at < bytes; at += kThreads * kPiece)
+        for (int64_t at = tid * kPiece; at < bytes; at += kBlockThreads * kPiece)
             dsv4::prefetch_l2_bulk(slice + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
     }
     dsv4::await_previous_kernel();
     extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z (sampling only)
-    __shared__ Shared sh;
     float* z = reinterpret_cast<float*>(z4);
 
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
@@ -810,24 +877,22 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     int best_i = INT_MAX;
     bool bad = false;
     if constexpr (kMode == Mode::kTemperature) {
-        if (tid == 0) sh.threshold_key = float_to_key(-INFINITY);
-        __syncthreads();
-        gumbel_pass(a, row, begin, n_local, sh, best, best_i, bad);
+        gumbel_pass<kBlockThreads>(a, row, begin, n_local, sh, best, best_i, bad);
     } else {
         const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
-        const float t = a.temperature, reciprocal_t = __frcp_rn(t);
+        const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
         const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
         constexpr int kBatch = kGreedy ? kLoadBatch : kSampleLoadBatch;
-        for (int first = tid; 4 * first < n_local; first += kBatch * kThreads) {
+        for (int first = tid; 4 * first < n_local; first += kBatch * kBlockThreads) {
             float4 loaded[kBatch];
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
-                const int v = first + b * kThreads;
+                const int v = first + b * kBlockThreads;
                 loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
-                const int v = first + b * kThreads;
+                const int v = first + b * kBlockThreads;
                 if (4 * v >= n_local) break;
                 float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
@@ -848,6 +913,25 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     }
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
+    if constexpr (!kFiltered) {
+        if constexpr (kGreedy) cluster.barrier_wait();  // (gumbel_pass waited before its first threshold)
+        if (lane == 0) {
+            Shared* leader = cluster.map_shared_rank(&sh, 0);
+            leader->winner_value[rank * kBlockWarps + warp] = best;
+            leader->winner_index[rank * kBlockWarps + warp] = best_i;
+            if (bad) leader->winner_bad = 1;
+        }
+        cluster.sync();  // every warp's best has arrived, and no CTA leaves while others may still write to it
+        if (rank == 0 && warp == 0) {
+            float v = -INFINITY;
+            int i = INT_MAX;
+            for (int w = lane; w < kCluster * kBlockWarps; w += dsv4::kWarpSize)
+                take_better(v, i, sh.winner_value[w], sh.winner_index[w]);
+            warp_best(v, i);
+            if (lane == 0) a.tokens[row] = sh.winner_bad || v == -INFINITY ? -1 : i;
+        }
+        return;
+    }
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
     __syncthreads();
     if (tid == 0) {
@@ -873,8 +957,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
     ++phase;
     const float zmax = sh.zmax;
     const int imax = sh.imax;
-    if (!kFiltered || sh.bad) {  // greedy's max z, or kTemperature's best score, is the token
-        if (rank == 0 && tid == 0) a.tokens[row] = sh.bad ? -1 : imax;
+    if (sh.bad) {
+        if (rank == 0 && tid == 0) a.tokens[row] = -1;
         cluster.sync();  // no CTA leaves while another may still read its exchange buffer
         return;
     }
@@ -943,7 +1027,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads) sam
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const uint32_t x = word_of(words, c);
-            if (!live[c] || score_bounds(e[c], x).upper < fmaxf(bound, best)) continue;
+            if (!live[c] || score_upper(gumbel_reach(e[c] + kReachShift, x).reach) < fmaxf(bound, best)) continue;
             take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
         }
     }
@@ -985,16 +1069,41 @@ int check_shape(int64_t batch, int64_t vocab, int64_t logits_stride) {
 // device (a plain host call, made before any launch the caller may be capturing into a graph).
 constexpr int kMaxDevices = 64;
 std::atomic<bool> g_smem_limit_set[kMaxDevices];
+std::atomic<int> g_wide_clusters[kMaxDevices];  // 0: not queried yet
 
-int raise_smem_limit() {
-    int device = 0;
+int current_device(int& device) {
     DSV4_CHECK_CUDA(cudaGetDevice(&device));
     DSV4_CHECK_ARG(device >= 0 && device < kMaxDevices, DSV4_ERR_UNSUPPORTED, "device %d: at most %d devices", device,
                    kMaxDevices);
+    return DSV4_OK;
+}
+
+int raise_smem_limit() {
+    int device = 0;
+    DSV4_RETURN_IF_FAILED(current_device(device));
     if (!g_smem_limit_set[device].load(std::memory_order_acquire)) {
-        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
+    }
+    return DSV4_OK;
+}
+
+// How many clusters (rows) of kThreads-thread greedy / temperature-only CTAs the device holds at once (30 on the
+// H100), once per device (a plain host call, like raise_smem_limit).
+int wide_clusters_resident(int& clusters) {
+    int device = 0;
+    DSV4_RETURN_IF_FAILED(current_device(device));
+    clusters = g_wide_clusters[device].load(std::memory_order_acquire);
+    if (clusters == 0) {
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(kCluster);
+        config.blockDim = dim3(kThreads);
+        DSV4_CHECK_CUDA(
+            cudaOccupancyMaxActiveClusters(&clusters, sample_kernel<Mode::kTemperature, kThreads>, &config));
+        clusters = max(clusters, 1);
+        g_wide_clusters[device].store(clusters, std::memory_order_release);
     }
     return DSV4_OK;
 }
@@ -1004,16 +1113,26 @@ int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
     const bool filtered = (args.top_k > 0 && args.top_k < args.vocab) || args.top_p < 1.0f ||
                           args.temperature < kMinGumbelT || args.temperature > kMaxGumbelT;
     if (args.temperature == 0.0f || !filtered) {
-        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
-                                              args.temperature == 0.0f ? sample_kernel<Mode::kGreedy>
-                                                                       : sample_kernel<Mode::kTemperature>,
-                                              grid, kThreads, 0, stream, args));
+        // Greedy and temperature only: kThreads threads a CTA while the rows' clusters (nearly) fit the device at
+        // once; beyond, kNarrowThreads (twice the CTAs per SM, twice the steps per warp), which keeps more rows in
+        // one wave. Flash vocab on the H100 (30 wide clusters resident), T only: 32 rows 17.9 (wide) vs 21.1 us,
+        // 48 rows 26.4 vs 23.4 us, 64 rows 28.2 vs 26.9 us; greedy at 64 rows 16.6 vs 16.2 us.
+        int wide_clusters = 0;
+        DSV4_RETURN_IF_FAILED(wide_clusters_resident(wide_clusters));
+        const bool narrow = 3 * batch > 4 * int64_t(wide_clusters);
+        const bool greedy = args.temperature == 0.0f;
+        auto kernel = greedy ? (narrow ? sample_kernel<Mode::kGreedy, kNarrowThreads>
+                                       : sample_kernel<Mode::kGreedy, kThreads>)
+                             : (narrow ? sample_kernel<Mode::kTemperature, kNarrowThreads>
+                                       : sample_kernel<Mode::kTemperature, kThreads>);
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, grid,
+                                              narrow ? kNarrowThreads : kThreads, 0, stream, args));
         return DSV4_OK;
     }
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered>, grid,
-                                          kThreads, smem, stream, args));
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered, kThreads>,
+                                          grid, kThreads, smem, stream, args));
     return DSV4_OK;
 }
 
@@ -1058,6 +1177,7 @@ DSV4_API int dsv4_sample_tokens_f32(int32_t* tokens, const float* logits, int64_
         DSV4_CHECK_PTR(logits, 16);
         SampleArgs args = make_args(tokens, logits, vocab, logits_stride);
         args.temperature = temperature;
+        args.reciprocal_temperature = temperature > 0.0f ? 1.0f / temperature : 0.0f;  // IEEE division: RN(1 / T)
         args.top_k = top_k;
         args.top_p = top_p;
         uint32_t k0 = static_cast<uint32_t>(seed & 0xFFFFFFFFu), k1 = static_cast<uint32_t>(seed >> 32);

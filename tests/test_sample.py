@@ -246,11 +246,17 @@ def test_temperature_only_matches_the_cpu_sampler(sigma, rng, stream):
     ledger.assert_rare()
 
 
-def test_temperature_only_ties_huge_and_invalid_rows(rng, stream):
+# Greedy and temperature only run 256-thread CTAs instead of 512 beyond about 40 rows (the H100 holds 30 rows of 512):
+# rows of ordinary logits appended to a batch of special rows put them through both kernels.
+BATCH_FILLERS = [0, 48]
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_temperature_only_ties_huge_and_invalid_rows(fillers, rng, stream):
     """Rows that defeat the score bounds: flat z (only the noise decides), z = 2e30 everywhere (z + g rounds to z, every
     token ties, so each one is a candidate and the lowest id wins), three huge z over a flat row, a masked row, a z
     of 2e38 (exact division, near overflow); and the rows on which the CPU raises (-1)."""
-    logits = random_logits(rng, 9, VOCAB, 2.0)
+    logits = random_logits(rng, 9 + fillers, VOCAB, 2.0)
     logits[0] = 0.5
     logits[1] = 1e30
     logits[2] = -5.0
@@ -263,19 +269,43 @@ def test_temperature_only_ties_huge_and_invalid_rows(rng, stream):
     logits[8, 55] = 1e38  # 2e38: finite
     sampled = run_sample(logits, stream, 0.5, seed=6, step=4, stride=VOCAB + 4)
     assert sampled[1:3].tolist() == [0, 3]
-    assert sampled[4:].tolist() == [-1, -1, -1, -1, 55]
+    assert sampled[4:9].tolist() == [-1, -1, -1, -1, 55]
+    valid = logits.copy()
+    valid[:9] = 0.0  # the CPU raises on rows 4-7; the fillers keep their row indices (and noise)
+    cpu = Sampler(0.5, 0, 1.0, 6).sample(valid, 4)
+    for row in range(9, 9 + fillers):
+        assert sampled[row] == cpu[row] or explained(logits[row], row, int(sampled[row]), 0.5, 0, 1.0, 6, 4)
     assert np.isfinite(logits[3, sampled[3]])
     for row in (0, 3):  # the CPU raises on the batch: sample each valid row alone, at its own row index
         cpu = Sampler(0.5, 0, 1.0, 6).sample(np.repeat(logits[row][None], row + 1, axis=0), 4)[row]
         assert sampled[row] == cpu or explained(logits[row], row, int(sampled[row]), 0.5, 0, 1.0, 6, 4)
 
 
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_temperature_only_product_overflow(fillers, rng, stream):
+    """z = x / T within an ulp of -FLT_MAX while z' = x * RN(1 / T) overflows to -inf: such a token loses to any
+    ordinary z, and where there is none (the rest -inf) it is found again and ties, the lowest id winning."""
+    temperature, x = np.float32(0.9079902), np.float32(-3.0897304e38)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(x / temperature) and np.isinf(x * (np.float32(1) / temperature))
+    logits = np.concatenate([np.full((3, VOCAB), -np.inf, np.float32), random_logits(rng, fillers, VOCAB, 2.0)])
+    logits[0, [100000, 40000, 70000]] = x  # in three CTAs' slices
+    logits[1, [5, 120000]] = x
+    logits[1, 60000] = 0.0
+    logits[2, :] = x
+    sampled = run_sample(logits, stream, float(temperature), seed=3, step=2)
+    assert sampled[:3].tolist() == [40000, 60000, 0]
+    cpu = Sampler(float(temperature), 0, 1.0, 3).sample(logits, 2)
+    assert cpu[:3].tolist() == [40000, 60000, 0]
+
+
 @pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (5, 1.0), (0, 0.9)])
-def test_row_padding_is_never_data(top_k, top_p, rng, stream):
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_row_padding_is_never_data(top_k, top_p, fillers, rng, stream):
     """Finite, huge values in each row's stride padding (vocab 1001 and 4099: the last 16-byte vector is partial,
     plus whole padding vectors) never become a token."""
     for vocab in (1001, 4099):
-        logits = random_logits(rng, 4, vocab, 1.0)
+        logits = random_logits(rng, 4 + fillers, vocab, 1.0)
         stride = -(-vocab // 4) * 4 + 8
         gpu = run_sample(logits, stream, 0.7, top_k, top_p, seed=vocab, step=1, stride=stride, pad_value=1e30)
         assert (gpu < vocab).all() and (gpu >= 0).all(), gpu
@@ -327,8 +357,9 @@ def test_masked_tokens_are_never_sampled(rng, stream):
     ledger.assert_rare()
 
 
-def test_invalid_rows_give_minus_one(rng, stream):
-    logits = random_logits(rng, 6, VOCAB, 2.0)
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_invalid_rows_give_minus_one(fillers, rng, stream):
+    logits = random_logits(rng, 6 + fillers, VOCAB, 2.0)
     logits[0, 1234] = np.nan
     logits[1, 99999] = np.inf
     logits[2, :] = -np.inf
@@ -341,7 +372,7 @@ def test_invalid_rows_give_minus_one(rng, stream):
         assert sampled[row] == cpu or explained(logits[row], row, int(sampled[row]), 0.5, 10, 0.9, 1, 2)
     greedy = run_sample(logits, stream, greedy_entry=True, stride=VOCAB + 4)
     assert greedy[[0, 1, 2]].tolist() == [-1, -1, -1]
-    assert greedy[[3, 4, 5]].tolist() == np.argmax(logits[3:6], axis=1).tolist()
+    assert greedy[3:].tolist() == np.argmax(logits[3:], axis=1).tolist()
 
 
 # ---- arguments ---------------------------------------------------------------------------------------------------
