@@ -8,7 +8,7 @@
 // bounds on every score and double logs for the few tokens whose bound reaches the best seen so far (gumbel_pass).
 // Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These run CTAs of
 // kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond (launch_sample).
-// Flash vocab on the H100, T only: 1 row 7.2, 8 rows 7.5, 64 rows 25.4 us (the staged path took 11.6, 12.4, 43.0).
+// Flash vocab on the H100, T only: 1 row 6.9, 8 rows 7.2, 64 rows 24.8 us (the staged path took 11.6, 12.4, 43.0).
 // Still issue- and latency-bound: stalls at the closing barriers (warps and CTAs end at different times) and a
 // fixed cost of about 8 us at 64 rows (25.3 us at vocab 129280, 17.2 us at half of it).
 //
