@@ -69,8 +69,8 @@ constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
-// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 fits 64 registers (a few bytes
-// spilled); 1 measured slower (64 rows, 256 threads: 27.4 -> 29.9 us), 3 needs 97 registers.
+// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 60 registers; 3 (63)
+// measured no faster (64 rows, 256 threads: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an earlier kernel).
 constexpr int kGumbelBatch = 2;
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 // Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
@@ -103,7 +103,10 @@ struct SampleArgs {
     int64_t top_k;            // active when 0 < top_k < vocab
     float top_p;              // active when < 1
     uint32_t round_key[kPhiloxRounds][2];  // Philox key schedule of (seed low, seed high): in the constant bank
-    uint32_t step;
+    // Rounds 0 and 1 at counter (group, row, step, 0), from the host (philox_words): hi(step M1) ^ round_key[0][0]
+    // (round 0's first word, but for the row) and lo(step M1) ^ round_key[1][0] (round 0's second word, with the key
+    // it meets in round 1).
+    uint32_t step_high_key, step_low_key;
 };
 
 // Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare
@@ -142,15 +145,17 @@ __device__ __forceinline__ int candidate_token(unsigned long long c) {
     return static_cast<int>(~static_cast<uint32_t>(c));
 }
 
-// Philox4x32-10 (Random123) at counter (c0, c1, c2, c3) under the round keys of a key (k0, k1): round r uses
-// (k0 + r 0x9E3779B9, k1 + r 0xBB67AE85), formed once on the host (dsv4_sample_tokens_f32), so each round's XORs
-// take them straight from the kernel's parameters.
-__device__ __forceinline__ uint4 philox_block(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                              const uint32_t (&round_key)[kPhiloxRounds][2]) {
+// Philox4x32-10 (Random123): rounds kFirstRound .. 9 on the words (c0, c1, c2, c3), under the round keys of a key
+// (k0, k1): round r uses (k0 + r 0x9E3779B9, k1 + r 0xBB67AE85), formed once on the host (dsv4_sample_tokens_f32), so
+// each round's XORs take them straight from the kernel's parameters.
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+template <int kFirstRound>
+__device__ __forceinline__ uint4 philox_rounds(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                               const uint32_t (&round_key)[kPhiloxRounds][2]) {
 #pragma unroll
-    for (int round = 0; round < kPhiloxRounds; ++round) {
+    for (int round = kFirstRound; round < kPhiloxRounds; ++round) {
         // One 32 x 32 -> 64-bit product each (IMAD.WIDE.U32), not a high and a low half apart.
-        const uint64_t p0 = uint64_t(c0) * 0xD2511F53u, p1 = uint64_t(c2) * 0xCD9E8D57u;
+        const uint64_t p0 = uint64_t(c0) * kPhiloxM0, p1 = uint64_t(c2) * kPhiloxM1;
         c0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ round_key[round][0];
         c1 = static_cast<uint32_t>(p1);
         c2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ round_key[round][1];
@@ -159,9 +164,18 @@ __device__ __forceinline__ uint4 philox_block(uint32_t c0, uint32_t c1, uint32_t
     return make_uint4(c0, c1, c2, c3);
 }
 
-// The Philox words of tokens 4 group .. 4 group + 3 of a row.
+// The Philox words of tokens 4 group .. 4 group + 3 of a row: the block at counter (group, row, step, 0). Rounds 0
+// and 1 are written out for that counter: round 0's product of the step comes from the host (SampleArgs), and
+// round 1's product of round 0's first word depends on the row alone (the same for every block of a CTA's slice).
+// Two 64-bit products and a XOR fewer a block than the generic rounds.
 __device__ __forceinline__ uint4 philox_words(uint32_t group, uint32_t row, const SampleArgs& a) {
-    return philox_block(group, row, a.step, 0u, a.round_key);
+    const uint64_t p0 = uint64_t(group) * kPhiloxM0;
+    const uint32_t round0_c0 = a.step_high_key ^ row;
+    const uint32_t round0_c2 = static_cast<uint32_t>(p0 >> 32) ^ a.round_key[0][1];  // round 0's c3 input is 0
+    const uint64_t q0 = uint64_t(round0_c0) * kPhiloxM0, q1 = uint64_t(round0_c2) * kPhiloxM1;
+    return philox_rounds<2>(static_cast<uint32_t>(q1 >> 32) ^ a.step_low_key, static_cast<uint32_t>(q1),
+                            static_cast<uint32_t>(q0 >> 32) ^ static_cast<uint32_t>(p0) ^ a.round_key[1][1],
+                            static_cast<uint32_t>(q0), a.round_key);
 }
 
 __device__ __forceinline__ float gumbel_of_word(uint32_t x) {
@@ -250,12 +264,6 @@ struct alignas(16) Shared {
     unsigned long long crossing_target;      // and how many z the crossing bin holds
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
-    uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the CTA has seen
-    // greedy and temperature only, rank 0: every warp's best (value, lowest id) by rank and warp, and whether any
-    // CTA saw a NaN or +inf
-    float winner_value[kCluster * kWarps];
-    int winner_index[kCluster * kWarps];
-    int winner_bad;
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
@@ -650,13 +658,17 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 
 // Temperature only: Gumbel-max over this CTA's slice in one pass over the logits, nothing staged. Each lane takes
 // kGumbelBatch 16-byte vectors at a time (the next ones loading meanwhile): their Philox blocks, z' = logit * RN(1 / T)
-// and every token's reach and floor (gumbel_reach: no double logs). The threshold is the largest lower bound on a
-// score the CTA has seen (its warps share it through shared memory once a step) or the best exact score the warp has
-// formed. A step whose largest reach, plus slack, stays below it costs nothing more (the usual case); otherwise a token
-// whose upper bound reaches it (a tie included) goes on the warp's candidate list with that bound. When the list would
-// overflow, and at the end (against the CTA's final threshold: usually one warp of the CTA has work left), the warp
-// forms the exact scores of its candidates that still reach the threshold, one per lane (z by divide_by_temperature, g
-// by double logs from the logit and Philox block fetched again).
+// and every token's reach and floor (gumbel_reach: no double logs). The threshold is the largest lower bound on a score
+// the CTA has seen (each step, every warp publishes its own into shared memory with an atomic whose result it does not
+// wait for, and reads the CTA's) or the best exact score the warp has formed. (Floors in the first step only, raised
+// later by the candidates' exact scores, measured no faster: 22.0 vs 22.2 us at 64 rows.) A step whose largest reach,
+// plus slack, stays below the threshold costs nothing more (the usual case); otherwise a token whose upper bound
+// reaches it (a tie included) goes on the warp's candidate list with that bound. When the list would overflow, and at
+// the end (against the CTA's final threshold: usually one warp of the CTA has work left), the warp forms the exact
+// scores of its candidates that still reach the threshold, one per lane (z by divide_by_temperature, g by double logs
+// from the logit and Philox block fetched again). The pass runs over the slice's whole 16-byte vectors (a lane past the
+// end takes the last one again: a duplicate of a real token, harmless to a maximum), and the slice's last n_local % 4
+// tokens, if any, are scored exactly, so the loop masks nothing.
 // z' is within an ulp of z for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product
 // overflows (an underflow costs less than the slack). A step with a NaN, an infinite or a huge reach (|z'| near
 // 2^126 or beyond; the reach of -inf z' alone does not count) takes a per-thread detour: the exact z decides whether
@@ -675,32 +687,54 @@ __device__ __forceinline__ float max_propagating_nan(float x, float y) {
     return r;
 }
 
+// Greedy and temperature only: what a CTA shares (the staged path's Shared holds a row's exchange buffers, 16x more).
+template <int kBlockWarps>
+struct alignas(16) SharedUnstaged {
+    uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the CTA has seen
+    int bad;                 // a NaN or +inf z seen by this CTA (temperature only)
+    // rank 0: every warp's best (value, lowest id) by rank and warp, and whether any CTA saw a NaN or +inf
+    float winner_value[kCluster * kBlockWarps];
+    int winner_index[kCluster * kBlockWarps];
+    int winner_bad;
+    // temperature only: each warp's candidate list, slice positions and upper bounds on their scores
+    int candidates[kBlockWarps][kWarpCandidates];
+    float candidate_upper[kBlockWarps][kWarpCandidates];
+};
+
+// This CTA's slice of its row: tokens [begin, begin + n_local) (n_local is 0 for a CTA past the vocab).
+struct Slice {
+    int64_t row, begin;
+    int n_local;
+};
+__device__ __forceinline__ Slice this_slice(const SampleArgs& a) {
+    const int64_t row = blockIdx.x / kCluster, begin = int64_t(cg::this_cluster().block_rank()) * a.slice;
+    return {row, begin, static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)))};
+}
+
 template <int kBlockThreads>
-__device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int n_local, Shared& sh, float& best,
-                            int& best_i, bool& bad) {
-    constexpr int kBlockWarps = kBlockThreads / dsv4::kWarpSize;
+__device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
+                            SharedUnstaged<kBlockThreads / dsv4::kWarpSize>& sh, float& best, int& best_i, bool& bad) {
     constexpr int kStep = kGumbelBatch * kBlockThreads;  // vectors of the CTA per step
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
-    // The warp's candidates in ex[1], which nothing else uses on this path: slice positions, then upper bounds.
-    int* candidates = reinterpret_cast<int*>(sh.ex[1].hist) + warp * kWarpCandidates;
-    float* candidate_upper = reinterpret_cast<float*>(sh.ex[1].hist) + (kBlockWarps + warp) * kWarpCandidates;
-    static_assert(2 * kBlockWarps * kWarpCandidates * sizeof(int) <= sizeof(Exchange::hist),
-                  "candidate lists fit ex[1]");
+    int* candidates = sh.candidates[warp];
+    float* candidate_upper = sh.candidate_upper[warp];
+    const int64_t row = slice.row, begin = slice.begin;
+    const int n_local = slice.n_local;
     const float* logits = a.logits + row * a.stride + begin;
     const float4* src = reinterpret_cast<const float4*>(logits);
     const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
     const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
     const uint32_t row32 = static_cast<uint32_t>(row), first_group = static_cast<uint32_t>(begin / 4);
-    const int vectors = (n_local + 3) / 4, whole_vectors = n_local / 4;
-    float floor_max = -INFINITY;  // the largest floor this lane has seen
-    float threshold = -INFINITY;  // warp-uniform, as is count
+    const int vectors = n_local / 4;  // whole vectors; the rest of the slice is scored exactly after the loop
+    float floor_max = -INFINITY;      // the largest floor this lane has seen
+    float threshold = -INFINITY;      // warp-uniform, as is count
     int count = 0;
 
-    // Lane 0 publishes the warp's threshold; every lane takes the CTA's.
-    auto share_threshold = [&] {
-        float cta = -INFINITY;
-        if (lane == 0) cta = key_to_float(atomicMax(&sh.threshold_key, float_to_key(threshold)));
-        threshold = fmaxf(threshold, __shfl_sync(0xFFFFFFFFu, cta, 0));
+    auto publish_threshold = [&] {
+        if (lane == 0) atomicMax(&sh.threshold_key, float_to_key(threshold));
+    };
+    auto take_cta_threshold = [&] {  // a broadcast read; a value a step old is a lower bound all the same
+        threshold = fmaxf(threshold, key_to_float(*reinterpret_cast<volatile uint32_t*>(&sh.threshold_key)));
     };
     auto take_token = [&](int j, float z) {  // z exact: the token's score, compared with this thread's best
         const uint32_t token = static_cast<uint32_t>(begin + j);
@@ -716,25 +750,21 @@ __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int
         count = 0;
         threshold = fmaxf(threshold, warp_max(best));
     };
-    // Vectors first + b kBlockThreads (b < kGumbelBatch), clamped to the slice: unconditional loads, so that nothing
-    // waits for them before score_step, which masks what lies past the slice (whole vectors, and the tail of the row's
-    // last vector, inside its stride) as -inf.
+    // The vectors of step `first` (first + b kBlockThreads, b < kGumbelBatch), clamped to the slice's whole vectors (a
+    // lane past the end takes the last one again): unconditional loads, so that nothing waits for them before
+    // score_step.
+    auto vector_of = [&](int first, int b) { return min(first + b * kBlockThreads, vectors - 1); };
     auto load_step = [&](float4 (&loaded)[kGumbelBatch], int first) {
 #pragma unroll
-        for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = __ldg(src + min(first + b * kBlockThreads, vectors - 1));
+        for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = __ldg(src + vector_of(first, b));
     };
     auto score_step = [&](const float4 (&loaded)[kGumbelBatch], int first) {
         float reach[kGumbelBatch][4];
         float reach_max = -INFINITY;  // NaN if any reach is
 #pragma unroll
         for (int b = 0; b < kGumbelBatch; ++b) {
-            const uint4 words = philox_words(first_group + static_cast<uint32_t>(first + b * kBlockThreads), row32, a);
-            float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
-            if (first + b * kBlockThreads >= whole_vectors) {
-#pragma unroll
-                for (int c = 0; c < 4; ++c)
-                    if (4 * (first + b * kBlockThreads) + c >= n_local) e[c] = -INFINITY;
-            }
+            const uint4 words = philox_words(first_group + static_cast<uint32_t>(vector_of(first, b)), row32, a);
+            const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const GumbelReach g = gumbel_reach(fmaf(e[c], reciprocal_t, kReachShift), word_of(words, c));
@@ -746,49 +776,58 @@ __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int
         if (!(fabsf(reach_max) < kDetourFrom) && reach_max != -INFINITY) {
             reach_max = -INFINITY;
 #pragma unroll
-            for (int b = 0; b < kGumbelBatch; ++b) {  // the logits fetched again: the buffer's registers are free
-                const float4 again = __ldg(src + min(first + b * kBlockThreads, vectors - 1));
-                const float e[4] = {again.x, again.y, again.z, again.w};
+            for (int b = 0; b < kGumbelBatch; ++b) {
+                const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
                 for (int c = 0; c < 4; ++c) {
                     if (!(fabsf(__fmul_rn(e[c], reciprocal_t)) < kDetourFrom)) {
-                        const bool in_slice = 4 * (first + b * kBlockThreads) + c < n_local;
                         const float z = fabsf(e[c]) < INFINITY ? __fdiv_rn(e[c], t) : __fmul_rn(e[c], reciprocal_t);
-                        if (in_slice && !(z < INFINITY)) sh.bad = 1;  // NaN or +inf (a register less in the loop)
-                        reach[b][c] = in_slice && z > -INFINITY ? INFINITY : -INFINITY;
+                        if (!(z < INFINITY)) sh.bad = 1;  // NaN or +inf (a register less in the loop)
+                        reach[b][c] = z > -INFINITY ? INFINITY : -INFINITY;
                     }
                     reach_max = fmaxf(reach_max, reach[b][c]);
                 }
             }
         }
         threshold = fmaxf(threshold, warp_max(floor_max - score_slack(floor_max)));
-        share_threshold();
+        publish_threshold();
+        take_cta_threshold();
         if (!__any_sync(0xFFFFFFFFu, score_upper(reach_max) >= threshold)) return;
+        // Rare: the tokens whose upper bound reaches the threshold (bit 4 b + c) join the list, one a lane per round,
+        // so that the list's overflow (and its double logs) is inlined once, not once per token of the step.
+        uint32_t pending = 0u;
 #pragma unroll
         for (int b = 0; b < kGumbelBatch; ++b) {
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const float upper = score_upper(reach[b][c]);
-                const bool take = upper >= threshold;
-                const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
-                if (takers == 0u) continue;
-                if (count + __popc(takers) > kWarpCandidates) evaluate_candidates();
-                if (take) {
-                    const int at = count + __popc(takers & ((1u << lane) - 1u));
-                    candidates[at] = 4 * (first + b * kBlockThreads) + c;
-                    candidate_upper[at] = upper;
-                }
-                count += __popc(takers);
+            for (int c = 0; c < 4; ++c)
+                if (score_upper(reach[b][c]) >= threshold) pending |= 1u << (4 * b + c);
+        }
+        while (__any_sync(0xFFFFFFFFu, pending != 0u)) {
+            const bool take = pending != 0u;
+            const int bit = __ffs(pending) - 1;
+            pending &= pending - 1u;
+            const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
+            if (count + __popc(takers) > kWarpCandidates) evaluate_candidates();
+            if (take) {
+                float taken_reach = reach[0][0];
+#pragma unroll
+                for (int k = 1; k < 4 * kGumbelBatch; ++k)
+                    if (bit == k) taken_reach = reach[k / 4][k % 4];
+                const int at = count + __popc(takers & ((1u << lane) - 1u));
+                candidates[at] = 4 * vector_of(first, bit / 4) + bit % 4;
+                candidate_upper[at] = score_upper(taken_reach);
             }
+            count += __popc(takers);
         }
     };
 
-    // Two buffers in turn, so that the loads in flight need no register moves. The loop runs while the warp's first
-    // vector is in the slice, so every lane takes part in the collectives.
+    // Two buffers in turn, so that the loads in flight need no register moves (a ring of cp.async stages in shared
+    // memory, 3 steps ahead, measured slower: 64 rows 22.2 -> 24.3 us, more instructions and shared-memory waits). The
+    // loop runs while the warp's first vector is in the slice, so every lane takes part in the collectives.
     float4 even[kGumbelBatch], odd[kGumbelBatch];
     int first = threadIdx.x;
     if (vectors > 0) load_step(even, first);
-    cg::this_cluster().barrier_wait();  // the threshold's initial value (sample_kernel), while the first loads fly
+    cg::this_cluster().barrier_wait();  // the threshold's initial value (unstaged_sample), while the first loads fly
     while (first - lane < vectors) {
         load_step(odd, first + kStep);
         score_step(even, first);
@@ -798,9 +837,16 @@ __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int
         score_step(odd, first);
         first += kStep;
     }
-    share_threshold();
+    // The slice's last n_local % 4 tokens (the row's last CTA, when the vocab is not a multiple of 4), exactly.
+    for (int j = 4 * vectors + threadIdx.x; j < n_local; j += kBlockThreads) {
+        const float e = __ldg(logits + j);
+        const float z = fabsf(e) < INFINITY ? __fdiv_rn(e, t) : __fmul_rn(e, reciprocal_t);
+        if (!(z < INFINITY)) sh.bad = 1;
+        else if (z > -INFINITY) take_token(j, z);
+    }
+    publish_threshold();
     __syncthreads();  // every warp has published its threshold and its invalid z
-    share_threshold();
+    take_cta_threshold();
     bad = sh.bad;
     if (count > 0) evaluate_candidates();
     if (t < 1.0f && !(threshold > -kDetourFrom)) {  // see above: z' overflowed to -inf, z finite (rare)
@@ -818,49 +864,103 @@ __device__ void gumbel_pass(const SampleArgs& a, int64_t row, int64_t begin, int
 // temperature (z staged).
 enum class Mode { kGreedy, kTemperature, kFiltered };
 
-// grid (batch * kCluster), clusters of kCluster along x, kBlockThreads threads (kThreads for kFiltered, whose
-// histogram and scan code assumes it); dynamic shared memory = slice floats (kFiltered only).
-// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads).
-template <Mode kMode, int kBlockThreads>
-__global__ void __cluster_dims__(kCluster, 1, 1)
-    __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
-    constexpr bool kGreedy = kMode == Mode::kGreedy, kFiltered = kMode == Mode::kFiltered;
-    static_assert(!kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
+// Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to 16 bytes:
+// inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows 43.9 -> 43.0 us.
+__device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice) {
+    constexpr int64_t kPiece = 4096;
+    const int64_t bytes = 4 * int64_t(slice.n_local);
+    const char* first = reinterpret_cast<const char*>(a.logits + slice.row * a.stride + slice.begin);
+    for (int64_t at = threadIdx.x * kPiece; at < bytes; at += blockDim.x * kPiece)
+        dsv4::prefetch_l2_bulk(first + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
+}
+
+// Greedy and temperature only: one pass over the logits, nothing staged. Every warp's best goes straight into rank 0's
+// winner slots (distributed shared memory), and one cluster barrier ends the launch.
+template <bool kGreedy, int kBlockThreads>
+__device__ void unstaged_sample(const SampleArgs& a) {
     constexpr int kBlockWarps = kBlockThreads / dsv4::kWarpSize;
+    __shared__ SharedUnstaged<kBlockWarps> sh;
+    cg::cluster_group cluster = cg::this_cluster();
+    const int rank = static_cast<int>(cluster.block_rank());
+    const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    const Slice slice = this_slice(a);
+    // Arriving at another barrier phase here publishes the initial values; its wait comes before their first use
+    // (gumbel_pass's first threshold, or the winner slots), so nobody waits at the start. Before the prefetch, so that
+    // the arrival's release has no bulk prefetch to wait for.
+    if (threadIdx.x == 0) sh.threshold_key = float_to_key(-INFINITY), sh.bad = 0, sh.winner_bad = 0;
+    cluster.barrier_arrive();
+    prefetch_slice(a, slice);
+    dsv4::await_previous_kernel();
+
+    float best = -INFINITY;
+    int best_i = INT_MAX;
+    bool bad = false;
+    if constexpr (kGreedy) {  // the max (lowest id on ties), kLoadBatch 16-byte loads a thread in flight
+        const float4* src = reinterpret_cast<const float4*>(a.logits + slice.row * a.stride + slice.begin);
+        const int n_local = slice.n_local;
+        for (int first = threadIdx.x; 4 * first < n_local; first += kLoadBatch * kBlockThreads) {
+            float4 loaded[kLoadBatch];
+#pragma unroll
+            for (int b = 0; b < kLoadBatch; ++b) {
+                const int v = first + b * kBlockThreads;
+                loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int b = 0; b < kLoadBatch; ++b) {
+                const int v = first + b * kBlockThreads;
+                if (4 * v >= n_local) break;
+                const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    if (4 * v + c < n_local) {  // the tail of the last vector lies inside the row's stride, unused
+                        bad |= !(e[c] < INFINITY);  // NaN or +inf
+                        if (e[c] > best) best = e[c], best_i = static_cast<int>(slice.begin) + 4 * v + c;
+                    }
+                }
+            }
+        }
+        cluster.barrier_wait();  // (gumbel_pass waits before its first threshold)
+    } else {
+        gumbel_pass<kBlockThreads>(a, slice, sh, best, best_i, bad);
+    }
+    warp_best(best, best_i);
+    bad = __any_sync(0xFFFFFFFFu, bad);
+    if (lane == 0) {
+        SharedUnstaged<kBlockWarps>* leader = cluster.map_shared_rank(&sh, 0);
+        leader->winner_value[rank * kBlockWarps + warp] = best;
+        leader->winner_index[rank * kBlockWarps + warp] = best_i;
+        if (bad) leader->winner_bad = 1;
+    }
+    cluster.sync();  // every warp's best has arrived, and no CTA leaves while others may still write to it
+    if (rank == 0 && warp == 0) {
+        float v = -INFINITY;
+        int i = INT_MAX;
+        for (int w = lane; w < kCluster * kBlockWarps; w += dsv4::kWarpSize)
+            take_better(v, i, sh.winner_value[w], sh.winner_index[w]);
+        warp_best(v, i);
+        if (lane == 0) a.tokens[slice.row] = sh.winner_bad || v == -INFINITY ? -1 : i;
+    }
+}
+
+// Top-k and / or top-p, or an extreme temperature: the CTA's z staged in shared memory (kThreads threads).
+__device__ void filtered_sample(const SampleArgs& a) {
+    __shared__ Shared sh;
+    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z
+    float* z = reinterpret_cast<float*>(z4);
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
-    const int64_t row = blockIdx.x / kCluster;
-    const int64_t begin = rank * a.slice;
-    const int n_local = static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)));
-    __shared__ Shared sh;
-    // Greedy and temperature only: every warp's best goes straight into rank 0's winner slots (distributed shared
-    // memory), and one cluster barrier ends the launch. Arriving at another barrier phase here publishes the initial
-    // values; its wait comes before their first use (gumbel_pass's first threshold, or the winner slots), so nobody
-    // waits at the start. Before the prefetch, so that the arrival's release has no bulk prefetch to wait for.
-    if constexpr (!kFiltered) {
-        if (tid == 0) sh.threshold_key = float_to_key(-INFINITY), sh.bad = 0, sh.winner_bad = 0;
-        cluster.barrier_arrive();
-    }
-    {
-        // Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to
-        // 16 bytes: inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows
-        // 43.9 -> 43.0 us.
-        constexpr int64_t kPiece = 4096;
-        const int64_t bytes = 4 * int64_t(n_local);
-        const char* slice = reinterpret_cast<const char*>(a.logits + row * a.stride + begin);
-        for (int64_t at = tid * kPiece; at < bytes; at += kBlockThreads * kPiece)
-            dsv4::prefetch_l2_bulk(slice + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
-    }
+    const Slice slice = this_slice(a);
+    const int64_t row = slice.row, begin = slice.begin;
+    const int n_local = slice.n_local;
+    prefetch_slice(a, slice);
     dsv4::await_previous_kernel();
-    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z (sampling only)
-    float* z = reinterpret_cast<float*>(z4);
 
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
     // without top-k) tries a candidate search on masses after it.
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
-    const bool fast_top_k = kFiltered && top_k_active && a.top_k <= kMaxCandidates;
-    const bool fast_top_p = kFiltered && !top_k_active && a.top_p < 1.0f;
+    const bool fast_top_k = top_k_active && a.top_k <= kMaxCandidates;
+    const bool fast_top_p = !top_k_active && a.top_p < 1.0f;
     int phase = 0;
     if (fast_top_k) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
@@ -870,36 +970,32 @@ __global__ void __cluster_dims__(kCluster, 1, 1)
         __syncthreads();
     }
 
-    // 1. Load: kLoadBatch (greedy) or kSampleLoadBatch 16-byte vectors per thread in flight (the tail of the last
-    // vector lies inside the row's stride and is not used: it is staged as -inf, so the Gumbel pass needs no bound
-    // check). Greedy and kFiltered take the max z (lowest id on ties); kTemperature takes the best Gumbel score.
+    // 1. Load z, kSampleLoadBatch 16-byte vectors per thread in flight (the tail of the last vector lies inside the
+    // row's stride and is not used: it is staged as -inf, so the Gumbel pass needs no bound check), and take the max
+    // z (lowest id on ties).
     float best = -INFINITY;
     int best_i = INT_MAX;
     bool bad = false;
-    if constexpr (kMode == Mode::kTemperature) {
-        gumbel_pass<kBlockThreads>(a, row, begin, n_local, sh, best, best_i, bad);
-    } else {
+    {
         const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
         const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
         const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
-        constexpr int kBatch = kGreedy ? kLoadBatch : kSampleLoadBatch;
-        for (int first = tid; 4 * first < n_local; first += kBatch * kBlockThreads) {
-            float4 loaded[kBatch];
+        for (int first = tid; 4 * first < n_local; first += kSampleLoadBatch * kThreads) {
+            float4 loaded[kSampleLoadBatch];
 #pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const int v = first + b * kBlockThreads;
+            for (int b = 0; b < kSampleLoadBatch; ++b) {
+                const int v = first + b * kThreads;
                 loaded[b] = 4 * v < n_local ? __ldg(src + v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
 #pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const int v = first + b * kBlockThreads;
+            for (int b = 0; b < kSampleLoadBatch; ++b) {
+                const int v = first + b * kThreads;
                 if (4 * v >= n_local) break;
                 float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
                 for (int c = 0; c < 4; ++c) {
-                    const float zz = kGreedy                ? e[c]
-                                     : 4 * v + c >= n_local ? -INFINITY
-                                                            : divide_by_temperature(e[c], t, reciprocal_t, moderate_t);
+                    const float zz = 4 * v + c >= n_local ? -INFINITY
+                                                          : divide_by_temperature(e[c], t, reciprocal_t, moderate_t);
                     e[c] = zz;
                     if (4 * v + c < n_local) {
                         bad |= !(zz < INFINITY);  // NaN or +inf
@@ -907,31 +1003,12 @@ __global__ void __cluster_dims__(kCluster, 1, 1)
                         if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(zz) >> digit_shift(0)], 1u);
                     }
                 }
-                if (kFiltered) z4[v] = make_float4(e[0], e[1], e[2], e[3]);
+                z4[v] = make_float4(e[0], e[1], e[2], e[3]);
             }
         }
     }
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
-    if constexpr (!kFiltered) {
-        if constexpr (kGreedy) cluster.barrier_wait();  // (gumbel_pass waited before its first threshold)
-        if (lane == 0) {
-            Shared* leader = cluster.map_shared_rank(&sh, 0);
-            leader->winner_value[rank * kBlockWarps + warp] = best;
-            leader->winner_index[rank * kBlockWarps + warp] = best_i;
-            if (bad) leader->winner_bad = 1;
-        }
-        cluster.sync();  // every warp's best has arrived, and no CTA leaves while others may still write to it
-        if (rank == 0 && warp == 0) {
-            float v = -INFINITY;
-            int i = INT_MAX;
-            for (int w = lane; w < kCluster * kBlockWarps; w += dsv4::kWarpSize)
-                take_better(v, i, sh.winner_value[w], sh.winner_index[w]);
-            warp_best(v, i);
-            if (lane == 0) a.tokens[row] = sh.winner_bad || v == -INFINITY ? -1 : i;
-        }
-        return;
-    }
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
     __syncthreads();
     if (tid == 0) {
@@ -1051,6 +1128,19 @@ __global__ void __cluster_dims__(kCluster, 1, 1)
     }
 }
 
+// grid (batch * kCluster), clusters of kCluster along x, kBlockThreads threads (kThreads for kFiltered, whose
+// histogram and scan code assumes it); dynamic shared memory = slice floats (kFiltered only).
+// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads).
+template <Mode kMode, int kBlockThreads>
+__global__ void __cluster_dims__(kCluster, 1, 1)
+    __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
+    static_assert(kMode != Mode::kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
+    if constexpr (kMode == Mode::kFiltered)
+        filtered_sample(a);
+    else
+        unstaged_sample<kMode == Mode::kGreedy, kBlockThreads>(a);
+}
+
 constexpr int64_t kMaxVocab = kCluster * kMaxSlice;          // 327680
 constexpr int64_t kMaxBatch = (int64_t(INT32_MAX) / kCluster);  // grid.x = batch * kCluster
 
@@ -1120,13 +1210,13 @@ int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
         int wide_clusters = 0;
         DSV4_RETURN_IF_FAILED(wide_clusters_resident(wide_clusters));
         const bool narrow = 3 * batch > 4 * int64_t(wide_clusters);
+        const int threads = narrow ? kNarrowThreads : kThreads;
         const bool greedy = args.temperature == 0.0f;
         auto kernel = greedy ? (narrow ? sample_kernel<Mode::kGreedy, kNarrowThreads>
                                        : sample_kernel<Mode::kGreedy, kThreads>)
                              : (narrow ? sample_kernel<Mode::kTemperature, kNarrowThreads>
                                        : sample_kernel<Mode::kTemperature, kThreads>);
-        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, grid,
-                                              narrow ? kNarrowThreads : kThreads, 0, stream, args));
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, grid, threads, 0, stream, args));
         return DSV4_OK;
     }
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
@@ -1185,7 +1275,9 @@ DSV4_API int dsv4_sample_tokens_f32(int32_t* tokens, const float* logits, int64_
             args.round_key[round][0] = k0;
             args.round_key[round][1] = k1;
         }
-        args.step = static_cast<uint32_t>(step);
+        const uint64_t step_product = static_cast<uint64_t>(step) * kPhiloxM1;  // round 0's, of counter word 2
+        args.step_high_key = static_cast<uint32_t>(step_product >> 32) ^ args.round_key[0][0];
+        args.step_low_key = static_cast<uint32_t>(step_product) ^ args.round_key[1][0];
         return launch_sample(args, batch, stream);
     });
 }

@@ -282,6 +282,30 @@ def test_temperature_only_ties_huge_and_invalid_rows(fillers, rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_temperature_only_slice_tail(fillers, rng, stream):
+    """A vocab that is not a multiple of 4: the last CTA's last 1-3 tokens are scored apart from the vector loop, so
+    a winner, a NaN, a +inf, an overflow to +inf or a -inf there must count exactly as anywhere else."""
+    vocab = VOCAB - 1  # the slices hold 16160 tokens; the last one 16159
+    logits = random_logits(rng, 6 + fillers, vocab, 2.0)
+    logits[0, vocab - 2] = 40.0  # far above the rest (sigma 2 / T 0.5): it wins whatever the noise
+    logits[1, vocab - 1] = np.nan
+    logits[2, vocab - 3] = np.inf
+    logits[3, vocab - 1] = 3e38  # finite, but 3e38 / 0.5 overflows to +inf
+    logits[4, :] = -np.inf
+    logits[4, vocab - 3] = -1.0  # the only finite logit
+    logits[5, : vocab - 3] = -np.inf  # only the tail is finite: the noise decides among its 3 tokens
+    sampled = run_sample(logits, stream, 0.5, seed=8, step=1, stride=vocab + 1)
+    assert sampled[:5].tolist() == [vocab - 2, -1, -1, -1, vocab - 3]
+    valid = logits.copy()
+    valid[1:4] = 0.0  # the CPU raises on rows 1-3; the other rows keep their row indices (and noise)
+    cpu = Sampler(0.5, 0, 1.0, 8).sample(valid, 1)
+    assert cpu[[0, 4]].tolist() == [vocab - 2, vocab - 3]
+    assert sampled[5] == cpu[5] and sampled[5] >= vocab - 3
+    for row in range(6, 6 + fillers):
+        assert sampled[row] == cpu[row] or explained(logits[row], row, int(sampled[row]), 0.5, 0, 1.0, 8, 1)
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_temperature_only_product_overflow(fillers, rng, stream):
     """z = x / T within an ulp of -FLT_MAX while z' = x * RN(1 / T) overflows to -inf: such a token loses to any
     ordinary z, and where there is none (the rest -inf) it is found again and ties, the lowest id winning."""
