@@ -8,9 +8,10 @@
 // bounds on every score and double logs for the few tokens whose bound reaches the best seen so far (gumbel_pass).
 // Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These run CTAs of
 // kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond (launch_sample).
-// Flash vocab on the H100, T only: 1 row 6.9, 8 rows 7.2, 64 rows 24.8 us (the staged path took 11.6, 12.4, 43.0).
-// Still issue- and latency-bound: stalls at the closing barriers (warps and CTAs end at different times) and a
-// fixed cost of about 8 us at 64 rows (25.3 us at vocab 129280, 17.2 us at half of it).
+// Flash vocab on the H100, T only: 1 row 6.4, 8 rows 6.7, 64 rows 22.4 us (the staged path took 11.6, 12.4, 43.0).
+// Latency-bound at 64 rows (ncu: ~100 instructions a 4-token Philox block, 2 of 4 issue slots a cycle used): the top
+// stalls are the closing cluster barrier (warps and CTAs end at different times, 21% of samples) and the first use of
+// a load (14%); more loads in flight (a cp.async ring) or more warps an SM measured slower (see gumbel_pass).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -1130,7 +1131,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
 
 // grid (batch * kCluster), clusters of kCluster along x, kBlockThreads threads (kThreads for kFiltered, whose
 // histogram and scan code assumes it); dynamic shared memory = slice floats (kFiltered only).
-// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads).
+// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads). More warps an SM
+// measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling:
+// 29.8).
 template <Mode kMode, int kBlockThreads>
 __global__ void __cluster_dims__(kCluster, 1, 1)
     __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
