@@ -897,6 +897,8 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     int best_i = INT_MAX;
     bool bad = false;
     if constexpr (kGreedy) {  // the max (lowest id on ties), kLoadBatch 16-byte loads a thread in flight
+        // (The staged path's load loop has the same shape; one helper taking a lambda for both measured greedy at 64
+        // rows 15.0 -> 15.6 us.)
         const float4* src = reinterpret_cast<const float4*>(a.logits + slice.row * a.stride + slice.begin);
         const int n_local = slice.n_local;
         for (int first = threadIdx.x; 4 * first < n_local; first += kLoadBatch * kBlockThreads) {
