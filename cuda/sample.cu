@@ -49,7 +49,12 @@
 //     at a time, see crossing_mass_bin), its two exchanges and the crossing bin 3.3, push 2.7, sort and cut 1.3,
 //     Gumbel-max pass 2.6, end 1.7.
 // Staged CTAs run 2 an SM, and 30 rows' clusters of 8 fit the H100 at once (clusters of 4 or 8 CTAs fill 124 of its 132
-// SMs), so 64 rows take 3 waves: T,k,p 42.5 us, T,p 74.5 us. See launch_sample for what wider batches measured.
+// SMs), so 64 rows take 3 waves: T,k,p 42.5 us, T,p 74.5 us. Beyond those 30 rows the top-k fast path runs unstaged
+// clusters of 2 CTAs (all 64 rows in one wave), whose load pass keeps the few z the push may take in a list and
+// compares every other logit with a floor only: T,k,p at 31 / 48 / 64 rows 26.1 / 34.0 / 42.5 -> 25.4 / 27.1 / 29.3 us.
+// A 64-row trace (%globaltimer, us): first batch and its k-th digit 3.2-4.1, the rest of the slice 11-13, the warps'
+// lists divided and counted 1.4-2.8, max exchange 0.4-1.0, candidate digit 1.4, push 1.3, CTA 0's sort, cut and
+// Gumbel-max 3.9. See launch_sample for what wider batches measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
 // the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
@@ -67,6 +72,7 @@ namespace cg = cooperative_groups;
 namespace {
 
 constexpr int kCluster = 8;                      // CTAs per row (portable cluster size)
+constexpr int kWideBatchRanks = 2;               // the filtered path's CTAs per row beyond one wave (launch_sample)
 constexpr int kThreads = 512;
 constexpr int kNarrowThreads = 256;              // greedy and temperature only, at large batch (launch_sample)
 constexpr int kWarps = kThreads / dsv4::kWarpSize;
@@ -97,9 +103,15 @@ struct alignas(16) Exchange {
     float value;              // max z of the slice (phase 1)
     int index;                // its lowest token id
     int bad;                  // NaN or +inf seen
+    int overflow;             // unstaged top-k fast path: the CTA's kept list overflowed
 };
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
+// Unstaged top-k fast path (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB),
+// and each warp's logits that reach the floor (32 KB).
+constexpr int kKeptCapacity = 4096;
+constexpr int kWarpReached = 256;
+constexpr size_t kUnstagedSmem = kKeptCapacity * sizeof(unsigned long long) + kWarps * kWarpReached * sizeof(uint2);
 
 constexpr int kPhiloxRounds = 10;
 
@@ -267,17 +279,19 @@ struct alignas(16) Shared {
     float zmax;
     int imax;
     int bad;
+    int kept_overflow;  // unstaged top-k fast path: some CTA's kept list overflowed
     uint32_t digit;
     unsigned long long above;  // z (counts) or mass (top-p fast path) before the chosen digit / bin or range
     int crossing_range;                      // top-p fast path: the range where the walk crosses, its target,
     unsigned long long crossing_target;      // and how many z the crossing bin holds
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
+    int kept;   // unstaged top-k fast path: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
     unsigned long long range_mass;
-    // CTA 0 only: the kCluster candidates of the final argmax, pushed by every CTA
+    // CTA 0 only: the candidates of the final argmax, pushed by every CTA
     float cand_value[kCluster];
     int cand_index[kCluster];
 };
@@ -304,12 +318,69 @@ __device__ __forceinline__ unsigned long long block_scan(unsigned long long x, u
     return base + x;
 }
 
+// This CTA's z in a filtered launch: staged in shared memory by the load pass (kStaged; the slice's tail past n_local
+// holds -inf), or re-read from the row's logits (from L2: the load pass has just read them) and divided again, the same
+// values bit for bit.
+template <bool kStaged>
+struct SliceZ {
+    // Vectors a thread has in flight in for_each_z: shared memory needs no batches (and they would spill registers).
+    static constexpr int kBatch = kStaged ? 1 : kSampleLoadBatch;
+    const float4* vectors;  // [ceil(n_local / 4)]: shared memory (kStaged), else the logits from the slice's begin
+    int n_local;
+    float t, reciprocal_t;
+    bool moderate_t;
+    __device__ __forceinline__ float4 load(int v) const { return kStaged ? vectors[v] : __ldg(vectors + v); }
+    // z of vector v from what load(v) returned; -inf past the slice.
+    __device__ __forceinline__ float4 finish(float4 x, int v) const {
+        if constexpr (kStaged) {
+            return x;
+        } else {
+            float e[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                e[c] = 4 * v + c < n_local ? divide_by_temperature(e[c], t, reciprocal_t, moderate_t) : -INFINITY;
+            return make_float4(e[0], e[1], e[2], e[3]);
+        }
+    }
+};
+
+// The slice's logits themselves (no division), for for_each_z: the tail of the last vector past n_local is -inf.
+struct SliceLogits {
+    static constexpr int kBatch = kSampleLoadBatch;
+    const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
+    int n_local;
+    __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
+    __device__ __forceinline__ float4 finish(float4 x, int v) const {
+        if (4 * v + 4 <= n_local) return x;
+        return make_float4(x.x, 4 * v + 1 < n_local ? x.y : -INFINITY, 4 * v + 2 < n_local ? x.z : -INFINITY, -INFINITY);
+    }
+};
+
+// visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight.
+template <typename Z, typename Visit>
+__device__ __forceinline__ void for_each_z(const Z& z, Visit visit) {
+    for (int first = threadIdx.x; 4 * first < z.n_local; first += Z::kBatch * kThreads) {
+        float4 loaded[Z::kBatch];
+#pragma unroll
+        for (int b = 0; b < Z::kBatch; ++b) {
+            const int v = first + b * kThreads;
+            loaded[b] = 4 * v < z.n_local ? z.load(v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int b = 0; b < Z::kBatch; ++b) {
+            const int v = first + b * kThreads;
+            if (4 * v >= z.n_local) break;
+            visit(z.finish(loaded[b], v), v);
+        }
+    }
+}
+
 // Radix descent over the keys of this CTA's z (and, through the cluster, of the row).
 // kMass = false: the key of the target-th largest z (counts). kMass = true: the largest key v such that the
 // fixed-point mass of the kept z with key >= v reaches ceil(top_p * total kept mass); returns false when the
 // total never reaches it (then everything kept stays).
-template <bool kMass>
-__device__ bool radix_select(const float* z, int n_local, float kept_min, float zmax, unsigned long long target,
+template <bool kMass, int kRanks, typename Z>
+__device__ bool radix_select(const Z& z, float kept_min, float zmax, unsigned long long target,
                              float top_p, int& phase, cg::cluster_group& cluster, Shared& sh, uint32_t& key_out) {
     const int tid = threadIdx.x;
     uint32_t prefix = 0, mask = 0;
@@ -323,29 +394,34 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
             if (kMass) mine.hist[1][b] = 0u;
         }
         __syncthreads();
-        for (int j = tid; j < n_local; j += kThreads) {
-            const float v = z[j];
-            if (kMass && !(v > -INFINITY && v >= kept_min)) continue;
-            const uint32_t key = float_to_key(v);
-            if ((key & mask) != prefix) continue;
-            const uint32_t bin = (key >> shift) & dmask;
-            if (kMass) {
-                const uint32_t m = fixed_mass(v, zmax);
-                if (m == 0u) continue;  // below 2^-32 of the max: adds nothing
-                atomicAdd(&mine.hist[0][bin], m >> 16);
-                atomicAdd(&mine.hist[1][bin], m & 0xFFFFu);
-            } else {
-                atomicAdd(&mine.hist[0][bin], 1u);
+        for_each_z(z, [&](float4 zv, int vec) {
+            const float e[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const float v = e[c];
+                const uint32_t key = float_to_key(v);
+                // (kMass keeps finite z >= kept_min; counts take every z of the slice, -inf included)
+                if (kMass ? !(v > -INFINITY && v >= kept_min) : 4 * vec + c >= z.n_local) continue;
+                if ((key & mask) != prefix) continue;
+                const uint32_t bin = (key >> shift) & dmask;
+                if (kMass) {
+                    const uint32_t m = fixed_mass(v, zmax);
+                    if (m == 0u) continue;  // below 2^-32 of the max: adds nothing
+                    atomicAdd(&mine.hist[0][bin], m >> 16);
+                    atomicAdd(&mine.hist[1][bin], m & 0xFFFFu);
+                } else {
+                    atomicAdd(&mine.hist[0][bin], 1u);
+                }
             }
-        }
+        });
         cluster.sync();  // every CTA's histogram is complete and visible
 
         // Thread t owns bins kBins-1-4t .. kBins-4-4t (descending), summed over the cluster in rank order: one
         // 16-byte load per rank (and per mass half), all issued before the first use.
         const int low_bin = kBins - kBinsPerThread * (tid + 1);
-        uint4 high[kCluster], low[kCluster];
+        uint4 high[kRanks], low[kRanks];
 #pragma unroll
-        for (int r = 0; r < kCluster; ++r) {
+        for (int r = 0; r < kRanks; ++r) {
             const Exchange* remote = cluster.map_shared_rank(&mine, r);
             high[r] = *reinterpret_cast<const uint4*>(&remote->hist[0][low_bin]);
             if (kMass) low[r] = *reinterpret_cast<const uint4*>(&remote->hist[1][low_bin]);
@@ -355,7 +431,7 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
         for (int i = 0; i < kBinsPerThread; ++i) {  // bin low_bin + 3 - i: vector component 3 - i
             unsigned long long s = 0;
 #pragma unroll
-            for (int r = 0; r < kCluster; ++r) {
+            for (int r = 0; r < kRanks; ++r) {
                 const uint32_t hi = word_of(high[r], 3 - i);
                 s += kMass ? (static_cast<unsigned long long>(hi) << 16) + word_of(low[r], 3 - i) : hi;
             }
@@ -401,14 +477,15 @@ __device__ bool radix_select(const float* z, int n_local, float kept_min, float 
 // Top-k fast path, step 1: the level-0 digit d0 of the k-th largest z from the load pass's histograms (every CTA's
 // ex[0].hist[0]), combining only the kWindowBins bins at and below the max's bin (nothing lies above it). Returns
 // false, the same on every CTA, when the window does not reach k or more than kMaxCandidates z have digit >= d0.
+template <int kRanks>
 __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_group& cluster, Shared& sh,
                                 uint32_t& digit) {
     const int tid = threadIdx.x;
     const int high_bin = static_cast<int>((float_to_key(zmax) >> digit_shift(0)) | 3u) - kBinsPerThread * tid;
     const bool active = tid < kWindowBins / kBinsPerThread && high_bin >= kBinsPerThread - 1;
-    uint4 counts[kCluster];
+    uint4 counts[kRanks];
 #pragma unroll
-    for (int r = 0; r < kCluster; ++r) {
+    for (int r = 0; r < kRanks; ++r) {
         const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
         counts[r] = active ? *reinterpret_cast<const uint4*>(&remote->hist[0][high_bin - 3]) : make_uint4(0, 0, 0, 0);
     }
@@ -417,7 +494,7 @@ __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_gr
     for (int i = 0; i < kBinsPerThread; ++i) {  // bin high_bin - i: vector component 3 - i
         unsigned long long s = 0;
 #pragma unroll
-        for (int r = 0; r < kCluster; ++r) s += word_of(counts[r], 3 - i);
+        for (int r = 0; r < kRanks; ++r) s += word_of(counts[r], 3 - i);
         h[i] = s;
         mine_sum += s;
     }
@@ -440,6 +517,33 @@ __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_gr
     __syncthreads();
     digit = sh.digit;
     return sh.above <= kMaxCandidates;
+}
+
+// Unstaged top-k fast path: the level-0 digit of the k-th largest z this CTA has counted into ex[0].hist[0] so far (its
+// own bins only, no cluster), or 0 when it has counted fewer than k. Every z of the row at or above the k-th largest
+// has a digit at least this high.
+__device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
+    const int tid = threadIdx.x;
+    const int low_bin = kBins - kBinsPerThread * (tid + 1);
+    const uint4 counts = *reinterpret_cast<const uint4*>(&sh.ex[0].hist[0][low_bin]);
+    const unsigned long long mine = counts.x + counts.y + counts.z + counts.w;
+    unsigned long long total;
+    const unsigned long long inclusive = block_scan(mine, total, sh);
+    if (tid == 0) sh.digit = 0u;
+    __syncthreads();
+    if (inclusive >= k && inclusive - mine < k) {
+        unsigned long long c = inclusive - mine;
+#pragma unroll
+        for (int i = 0; i < kBinsPerThread; ++i) {  // bin low_bin + 3 - i: vector component 3 - i
+            c += word_of(counts, 3 - i);
+            if (c >= k) {
+                sh.digit = static_cast<uint32_t>(low_bin + 3 - i);
+                break;
+            }
+        }
+    }
+    __syncthreads();
+    return sh.digit;
 }
 
 // Top-p fast path, step 1 (no top-k; the CTAs' z in shared memory, zmax known): the bin b of zmax - z in which the
@@ -631,6 +735,17 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
     return in;
 }
 
+// One candidate into the gather buffer (ex[1]) of CTA 0 or, with kEveryRank, of every CTA: a slot from an atomic on
+// the receiver's count.
+template <bool kEveryRank, int kRanks>
+__device__ __forceinline__ void deliver_candidate(unsigned long long entry, cg::cluster_group& cluster, Shared& sh) {
+#pragma unroll
+    for (int r = 0; r < (kEveryRank ? kRanks : 1); ++r) {
+        unsigned long long* gathered = cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), r);
+        gathered[atomicAdd(cluster.map_shared_rank(&sh.count, r), 1)] = entry;
+    }
+}
+
 // Fast paths, the push: every z of this CTA's slice for which take(z) holds (finite z only, at most kMaxCandidates
 // in the row) goes into the gather buffer (ex[1], which no other CTA reads; a slot from an atomic on the receiver's
 // count) of CTA 0 or, with kEveryRank, of every CTA. Ends with the cluster barrier after which the receivers hold
@@ -655,14 +770,17 @@ __device__ void push_candidates(const float4* z4, int n_local, int64_t begin, Ta
             const int bit = __ffs(takers) - 1;
             const int j = 4 * (first + (bit / 4) * kThreads) + bit % 4;
             const unsigned long long entry = candidate(float_to_key(z[j]), static_cast<uint32_t>(begin + j));
-#pragma unroll
-            for (int r = 0; r < (kEveryRank ? kCluster : 1); ++r) {
-                unsigned long long* gathered =
-                    cluster.map_shared_rank(reinterpret_cast<unsigned long long*>(sh.ex[1].hist), r);
-                gathered[atomicAdd(cluster.map_shared_rank(&sh.count, r), 1)] = entry;
-            }
+            deliver_candidate<kEveryRank, kCluster>(entry, cluster, sh);
         }
     }
+    cluster.sync();  // every candidate has arrived
+}
+
+// The unstaged top-k fast path's push: the entries of this CTA's kept list whose digit is at least d0, into CTA 0.
+template <int kRanks>
+__device__ void push_kept(const unsigned long long* kept, int n, uint32_t d0, cg::cluster_group& cluster, Shared& sh) {
+    for (int i = threadIdx.x; i < n; i += kThreads)
+        if ((candidate_key(kept[i]) >> digit_shift(0)) >= d0) deliver_candidate<false, kRanks>(kept[i], cluster, sh);
     cluster.sync();  // every candidate has arrived
 }
 
@@ -717,13 +835,15 @@ struct alignas(16) SharedUnstaged {
     float candidate_upper[kBlockWarps][kWarpCandidates];
 };
 
-// This CTA's slice of its row: tokens [begin, begin + n_local) (n_local is 0 for a CTA past the vocab).
+// This CTA's slice of its row (kRanks CTAs a row): tokens [begin, begin + n_local) (n_local is 0 for a CTA past the
+// vocab).
 struct Slice {
     int64_t row, begin;
     int n_local;
 };
+template <int kRanks>
 __device__ __forceinline__ Slice this_slice(const SampleArgs& a) {
-    const int64_t row = blockIdx.x / kCluster, begin = int64_t(cg::this_cluster().block_rank()) * a.slice;
+    const int64_t row = blockIdx.x / kRanks, begin = int64_t(cg::this_cluster().block_rank()) * a.slice;
     return {row, begin, static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)))};
 }
 
@@ -899,7 +1019,7 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
-    const Slice slice = this_slice(a);
+    const Slice slice = this_slice<kCluster>(a);
     // Arriving at another barrier phase here publishes the initial values; its wait comes before their first use
     // (gumbel_pass's first threshold, or the winner slots), so nobody waits at the start. Before the prefetch, so that
     // the arrival's release has no bulk prefetch to wait for.
@@ -960,17 +1080,29 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     }
 }
 
-// Top-k and / or top-p, or an extreme temperature: the CTA's z staged in shared memory (kThreads threads).
+// Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
+// the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
+// the top-k fast path only: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3 waves)
+// nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below), and a
+// row that leaves the fast path (ties, a list that overflows) re-reads its slice's logits from L2 for every later pass.
+// The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
+// T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
+template <int kRanks>
 __device__ void filtered_sample(const SampleArgs& a) {
+    constexpr bool kStaged = kRanks == kCluster;
     __shared__ Shared sh;
-    extern __shared__ float4 z4[];  // [slice / 4]: this CTA's z
-    float* z = reinterpret_cast<float*>(z4);
+    extern __shared__ float4 z4[];  // kStaged: [slice / 4], this CTA's z
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
-    const Slice slice = this_slice(a);
+    const Slice slice = this_slice<kRanks>(a);
     const int64_t row = slice.row, begin = slice.begin;
     const int n_local = slice.n_local;
+    const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
+    const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
+    const float4* logits = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
+    const SliceZ<false> from_logits{logits, n_local, t, reciprocal_t, moderate_t};
+    const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice);
     dsv4::await_previous_kernel();
 
@@ -978,26 +1110,43 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // without top-k) tries a candidate search on masses after it.
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
     const bool fast_top_k = top_k_active && a.top_k <= kMaxCandidates;
-    const bool fast_top_p = !top_k_active && a.top_p < 1.0f;
+    const bool fast_top_p = kStaged && !top_k_active && a.top_p < 1.0f;
     int phase = 0;
     if (fast_top_k) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
     }
     if (fast_top_k || fast_top_p) {
-        if (tid == 0) sh.count = 0;
+        if (tid == 0) sh.count = 0, sh.kept = 0;
         __syncthreads();
     }
 
-    // 1. Load z, kSampleLoadBatch 16-byte vectors per thread in flight (the tail of the last vector lies inside the
-    // row's stride and is not used: it is staged as -inf, so the Gumbel pass needs no bound check), and take the max
-    // z (lowest id on ties).
+    // 1. Load z (the tail of the last vector lies inside the row's stride and is not used: it becomes -inf, so the
+    // Gumbel pass needs no bound check), and take the max z (lowest id on ties).
     float best = -INFINITY;
     int best_i = INT_MAX;
     bool bad = false;
-    {
-        const float4* src = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
-        const float t = a.temperature, reciprocal_t = a.reciprocal_temperature;
-        const bool moderate_t = t >= 0x1p-40f && t <= 0x1p40f;
+    auto count_and_max = [&](float4 zv, int v) {
+        const float e[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            if (4 * v + c < n_local) {
+                bad |= !(e[c] < INFINITY);  // NaN or +inf
+                if (e[c] > best) best = e[c], best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
+                if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(e[c]) >> digit_shift(0)], 1u);
+            }
+        }
+    };
+    // Unstaged top-k fast path: with nothing staged, the push cannot pass over z again, so the load pass keeps (in
+    // dynamic shared memory) every z whose digit reaches keep_digit, the digit of the k-th largest z among the CTA's
+    // first batch of vectors: that is at most the digit d0 of the row's k-th largest, so the list holds every z the
+    // push takes, and the level-0 histogram of the kept z is exact from keep_digit up, where candidate_digit looks.
+    // Past the first batch a vector costs a compare of its largest logit with logit_floor (below it, no z reaches
+    // keep_digit) and, where a lane's vector reaches it, a ballot per element: the logits that reach it go on the
+    // warp's list as they are (no division in the loop, no divergence: N(0, 3^2) logits, T 0.8, k 50: 1.7% of the
+    // logits reach the floor, so 89% of a warp's vectors hold one), and the warp divides and keeps them after the loop.
+    unsigned long long* kept = reinterpret_cast<unsigned long long*>(z4);  // [kKeptCapacity] (unstaged only)
+    if constexpr (kStaged) {
+        const float4* src = logits;
         for (int first = tid; 4 * first < n_local; first += kSampleLoadBatch * kThreads) {
             float4 loaded[kSampleLoadBatch];
 #pragma unroll
@@ -1024,6 +1173,68 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 z4[v] = make_float4(e[0], e[1], e[2], e[3]);
             }
         }
+    } else if (!fast_top_k) {
+        for_each_z(from_logits, count_and_max);
+    } else {
+        const int prefix = min(n_local, 4 * SliceZ<false>::kBatch * kThreads);  // the first batch's tokens
+        for_each_z(SliceZ<false>{logits, prefix, t, reciprocal_t, moderate_t}, count_and_max);
+        const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(a.top_k), sh);
+        // The least z of digit keep_digit (NaN below -inf's digit), times T: a logit x below logit_floor has
+        // RN(x / T) < keep_min (the margins cover both roundings and, near 0, the smallest subnormal).
+        const float keep_min = key_to_float(keep_digit << digit_shift(0));
+        const float scaled = __fmul_rn(keep_min, t);
+        const float logit_floor = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
+        if (moderate_t && fabsf(scaled) < 0x1p100f) {
+            for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
+            uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
+            int n_reached = 0;  // the same on the warp's lanes still in the loop
+            for_each_z(SliceLogits{logits, n_local}, [&](float4 xv, int v) {  // the first batch again, from L2
+                const float x_max = max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
+                bad |= x_max != x_max;
+                const uint32_t lanes = __activemask();  // (past the slice's end, lanes leave the loop)
+                if (!__any_sync(lanes, x_max >= logit_floor)) return;  // the usual case for a lane
+                const float e[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const bool reach = e[c] >= logit_floor;  // (the tail's -inf never does)
+                    const uint32_t reachers = __ballot_sync(lanes, reach);
+                    const int at = n_reached + __popc(reachers & ((1u << lane) - 1u));
+                    if (reach && at < kWarpReached)
+                        reached[at] = make_uint2(__float_as_uint(e[c]), static_cast<uint32_t>(begin + 4 * v + c));
+                    n_reached += __popc(reachers);
+                }
+            });
+            n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
+            if (n_reached > kWarpReached && lane == 0) atomicAdd(&sh.kept, kKeptCapacity + 1);  // overflow
+            for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize) {
+                const bool valid = i < n_reached;
+                const uint2 entry = valid ? reached[i] : make_uint2(0u, 0u);
+                const float zz = valid ? divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t)
+                                       : -INFINITY;
+                bad |= !(zz < INFINITY);
+                take_better(best, best_i, zz, static_cast<int>(entry.y));
+                const uint32_t key = float_to_key(zz);
+                const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit;
+                const uint32_t keepers = __ballot_sync(0xFFFFFFFFu, keep);  // one atomic a warp
+                int at = 0;
+                if (lane == 0 && keepers != 0u) at = atomicAdd(&sh.kept, __popc(keepers));
+                at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(keepers & ((1u << lane) - 1u));
+                if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
+            }
+            __syncthreads();
+            // The kept z crowd a few bins: one atomic a warp per distinct digit.
+            const int n_kept = sh.kept > kKeptCapacity ? 0 : sh.kept;  // (an overflow leaves the fast path)
+            for (int i = tid; i - lane < n_kept; i += kThreads) {
+                const uint32_t d = i < n_kept ? candidate_key(kept[i]) >> digit_shift(0) : UINT32_MAX;
+                const uint32_t peers = __match_any_sync(0xFFFFFFFFu, d);
+                if (i < n_kept && lane == __ffs(peers) - 1) atomicAdd(&sh.ex[0].hist[0][d], __popc(peers));
+            }
+        } else {  // -inf or no z at keep_digit, or an extreme T or z: the radix path, after the max
+            for_each_z(from_logits, [&](float4 zv, int v) {
+                if (4 * v >= prefix) count_and_max(zv, v);
+            });
+            if (tid == 0) sh.kept = kKeptCapacity + 1;
+        }
     }
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
@@ -1035,18 +1246,20 @@ __device__ void filtered_sample(const SampleArgs& a) {
         int i = INT_MAX, b = 0;
         for (int w = 0; w < kWarps; ++w) take_better(v, i, sh.warp_value[w], sh.warp_index[w]), b |= sh.warp_bad[w];
         mine.value = v, mine.index = i, mine.bad = b;
+        if (!kStaged) mine.overflow = fast_top_k && sh.kept > kKeptCapacity;
     }
     cluster.sync();
     if (warp == 0) {
         float v = -INFINITY;
-        int i = INT_MAX, b = 0;
-        if (lane < kCluster) {
+        int i = INT_MAX, b = 0, o = 0;
+        if (lane < kRanks) {
             const Exchange* remote = cluster.map_shared_rank(&sh.ex[phase & 1], lane);
-            v = remote->value, i = remote->index, b = remote->bad;
+            v = remote->value, i = remote->index, b = remote->bad, o = kStaged ? 0 : remote->overflow;
         }
         warp_best(v, i);
         b = __any_sync(0xFFFFFFFFu, b);
-        if (lane == 0) sh.zmax = v, sh.imax = i, sh.bad = b || v == -INFINITY;
+        o = __any_sync(0xFFFFFFFFu, o);
+        if (lane == 0) sh.zmax = v, sh.imax = i, sh.bad = b || v == -INFINITY, sh.kept_overflow = o;
     }
     __syncthreads();
     ++phase;
@@ -1064,9 +1277,13 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // cut among them, and 4 follows. A fallback to 2b-3 starts its radix levels at ex[1] (phase 1), which is
     // untouched until a fast path pushes.
     uint32_t digit;
-    if (fast_top_k && candidate_digit(static_cast<unsigned long long>(a.top_k), zmax, cluster, sh, digit)) {
-        push_candidates<false>(z4, n_local, begin,
-                               [&](float v) { return (float_to_key(v) >> digit_shift(0)) >= digit; }, cluster, sh);
+    if (fast_top_k && !sh.kept_overflow &&
+        candidate_digit<kRanks>(static_cast<unsigned long long>(a.top_k), zmax, cluster, sh, digit)) {
+        if constexpr (kStaged)
+            push_candidates<false>(
+                z4, n_local, begin, [&](float v) { return (float_to_key(v) >> digit_shift(0)) >= digit; }, cluster, sh);
+        else
+            push_kept<kRanks>(kept, min(sh.kept, kKeptCapacity), digit, cluster, sh);
         if (rank != 0) return;
         const int token = finish_candidates(sorted_candidates(sh), sh.count, zmax, row32, a, sh);
         if (tid == 0) a.tokens[row] = token;
@@ -1076,7 +1293,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
     bool top_p_done = false;
     int bin;
     unsigned long long mass_above, target;
-    if (fast_top_p && crossing_mass_bin(z, n_local, zmax, a.top_p, cluster, sh, bin, mass_above, target)) {
+    if (fast_top_p && crossing_mass_bin(reinterpret_cast<const float*>(z4), n_local, zmax, a.top_p, cluster, sh, bin,
+                                        mass_above, target)) {
         // Every z in bins < bin is kept; the cut lies among the z of the crossing bin, which every CTA gathers.
         push_candidates<true>(z4, n_local, begin, [&](float v) { return mass_bin(v, zmax) == bin; }, cluster, sh);
         const uint32_t cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
@@ -1088,14 +1306,14 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // 2b. top-k: keep z >= the k-th largest z.
     if (top_k_active) {
         uint32_t key;
-        radix_select<false>(z, n_local, -INFINITY, zmax, static_cast<unsigned long long>(a.top_k), 0.0f, phase,
-                            cluster, sh, key);
+        radix_select<false, kRanks>(z, -INFINITY, zmax, static_cast<unsigned long long>(a.top_k), 0.0f, phase,
+                                    cluster, sh, key);
         threshold = key_to_float(key);
     }
     // 3. top-p among the kept tokens.
     if (a.top_p < 1.0f && !top_p_done) {
         uint32_t key;
-        if (radix_select<true>(z, n_local, threshold, zmax, 0ull, a.top_p, phase, cluster, sh, key))
+        if (radix_select<true, kRanks>(z, threshold, zmax, 0ull, a.top_p, phase, cluster, sh, key))
             threshold = fmaxf(threshold, key_to_float(key));
     }
 
@@ -1103,11 +1321,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const float bound = __fadd_rn(zmax, gumbel(static_cast<uint32_t>(imax), row32, a));
     best = -INFINITY;
     best_i = INT_MAX;
-    for (int v = tid; 4 * v < n_local; v += kThreads) {
+    auto gumbel_visit = [&](float4 zv, int v) {
         // A token whose score cannot reach the better of bound and this thread's best (a tie included) is skipped:
         // first by z + the largest g (-inf z, the slice's tail included, fails it: bound is finite; the vector's
         // block is skipped when all 4 do), then by z + an upper bound on its own g (Philox only, no double logs).
-        const float4 zv = z4[v];
         const float e[4] = {zv.x, zv.y, zv.z, zv.w};
         const float to_beat = fmaxf(bound, best);
         bool live[4], any = false;
@@ -1116,7 +1333,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             live[c] = __fadd_rn(e[c], kGumbelBound) >= to_beat && e[c] >= threshold;
             any |= live[c];
         }
-        if (!any) continue;
+        if (!any) return;
         const int first_token = static_cast<int>(begin) + 4 * v;  // begin and the slice are multiples of 4
         const uint4 words = philox_words(static_cast<uint32_t>(first_token / 4), row32, a);
 #pragma unroll
@@ -1125,6 +1342,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
             if (!live[c] || score_upper(gumbel_reach(e[c] + kReachShift, x).reach) < fmaxf(bound, best)) continue;
             take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
         }
+    };
+    if constexpr (kStaged) {
+        for (int v = tid; 4 * v < n_local; v += kThreads) gumbel_visit(z4[v], v);
+    } else {
+        for_each_z(z, gumbel_visit);
     }
     warp_best(best, best_i);
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;
@@ -1141,22 +1363,23 @@ __device__ void filtered_sample(const SampleArgs& a) {
     if (rank == 0 && tid == 0) {
         float v = -INFINITY;
         int i = INT_MAX;
-        for (int r = 0; r < kCluster; ++r) take_better(v, i, sh.cand_value[r], sh.cand_index[r]);
+        for (int r = 0; r < kRanks; ++r) take_better(v, i, sh.cand_value[r], sh.cand_index[r]);
         a.tokens[row] = i;
     }
 }
 
-// grid (batch * kCluster), clusters of kCluster along x, kBlockThreads threads (kThreads for kFiltered, whose
-// histogram and scan code assumes it); dynamic shared memory = slice floats (kFiltered only).
+// grid (batch * kRanks), clusters of kRanks along x, kBlockThreads threads (kThreads for kFiltered, whose histogram and
+// scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
 // At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads). More warps an SM
 // measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling:
 // 29.8).
-template <Mode kMode, int kBlockThreads>
-__global__ void __cluster_dims__(kCluster, 1, 1)
+template <Mode kMode, int kBlockThreads, int kRanks = kCluster>
+__global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
     static_assert(kMode != Mode::kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
+    static_assert(kMode == Mode::kFiltered || kRanks == kCluster, "greedy and temperature only run kCluster ranks");
     if constexpr (kMode == Mode::kFiltered)
-        filtered_sample(a);
+        filtered_sample<kRanks>(a);
     else
         unstaged_sample<kMode == Mode::kGreedy, kBlockThreads>(a);
 }
@@ -1180,6 +1403,8 @@ int check_shape(int64_t batch, int64_t vocab, int64_t logits_stride) {
 constexpr int kMaxDevices = 64;
 std::atomic<bool> g_smem_limit_set[kMaxDevices];
 std::atomic<int> g_wide_clusters[kMaxDevices];  // 0: not queried yet
+// The staged filtered kernel's resident clusters for the last dynamic shared memory size asked: bytes << 20 | clusters.
+std::atomic<int64_t> g_staged_clusters[kMaxDevices];
 
 int current_device(int& device) {
     DSV4_CHECK_CUDA(cudaGetDevice(&device));
@@ -1195,6 +1420,9 @@ int raise_smem_limit() {
         DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
+        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kUnstagedSmem)));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
     return DSV4_OK;
@@ -1218,7 +1446,30 @@ int wide_clusters_resident(int& clusters) {
     return DSV4_OK;
 }
 
-int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
+// Tokens per CTA with `ranks` CTAs a row: a multiple of 4 (16-byte aligned slices).
+int64_t slice_of(int64_t vocab, int ranks) { return ((vocab + ranks - 1) / ranks + 3) / 4 * 4; }
+
+// How many rows' clusters of the staged filtered kernel the device holds at once with smem bytes of z (30 on the H100
+// at Flash vocab), once per device and size (a plain host call, like raise_smem_limit).
+int staged_clusters_resident(size_t smem, int& clusters) {
+    int device = 0;
+    DSV4_RETURN_IF_FAILED(current_device(device));
+    const int64_t cached = g_staged_clusters[device].load(std::memory_order_acquire);
+    if (cached >> 20 == static_cast<int64_t>(smem) && cached != 0) {
+        clusters = static_cast<int>(cached & 0xFFFFF);
+        return DSV4_OK;
+    }
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(kCluster);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    DSV4_CHECK_CUDA(cudaOccupancyMaxActiveClusters(&clusters, sample_kernel<Mode::kFiltered, kThreads>, &config));
+    clusters = min(max(clusters, 1), 0xFFFFF);
+    g_staged_clusters[device].store(static_cast<int64_t>(smem) << 20 | clusters, std::memory_order_release);
+    return DSV4_OK;
+}
+
+int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     const unsigned grid = static_cast<unsigned>(batch * kCluster);
     const bool filtered = (args.top_k > 0 && args.top_k < args.vocab) || args.top_p < 1.0f ||
                           args.temperature < kMinGumbelT || args.temperature > kMaxGumbelT;
@@ -1239,14 +1490,27 @@ int launch_sample(const SampleArgs& args, int64_t batch, cudaStream_t stream) {
         DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, grid, threads, 0, stream, args));
         return DSV4_OK;
     }
-    // Filtered: z staged at every batch. Measured and not kept, beyond the 30 rows' clusters that fit the H100 at once:
-    // unstaged clusters of 4 CTAs (every pass after the first re-reading the slice's logits from L2; 2 an SM on 124 SMs
-    // hold 62 rows): T,k,p at 31 / 64 rows 26.2 -> 30.9 / 46.8 us, T,p 47.7 -> 60.2 / 109.3 us (the longer per-row chain
-    // costs more than the waves it saves).
+    // Filtered: z staged while the rows' clusters of 8 fit the device at once; beyond, the top-k fast path's unstaged
+    // clusters of kWideBatchRanks (filtered_sample). Measured and not kept: every filtered case unstaged beyond 30 rows,
+    // clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8 us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us
+    // against 49.6 / 79.0 staged: each pass over 64640 z in one CTA costs ~15 us of issue); the unstaged top-k path with
+    // every z divided and counted in the load pass (64 rows 36.4 us), or a per-lane branch to the kept list instead of
+    // the warps' lists (33.6-38.1 us: a warp's vectors hold a logit above the floor 89% of the time).
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered, kThreads>,
-                                          grid, kThreads, smem, stream, args));
+    int staged_clusters = 0;
+    DSV4_RETURN_IF_FAILED(staged_clusters_resident(smem, staged_clusters));
+    const bool fast_top_k = args.top_k > 0 && args.top_k < args.vocab && args.top_k <= kMaxCandidates;
+    if (batch <= staged_clusters || !fast_top_k) {
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered, kThreads>,
+                                              grid, kThreads, smem, stream, args));
+        return DSV4_OK;
+    }
+    args.slice = slice_of(args.vocab, kWideBatchRanks);
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
+                                          sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
+                                          static_cast<unsigned>(batch * kWideBatchRanks), kThreads,
+                                          kUnstagedSmem, stream, args));
     return DSV4_OK;
 }
 
@@ -1256,7 +1520,7 @@ SampleArgs make_args(int32_t* tokens, const float* logits, int64_t vocab, int64_
     args.logits = logits;
     args.vocab = vocab;
     args.stride = logits_stride;
-    args.slice = ((vocab + kCluster - 1) / kCluster + 3) / 4 * 4;  // a multiple of 4: 16-byte aligned slices
+    args.slice = slice_of(vocab, kCluster);
     args.top_p = 1.0f;
     return args;
 }

@@ -27,6 +27,9 @@ NEAR_TIE = 1e-5
 TOP_P_SLACK = 1e-4
 MAX_MISMATCH = 0.02
 TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from every id and from -1
+# Random rows appended to a test's batch (0 or 48): past ~40 rows the kernels change shape (narrower CTAs for greedy
+# and temperature only, unstaged clusters of 2 for the top-k fast path), and the special rows must hold there too.
+BATCH_FILLERS = [0, 48]
 
 
 # ---- runners -----------------------------------------------------------------------------------------------------
@@ -166,9 +169,10 @@ def test_many_settings_mismatches_are_rare(rng, stream):
     ledger.assert_rare()
 
 
-def test_ties_and_signed_zeros(rng, stream):
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_ties_and_signed_zeros(fillers, rng, stream):
     """Logits on a coarse grid (many equal values, +0.0 and -0.0): top-k keeps every tie at its threshold."""
-    batch = 8
+    batch = 8 + fillers
     logits = np.round(rng.standard_normal((batch, VOCAB)) * 2).astype(np.float32)
     logits[rng.random((batch, VOCAB)) < 0.5] *= -1.0  # flips the sign of some zeros too
     ledger = MismatchLedger()
@@ -178,17 +182,21 @@ def test_ties_and_signed_zeros(rng, stream):
     ledger.assert_rare()
 
 
-def test_top_k_candidates_and_the_radix_fallback(rng, stream):
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_k_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Small top_k sorts the few z whose leading digit reaches the k-th largest's (at most 2048 per row); a row
-    whose k-th largest lies too far below its max, or with more such z (ties), takes the radix path."""
-    batch = 5
-    logits = random_logits(rng, batch, VOCAB, 2.0)
+    whose k-th largest lies too far below its max, or with more such z (ties), takes the radix path. Unstaged (with
+    fillers), a CTA keeps the z whose digit reaches its first batch's k-th largest: ascending rows overflow that list
+    and take the radix path, descending rows keep the fewest."""
+    logits = random_logits(rng, 7 + fillers, VOCAB, 2.0)
     logits[1] = -np.abs(logits[1])  # the max 1e30 (~2^100), the rest negative: below the 512 first digits
     logits[1, 4321] = 1e30          # (128 octaves) the candidate search combines, so top_k > 1 falls back
     logits[2, rng.choice(VOCAB, 3000, replace=False)] = 9.0  # 3000 ties at the max: too many candidates
     logits[3, rng.choice(VOCAB, 1900, replace=False)] = 9.0  # 1900 ties: they fit
     logits[4, :] = 0.25
     logits[4, 9] = 0.5
+    logits[5] = np.linspace(-8.0, 8.0, VOCAB, dtype=np.float32)
+    logits[6] = logits[5, ::-1]
     ledger = MismatchLedger()
     for top_k, top_p in [(1, 1.0), (5, 1.0), (5, 0.9), (1500, 1.0), (1500, 0.8), (2048, 0.95), (2049, 0.95)]:
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=top_k, step=1)
@@ -197,12 +205,12 @@ def test_top_k_candidates_and_the_radix_fallback(rng, stream):
     ledger.assert_rare()
 
 
-def test_top_p_candidates_and_the_radix_fallback(rng, stream):
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
     rows, many ties) takes the radix path."""
-    batch = 8
-    logits = random_logits(rng, batch, VOCAB, 3.0)                # nucleus of a few hundred z: bins of range 0
+    logits = random_logits(rng, 8 + fillers, VOCAB, 3.0)                # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
     logits[2] = random_logits(rng, 1, VOCAB, 1.0)
@@ -248,9 +256,6 @@ def test_temperature_only_matches_the_cpu_sampler(sigma, rng, stream):
 
 # Greedy and temperature only run 256-thread CTAs instead of 512 beyond about 40 rows (the H100 holds 30 rows of 512):
 # rows of ordinary logits appended to a batch of special rows put them through both kernels.
-BATCH_FILLERS = [0, 48]
-
-
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_temperature_only_ties_huge_and_invalid_rows(fillers, rng, stream):
     """Rows that defeat the score bounds: flat z (only the noise decides), z = 2e30 everywhere (z + g rounds to z, every
