@@ -27,7 +27,7 @@ NEAR_TIE = 1e-5
 TOP_P_SLACK = 1e-4
 MAX_MISMATCH = 0.02
 TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from every id and from -1
-# Random rows appended to a test's batch (0 or 48): past ~40 rows the kernels change shape (narrower CTAs for greedy
+# Random rows appended to a test's batch (0 or 48): past 30-40 rows the kernels change shape (narrower CTAs for greedy
 # and temperature only, unstaged clusters of 2 for the top-k fast path), and the special rows must hold there too.
 BATCH_FILLERS = [0, 48]
 
@@ -210,7 +210,7 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
     rows, many ties) takes the radix path."""
-    logits = random_logits(rng, 8 + fillers, VOCAB, 3.0)                # nucleus of a few hundred z: bins of range 0
+    logits = random_logits(rng, 8 + fillers, VOCAB, 3.0)         # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
     logits[2] = random_logits(rng, 1, VOCAB, 1.0)
