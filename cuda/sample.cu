@@ -8,10 +8,11 @@
 // bounds on every score and double logs for the few tokens whose bound reaches the best seen so far (gumbel_pass).
 // Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These run CTAs of
 // kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond (launch_sample).
-// Flash vocab on the H100, T only: 1 row 6.4, 8 rows 6.7, 64 rows 22.4 us (the staged path took 11.6, 12.4, 43.0).
-// Latency-bound at 64 rows (ncu: ~100 instructions a 4-token Philox block, 2 of 4 issue slots a cycle used): the top
-// stalls are the closing cluster barrier (warps and CTAs end at different times, 21% of samples) and the first use of
-// a load (14%); more loads in flight (a cp.async ring) or more warps an SM measured slower (see gumbel_pass).
+// Flash vocab on the H100, T only: 1 row 6.2, 8 rows 6.6, 64 rows 20.7 us (the staged path took 11.6, 12.4, 43.0).
+// Latency-bound at 64 rows (ncu: ~75 instructions a 4-token vector in a step that stops at the vectors' reach, of which
+// the Philox block ~45; about 2 of 4 issue slots a cycle used): the top stalls are the closing cluster barrier (warps
+// and CTAs end at different times, 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async
+// or bulk-copy ring) or more warps an SM measured slower (see gumbel_pass).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -84,8 +85,9 @@ constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
-// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 60 registers; 3 (63)
-// measured no faster (64 rows, 256 threads: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an earlier kernel).
+// Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
+// no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
+// earlier kernel).
 constexpr int kGumbelBatch = 2;
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 // Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
@@ -791,18 +793,29 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 }
 
 // Temperature only: Gumbel-max over this CTA's slice in one pass over the logits, nothing staged. Each lane takes
-// kGumbelBatch 16-byte vectors at a time (the next ones loading meanwhile): their Philox blocks, z' = logit * RN(1 / T)
-// and every token's reach and floor (gumbel_reach: no double logs). The threshold is the largest lower bound on a score
-// the CTA has seen (each step, every warp publishes its own into shared memory with an atomic whose result it does not
-// wait for, and reads the CTA's) or the best exact score the warp has formed. (Floors in the first step only, raised
-// later by the candidates' exact scores, measured no faster: 22.0 vs 22.2 us at 64 rows.) A step whose largest reach,
-// plus slack, stays below the threshold costs nothing more (the usual case); otherwise a token whose upper bound
-// reaches it (a tie included) goes on the warp's candidate list with that bound. When the list would overflow, and at
-// the end (against the CTA's final threshold: usually one warp of the CTA has work left), the warp forms the exact
-// scores of its candidates that still reach the threshold, one per lane (z by divide_by_temperature, g by double logs
-// from the logit and Philox block fetched again). The pass runs over the slice's whole 16-byte vectors (a lane past the
-// end takes the last one again: a duplicate of a real token, harmless to a maximum), and the slice's last n_local % 4
-// tokens, if any, are scored exactly, so the loop masks nothing.
+// kGumbelBatch 16-byte vectors at a time (the next ones loading meanwhile) and forms their Philox blocks. A vector's
+// reach comes first: gumbel_reach of (its largest logit * RN(1 / T), its largest Philox word), an upper bound on all 4
+// of its scores (z' grows with the logit, g's bound with the word; the slack of that pair covers each token's, as
+// score_slack grows with |v|). A step whose vectors' reaches, plus slack, all stay below the warp's threshold costs
+// nothing more (3 of 4 steps at 64 rows of N(0, 3^2) logits, T = 0.8). Otherwise the step forms every token's reach
+// and floor (no double logs). The threshold is the largest floor the CTA has seen (in such a step, every warp
+// publishes its own into shared memory with an atomic whose result it does not wait for; each step it reads the CTA's)
+// or the best exact score the warp has formed. Then a token whose upper bound reaches the threshold (a tie included)
+// goes on the warp's candidate list with that bound. When the list would overflow, and at the end (against the CTA's
+// final threshold: usually one warp of the CTA has work left), the warp forms the exact scores of its candidates that
+// still reach the threshold, one per lane (z by divide_by_temperature, g by double logs from the logit and Philox
+// block fetched again). The pass runs over the slice's whole 16-byte vectors (a lane past the end takes the last one
+// again: a duplicate of a real token, harmless to a maximum), and the slice's last n_local % 4 tokens, if any, are
+// scored exactly, so the loop masks nothing.
+// Per-token reaches in every step took 22.3 us at 64 rows; the vectors' reaches first, 20.9 (ncu: 10.0M -> 7.8M warp
+// instructions), and with each vector's largest logit in place of its largest z', 20.7. Measured and not kept, 64 rows
+// (the same run's reference in parentheses): floors in the first step only, raised later by the candidates' exact
+// scores, 22.0 (22.2); the per-token pass only for the batch entries whose vectors reach, 21.7 (20.7); each warp taking
+// its next steps from a shared counter, per CTA 22.8 or per row through rank 0's shared memory 23.7 (22.3); a ring of
+// bulk copies (cp.async.bulk, 4 steps of 8 KB, mbarriers) in place of the register loads, 22.1 (20.7), 1 row 6.9
+// (6.2); L2 prefetch of the next 4 steps in place of the whole slice, 20.4 (20.9) in one run and 21.0 (20.7) in
+// another, 32 rows 15.5 (15.1); no prefetch, 22.8 (22.4); CTAs other than rank 0 leaving after their arrival at the
+// closing barrier, 20.9 (20.9).
 // z' is within an ulp of z for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product
 // overflows (an underflow costs less than the slack). A step with a NaN, an infinite or a huge reach (|z'| near
 // 2^126 or beyond; the reach of -inf z' alone does not count) takes a per-thread detour: the exact z decides whether
@@ -895,15 +908,30 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
         for (int b = 0; b < kGumbelBatch; ++b) loaded[b] = __ldg(src + vector_of(first, b));
     };
     auto score_step = [&](const float4 (&loaded)[kGumbelBatch], int first) {
+        uint4 words[kGumbelBatch];
+        float vector_reach = -INFINITY;  // NaN if any logit is
+#pragma unroll
+        for (int b = 0; b < kGumbelBatch; ++b) {
+            words[b] = philox_words(first_group + static_cast<uint32_t>(vector_of(first, b)), row32, a);
+            const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
+            const float e_max = max_propagating_nan(max_propagating_nan(e[0], e[1]), max_propagating_nan(e[2], e[3]));
+            const uint32_t x_max = max(max(words[b].x, words[b].y), max(words[b].z, words[b].w));
+            vector_reach = max_propagating_nan(
+                vector_reach, gumbel_reach(fmaf(e_max, reciprocal_t, kReachShift), x_max).reach);
+        }
+        if (!__any_sync(0xFFFFFFFFu, score_upper(vector_reach) >= threshold ||
+                                         (!(fabsf(vector_reach) < kDetourFrom) && vector_reach != -INFINITY))) {
+            take_cta_threshold();
+            return;
+        }
         float reach[kGumbelBatch][4];
         float reach_max = -INFINITY;  // NaN if any reach is
 #pragma unroll
         for (int b = 0; b < kGumbelBatch; ++b) {
-            const uint4 words = philox_words(first_group + static_cast<uint32_t>(vector_of(first, b)), row32, a);
             const float e[4] = {loaded[b].x, loaded[b].y, loaded[b].z, loaded[b].w};
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                const GumbelReach g = gumbel_reach(fmaf(e[c], reciprocal_t, kReachShift), word_of(words, c));
+                const GumbelReach g = gumbel_reach(fmaf(e[c], reciprocal_t, kReachShift), word_of(words[b], c));
                 reach[b][c] = g.reach;
                 reach_max = max_propagating_nan(reach_max, g.reach);
                 floor_max = fmaxf(floor_max, g.floor);
