@@ -41,6 +41,19 @@
 // finalizes the tile's token r from L2; hc_post optionally fused in front): parity-correct, but 437 us for hc_pre
 // and 770 us for hc_post + hc_pre at V4-Pro x 4096 (ncu: 8 warps per SM walk a latency-bound chain of loads, MMA,
 // barrier and finalize per tile, 28% issue, ~24K warp instructions per CTA per tile).
+// Also tried for hc_head below 64 tokens and not kept: one launch over clusters of CTAs, each CTA a dim slice of a
+// few tokens, X held on chip from its one load to y, the mix sums and the sums of y^2 added over the cluster
+// through distributed shared memory. V4-Pro on the H100, us at 1 / 8 / 32 / 64 tokens, against 4.70 / 5.07 / 6.05 /
+// 6.90 for mix_small_kernel + finalize_block_kernel (V4-Flash 4.31 / 4.56 / 4.83 / 5.77): clusters of 8 CTAs x 4
+// tokens, a thread per (vector, copy), y's 4 copies gathered by shuffles, cluster barriers: 8.14 / 8.39 / 8.92 /
+// 16.7; a thread per vector (its 4 copies and fn's 4 x 32 floats in registers, 239 of them), each CTA's sums pushed
+// into every CTA of the cluster (st.async counted on the receiver's mbarrier, no cluster barrier): 4.78 / 5.94 /
+// 6.32 / 8.57, and at 64 tokens 5.78 without fn's loads, 3.90 without the mix product at all; a thread per (vector,
+// copy) with X passed through shared memory for y, (CTAs, tokens) per cluster 8 x 4: 5.66 / 6.33 / 7.05 / 13.1 (two
+// waves: 128 CTAs of one per SM), 16 x 4: 4.97 / 5.19 / 7.18 / 11.8, 8 x 8: 6.92 / 8.73 / 8.75 / 9.58, 16 x 8: 5.82 /
+// 7.00 / 7.29 / 9.76. Each cluster re-reads fn's slice from L2 (at 4 tokens a cluster, 16 x 458 KB = 7.3 MB at 64
+// tokens, twice X) and forms its fp32 products on a few warps per SM; the two kernels read fn twice and spread the
+// product over 112 blocks of MMAs.
 // Also measured and not kept (V4-Pro x 4096): a copy with post_mix's 64-byte-per-row pattern runs at 2581 GB/s
 // against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
 // (or hc_pre) in token chunks so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole,
@@ -419,6 +432,12 @@ __device__ __forceinline__ float div_rn_moderate(float c, float s) {
     return fmaf(fmaf(-s, q, c), r, q);
 }
 
+// 1 / sqrt(sumsq / count + eps), each step rounded to nearest: the reference's rsqrt(mean(v^2) + eps) in fp32 (the
+// mix's over K = 4 dim, the RMSNorm's over dim).
+__device__ __forceinline__ float rms_scale(float sumsq, float count, float eps) {
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, count), eps)));
+}
+
 __device__ __forceinline__ float sigmoid(float v) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-v))); }
 
 // The 16 lanes 16..31 hold comb[i][j] at lane 16 + 4i + j. NumPy sums the 4 entries of a row / column in order.
@@ -462,8 +481,7 @@ __device__ __forceinline__ MixConstants load_mix_constants(const FinalizeArgs& a
 template <bool kPre>
 __device__ __forceinline__ float mix_value(float total, const FinalizeArgs& args) {
     const float sumsq = __shfl_sync(0xFFFFFFFFu, total, fin_partial_row(kPre) - 1);
-    const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.k), args.mix_eps)));
-    return __fmul_rn(total, inv_rms);
+    return __fmul_rn(total, rms_scale(sumsq, args.k, args.mix_eps));
 }
 
 // pre_i = sigmoid(mix_i * scale_0 + base_i) + eps for i < 4 (hc_pre and hc_head alike), on every lane of the warp.
@@ -684,7 +702,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
         const float4 r0 = reinterpret_cast<const float4*>(row_sums)[0];
         const float4 r1 = reinterpret_cast<const float4*>(row_sums)[1];
         sumsq = ((r0.x + r1.x) + (r0.z + r1.z)) + ((r0.y + r1.y) + (r0.w + r1.w));
-        inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
+        inv_rms = rms_scale(sumsq, args.dim, args.norm_eps);
         cp_async_wait<0>();  // this thread's own weight vectors
     }
 #pragma unroll
@@ -759,7 +777,7 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 
     // Pass 2: RMSNorm + FP8 from y_row.
     sumsq = dsv4::warp_reduce_sum(sumsq);
-    const float inv_rms = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sumsq, args.dim), args.norm_eps)));
+    const float inv_rms = rms_scale(sumsq, args.dim, args.norm_eps);
     __syncwarp();
     for (int64_t first = 0; first < args.vecs; first += dsv4::kWarpSize) {
         const int64_t idx = first + lane;

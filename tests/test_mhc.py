@@ -349,10 +349,43 @@ def run_head(x_host, fn, scale, base, weight, stream, partials=None):
     return out[:n]
 
 
+# hc_head's mix partials come from mix_small_kernel below 384 tokens (16-token tiles while their blocks fit the SMs,
+# then 32: at V4-Pro 64 tokens take 112 blocks, one overlapped wave, and 65 take 168), from kernel 1 beyond; the odd
+# dims give 1 to 64 chunks of 128.
 @pytest.mark.parametrize("dim", WIDTHS, ids=lambda d: f"dim{d}")
-@pytest.mark.parametrize("n_tokens", [1, 13, 127, 2048])
+@pytest.mark.parametrize("n_tokens", [1, 13, 64, 65, 127, 2048])
 @pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
 def test_head_matches_reference(dim, n_tokens, with_norm, rng, stream):
+    check_head(dim, n_tokens, with_norm, rng, stream)
+
+
+@pytest.mark.parametrize("dim, n_tokens", [(128, 5), (384, 33), (1152, 2), (8192, 7), (8192, 64)])
+@pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
+def test_head_odd_shapes(dim, n_tokens, with_norm, rng, stream):
+    check_head(dim, n_tokens, with_norm, rng, stream)
+
+
+def test_head_degenerate_rows(rng, stream):
+    """Rows of zeros (mix 0 / rms of eps: pre = sigmoid(base) + eps, y = 0) and rows of one repeated value, next to
+    random rows, at a small and a larger batch."""
+    dim = 4096
+    for n in (3, 100):
+        x = random_stream(rng, n, dim)
+        x[0] = 0
+        x[1] = BF16(1.5)
+        fn, scale, base = random_hc_weights(rng, dim, mix=HC)
+        weight = random_norm_weight(rng, dim)
+        out = run_head(x, fn, scale, base, weight, stream)
+        raw = ops.hc_head(x.astype(np.float32), fn, scale, base, HC_EPS, NORM_EPS)
+        ref, bound = ops.rms_norm(raw, weight, NORM_EPS), normed_bound(raw, x, weight)
+        # The repeated row's y is one value: a rounding flip there covers the whole row, so it is held to the bound
+        # alone; the random rows also to RARE_Y.
+        assert_bf16_near_exact(out[:2], ref[:2], bound[:2], f"hc_head degenerate rows n={n}", max_ulps=2, rare=1.0)
+        assert_bf16_near_exact(out[2:], ref[2:], bound[2:], f"hc_head beside them n={n}", max_ulps=2, rare=RARE_Y)
+        assert (out[0].view(np.uint16) & 0x7FFF == 0).all(), "a zero row gives y = 0"
+
+
+def check_head(dim, n_tokens, with_norm, rng, stream):
     x = random_stream(rng, n_tokens, dim)
     fn, scale, base = random_hc_weights(rng, dim, mix=HC)
     weight = random_norm_weight(rng, dim) if with_norm else None
