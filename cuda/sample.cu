@@ -5,14 +5,15 @@
 //
 // Greedy and temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged.
 // Each CTA of a row's cluster takes a slice; for temperature only, it forms the Gumbel-max of its slice from cheap
-// bounds on every score and double logs for the few tokens whose bound reaches the best seen so far (gumbel_pass).
-// Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These run CTAs of
-// kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond (launch_sample).
-// Flash vocab on the H100, T only: 1 row 6.2, 8 rows 6.6, 64 rows 20.7 us (the staged path took 11.6, 12.4, 43.0).
-// Latency-bound at 64 rows (ncu: ~75 instructions a 4-token vector in a step that stops at the vectors' reach, of which
-// the Philox block ~45; about 2 of 4 issue slots a cycle used): the top stalls are the closing cluster barrier (warps
-// and CTAs end at different times, 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async
-// or bulk-copy ring) or more warps an SM measured slower (see gumbel_pass).
+// bounds on every score and double logs for the few tokens whose bound reaches the best the row's CTAs have seen so
+// far (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch.
+// These run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond
+// (launch_sample). Flash vocab on the H100, T only: 1 row 5.6, 8 rows 5.9, 64 rows 18.7 us (the staged path took 11.6,
+// 12.4, 43.0). Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75
+// instructions a 4-token vector in a step that stops at the vectors' reach, of which the Philox block ~45; about 2 of
+// 4 issue slots a cycle used): the top stalls were the closing cluster barrier (warps and CTAs end at different times,
+// 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async or bulk-copy ring) or more warps
+// an SM measured slower (see gumbel_pass).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -797,16 +798,17 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // reach comes first: gumbel_reach of (its largest logit * RN(1 / T), its largest Philox word), an upper bound on all 4
 // of its scores (z' grows with the logit, g's bound with the word; the slack of that pair covers each token's, as
 // score_slack grows with |v|). A step whose vectors' reaches, plus slack, all stay below the warp's threshold costs
-// nothing more (3 of 4 steps at 64 rows of N(0, 3^2) logits, T = 0.8). Otherwise the step forms every token's reach
-// and floor (no double logs). The threshold is the largest floor the CTA has seen (in such a step, every warp
-// publishes its own into shared memory with an atomic whose result it does not wait for; each step it reads the CTA's)
-// or the best exact score the warp has formed. Then a token whose upper bound reaches the threshold (a tie included)
-// goes on the warp's candidate list with that bound. When the list would overflow, and at the end (against the CTA's
-// final threshold: usually one warp of the CTA has work left), the warp forms the exact scores of its candidates that
-// still reach the threshold, one per lane (z by divide_by_temperature, g by double logs from the logit and Philox
-// block fetched again). The pass runs over the slice's whole 16-byte vectors (a lane past the end takes the last one
-// again: a duplicate of a real token, harmless to a maximum), and the slice's last n_local % 4 tokens, if any, are
-// scored exactly, so the loop masks nothing.
+// nothing more (3 of 4 steps at 64 rows of N(0, 3^2) logits, T = 0.8, when the threshold was the CTA's alone).
+// Otherwise the step forms every token's reach and floor (no double logs). The threshold is the largest floor the row
+// has seen (in such a step, every warp publishes its own into the shared memory of each CTA of the row's cluster, lane
+// r an atomic into rank r's, whose results it does not wait for; each step it reads its own CTA's copy) or the best
+// exact score the warp has formed: any token's floor bounds the row's best score from below, wherever the token lies.
+// Then a token whose upper bound reaches the threshold (a tie included) goes on the warp's candidate list with that
+// bound. When the list would overflow, and at the end (against the row's threshold then: usually one warp of the CTA
+// has work left), the warp forms the exact scores of its candidates that still reach the threshold, one per lane (z by
+// divide_by_temperature, g by double logs from the logit and Philox block fetched again). The pass runs over the
+// slice's whole 16-byte vectors (a lane past the end takes the last one again: a duplicate of a real token, harmless to
+// a maximum), and the slice's last n_local % 4 tokens, if any, are scored exactly, so the loop masks nothing.
 // Per-token reaches in every step took 22.3 us at 64 rows; the vectors' reaches first, 20.9 (ncu: 10.0M -> 7.8M warp
 // instructions), and with each vector's largest logit in place of its largest z', 20.7. Measured and not kept, 64 rows
 // (the same run's reference in parentheses): floors in the first step only, raised later by the candidates' exact
@@ -815,7 +817,9 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // bulk copies (cp.async.bulk, 4 steps of 8 KB, mbarriers) in place of the register loads, 22.1 (20.7), 1 row 6.9
 // (6.2); L2 prefetch of the next 4 steps in place of the whole slice, 20.4 (20.9) in one run and 21.0 (20.7) in
 // another, 32 rows 15.5 (15.1); no prefetch, 22.8 (22.4); CTAs other than rank 0 leaving after their arrival at the
-// closing barrier, 20.9 (20.9).
+// closing barrier, 20.9 (20.9). The row's threshold in place of the CTA's (each warp's floors published into all 8
+// CTAs): 64 rows 20.7 -> 18.7, 48 rows 18.1 -> 15.7, 32 rows 15.0 -> 14.0, 8 rows 6.7 -> 5.9, 1 row 6.1 -> 5.6;
+// published into rank 0's copy only and read from there each step, 19.8 (20.7).
 // z' is within an ulp of z for T in [kMinGumbelT, kMaxGumbelT] (RN(1 / T) is a normal float) unless the product
 // overflows (an underflow costs less than the slack). A step with a NaN, an infinite or a huge reach (|z'| near
 // 2^126 or beyond; the reach of -inf z' alone does not count) takes a per-thread detour: the exact z decides whether
@@ -837,7 +841,7 @@ __device__ __forceinline__ float max_propagating_nan(float x, float y) {
 // Greedy and temperature only: what a CTA shares (the staged path's Shared holds a row's exchange buffers, 16x more).
 template <int kBlockWarps>
 struct alignas(16) SharedUnstaged {
-    uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the CTA has seen
+    uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the row has published
     int bad;                 // a NaN or +inf z seen by this CTA (temperature only)
     // rank 0: every warp's best (value, lowest id) by rank and warp, and whether any CTA saw a NaN or +inf
     float winner_value[kCluster * kBlockWarps];
@@ -880,9 +884,10 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
     int count = 0;
 
     auto publish_threshold = [&] {
-        if (lane == 0) atomicMax(&sh.threshold_key, float_to_key(threshold));
+        if (lane < kCluster)  // lane r into rank r's copy (the row's CTAs are alive until the closing barrier)
+            atomicMax(cg::this_cluster().map_shared_rank(&sh.threshold_key, lane), float_to_key(threshold));
     };
-    auto take_cta_threshold = [&] {  // a broadcast read; a value a step old is a lower bound all the same
+    auto take_row_threshold = [&] {  // a broadcast read; a value a step old is a lower bound all the same
         threshold = fmaxf(threshold, key_to_float(*reinterpret_cast<volatile uint32_t*>(&sh.threshold_key)));
     };
     auto take_token = [&](int j, float z) {  // z exact: the token's score, compared with this thread's best
@@ -921,7 +926,7 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
         }
         if (!__any_sync(0xFFFFFFFFu, score_upper(vector_reach) >= threshold ||
                                          (!(fabsf(vector_reach) < kDetourFrom) && vector_reach != -INFINITY))) {
-            take_cta_threshold();
+            take_row_threshold();
             return;
         }
         float reach[kGumbelBatch][4];
@@ -955,7 +960,7 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
         }
         threshold = fmaxf(threshold, warp_max(floor_max - score_slack(floor_max)));
         publish_threshold();
-        take_cta_threshold();
+        take_row_threshold();
         if (!__any_sync(0xFFFFFFFFu, score_upper(reach_max) >= threshold)) return;
         // Rare: the tokens whose upper bound reaches the threshold (bit 4 b + c) join the list, one a lane per round,
         // so that the list's overflow (and its double logs) is inlined once, not once per token of the step.
@@ -1010,7 +1015,7 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
     }
     publish_threshold();
     __syncthreads();  // every warp has published its threshold and its invalid z
-    take_cta_threshold();
+    take_row_threshold();
     bad = sh.bad;
     if (count > 0) evaluate_candidates();
     if (t < 1.0f && !(threshold > -kDetourFrom)) {  // see above: z' overflowed to -inf, z finite (rare)
