@@ -320,6 +320,11 @@ __device__ __forceinline__ void await_previous_kernel() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
+// await_previous_kernel() in two halves, for a kernel that lets the next one in later (at the latest, each CTA's exit
+// does): the next kernel's CTAs warm L2 with their own inputs, which can evict what this kernel still re-reads.
+__device__ __forceinline__ void wait_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void allow_next_kernel() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 // The one exception to the rule above: before await_previous_kernel() a kernel may warm L2 for loads it makes after
 // it. L2 is the device's point of coherence, so a prefetch into it never makes a later load stale, whatever the
 // previous kernel writes there meanwhile.

@@ -56,7 +56,13 @@
 // compares every other logit with a floor only: T,k,p at 31 / 48 / 64 rows 26.1 / 34.0 / 42.5 -> 25.4 / 27.1 / 29.3 us.
 // A 64-row trace (%globaltimer, us): first batch and its k-th digit 3.2-4.1, the rest of the slice 11-13, the warps'
 // lists divided and counted 1.4-2.8, max exchange 0.4-1.0, candidate digit 1.4, push 1.3, CTA 0's sort, cut and
-// Gumbel-max 3.9. See launch_sample for what wider batches measured otherwise.
+// Gumbel-max 3.9. Top-p without top-k runs the same unstaged clusters beyond 30 rows: its load pass keeps the z at or
+// above a floor guessed from the first batch, a second pass (from L2) adds the row's exact fixed-point mass, and the cut
+// comes from the kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at 48 /
+// 64 rows 57.2 / 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged). A 64-row trace of a launch whose logits
+// stay in L2 (us from the previous kernel's end): load pass 14.4, max exchange 1.2, mass pass 12.4, exchange and walk
+// 3.1, push 0.9, sort and cut 2.9, Gumbel-max over the lists 1.0, end 1.6. See launch_sample for what wider batches measured
+// otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
 // the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
@@ -106,13 +112,16 @@ struct alignas(16) Exchange {
     float value;              // max z of the slice (phase 1)
     int index;                // its lowest token id
     int bad;                  // NaN or +inf seen
-    int overflow;             // unstaged top-k fast path: the CTA's kept list overflowed
+    int overflow;             // unstaged fast paths: the CTA's kept list overflowed
+    float floor;              // unstaged top-p fast path: every z of the slice >= floor is on the kept list (phase 1)
+    unsigned long long mass;  // and the fixed-point mass of the slice
 };
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
 // Unstaged top-k fast path (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB),
 // and each warp's logits that reach the floor (32 KB).
 constexpr int kKeptCapacity = 4096;
+constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims to keep (the digits are coarse)
 constexpr int kWarpReached = 256;
 constexpr size_t kUnstagedSmem = kKeptCapacity * sizeof(unsigned long long) + kWarps * kWarpReached * sizeof(uint2);
 
@@ -289,7 +298,8 @@ struct alignas(16) Shared {
     unsigned long long crossing_target;      // and how many z the crossing bin holds
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
-    int kept;   // unstaged top-k fast path: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
+    int kept;   // unstaged fast paths: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
+    float list_floor;  // unstaged top-p fast path: every z of the slice at or above it is on the kept list
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
@@ -793,6 +803,107 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
                            reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
 }
 
+// Unstaged top-p fast path (top-p without top-k, kRanks CTAs a row, nothing staged; called right after the max
+// exchange, ex[0]): the cut from the CTAs' kept lists, kept[0, n_kept) holding every z of this CTA's slice at or above
+// its floor (ex[0].floor). Above the row's floor (the largest), every list holds every z of its slice. Each CTA adds
+// its slice's fixed-point masses (one pass over its logits, from L2: the load pass has just read them) and histograms
+// the masses of its entries at or above the row's floor by zmax - z, as crossing_mass_bin does; one exchange gives every
+// CTA the row's total and the histograms. The walk from the max takes the bins up to the one holding the row's floor
+// (counted from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to every CTA,
+// and each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes first in that
+// walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk does
+// not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then starts at
+// ex[1], which this leaves untouched).
+template <int kRanks>
+__device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long long* kept, int n_kept, float zmax,
+                                   float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
+    const int tid = threadIdx.x;
+    float row_floor = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) row_floor = fmaxf(row_floor, cluster.map_shared_rank(&sh.ex[0], r)->floor);
+    const uint32_t floor_key = float_to_key(row_floor);
+    // ex[0] (the max exchange read only its scalars): mass as (high 16 bits, low 16 bits) in hist[0][b],
+    // hist[0][kMassBins + b]; counts in hist[1][b]
+    uint32_t* mass_high = sh.ex[0].hist[0];
+    uint32_t* mass_low = sh.ex[0].hist[0] + kMassBins;
+    uint32_t* counts = sh.ex[0].hist[1];
+    for (int b = tid; b < kMassBins; b += kThreads) mass_high[b] = 0u, mass_low[b] = 0u, counts[b] = 0u;
+    unsigned long long slice_mass = 0;
+    for_each_z(z, [&](float4 zv, int) {  // the tail past the slice is -inf: no mass
+        slice_mass += static_cast<unsigned long long>(fixed_mass(zv.x, zmax)) + fixed_mass(zv.y, zmax) +
+                      static_cast<unsigned long long>(fixed_mass(zv.z, zmax)) + fixed_mass(zv.w, zmax);
+    });
+    dsv4::allow_next_kernel();  // the logits' last read (filtered_sample)
+    __syncthreads();            // the bins are zero
+    for (int i = tid; i < n_kept; i += kThreads) {  // finite z only
+        if (candidate_key(kept[i]) < floor_key) continue;
+        const float v = key_to_float(candidate_key(kept[i]));
+        const int bin = mass_bin(v, zmax);
+        atomicAdd(&counts[bin], 1u);
+        const uint32_t m = fixed_mass(v, zmax);
+        if (m == 0u) continue;
+        atomicAdd(&mass_high[bin], m >> 16);
+        atomicAdd(&mass_low[bin], m & 0xFFFFu);
+    }
+    unsigned long long total;
+    block_scan(slice_mass, total, sh);  // (its barrier also ends the histogram)
+    if (tid == 0) sh.ex[0].mass = total;
+    cluster.sync();  // every CTA's mass and histogram are complete
+
+    unsigned long long row_mass = 0;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) row_mass += cluster.map_shared_rank(&sh.ex[0], r)->mass;
+    const unsigned long long target = static_cast<unsigned long long>(ceil(double(top_p) * double(row_mass)));
+    // mass_bin is non-increasing in z: bins past the floor's hold only z below it.
+    const int last_bin = mass_bin(row_floor, zmax);
+    constexpr int kBinsEach = kMassBins / kThreads;  // thread t walks bins kBinsEach t, ... (from the max down)
+    unsigned long long bin_mass[kBinsEach], mine = 0;
+    uint32_t bin_count[kBinsEach];
+#pragma unroll
+    for (int j = 0; j < kBinsEach; ++j) {
+        const int b = kBinsEach * tid + j;
+        bin_mass[j] = 0ull, bin_count[j] = 0u;
+        if (b > last_bin) continue;
+#pragma unroll
+        for (int r = 0; r < kRanks; ++r) {
+            const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
+            bin_mass[j] += (static_cast<unsigned long long>(remote->hist[0][b]) << 16) + remote->hist[0][kMassBins + b];
+            bin_count[j] += remote->hist[1][b];
+        }
+        mine += bin_mass[j];
+    }
+    if (tid == 0) sh.crossing_count = UINT32_MAX;
+    unsigned long long listed_mass;
+    const unsigned long long inclusive = block_scan(mine, listed_mass, sh);
+    if (listed_mass < target) return false;  // the same total on every CTA; nothing pushed yet
+    if (inclusive >= target && inclusive - mine < target) {  // exactly one bin crosses (target >= 1: the max's mass)
+        unsigned long long c = inclusive - mine;
+#pragma unroll
+        for (int j = 0; j < kBinsEach; ++j) {
+            if (c + bin_mass[j] >= target) {
+                sh.digit = static_cast<uint32_t>(kBinsEach * tid + j);
+                sh.above = c;
+                sh.crossing_count = bin_count[j];
+                break;
+            }
+            c += bin_mass[j];
+        }
+    }
+    __syncthreads();
+    if (sh.crossing_count > kMaxCandidates) return false;
+    const int crossing_bin = static_cast<int>(sh.digit);
+    const unsigned long long mass_above = sh.above;
+    for (int i = tid; i < n_kept; i += kThreads) {
+        const uint32_t key = candidate_key(kept[i]);
+        if (key >= floor_key && mass_bin(key_to_float(key), zmax) == crossing_bin)
+            deliver_candidate<true, kRanks>(kept[i], cluster, sh);
+    }
+    cluster.sync();  // every CTA holds the crossing bin's entries
+    cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
+                       [target](unsigned long long) { return target; }, sh);
+    return true;
+}
+
 // Temperature only: Gumbel-max over this CTA's slice in one pass over the logits, nothing staged. Each lane takes
 // kGumbelBatch 16-byte vectors at a time (the next ones loading meanwhile) and forms their Philox blocks. A vector's
 // reach comes first: gumbel_reach of (its largest logit * RN(1 / T), its largest Philox word), an upper bound on all 4
@@ -1115,9 +1226,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
-// the top-k fast path only: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3 waves)
-// nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below), and a
-// row that leaves the fast path (ties, a list that overflows) re-reads its slice's logits from L2 for every later pass.
+// the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took
+// 3 waves) nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below),
+// and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor) re-reads its
+// slice's logits from L2 for every later pass. Top-p alone reads them a second time in any case (its row's mass), so
+// it lets the next launch in (whose CTAs warm L2 with their own logits) only after that pass: letting it in at the start
+// measured 66.8 us at 64 rows against 58.8 (an earlier version of the path).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
 template <int kRanks>
@@ -1137,19 +1251,27 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const SliceZ<false> from_logits{logits, n_local, t, reciprocal_t, moderate_t};
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice);
-    dsv4::await_previous_kernel();
+    // The unstaged top-p fast path reads the logits twice: the next launch warms L2 with its own only after that.
+    const bool list_top_p = !kStaged && !(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f;
+    if (list_top_p)
+        dsv4::wait_previous_kernel();
+    else
+        dsv4::await_previous_kernel();
 
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
     // without top-k) tries a candidate search on masses after it.
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
     const bool fast_top_k = top_k_active && a.top_k <= kMaxCandidates;
     const bool fast_top_p = kStaged && !top_k_active && a.top_p < 1.0f;
+    // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p_cut).
+    const bool keeps_list = !kStaged && (fast_top_k || list_top_p);
+    const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
     int phase = 0;
-    if (fast_top_k) {
+    if (counts_digits) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
     }
-    if (fast_top_k || fast_top_p) {
-        if (tid == 0) sh.count = 0, sh.kept = 0;
+    if (fast_top_k || fast_top_p || list_top_p) {
+        if (tid == 0) sh.count = 0, sh.kept = 0, sh.list_floor = -INFINITY;
         __syncthreads();
     }
 
@@ -1165,7 +1287,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             if (4 * v + c < n_local) {
                 bad |= !(e[c] < INFINITY);  // NaN or +inf
                 if (e[c] > best) best = e[c], best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
-                if (fast_top_k) atomicAdd(&sh.ex[0].hist[0][float_to_key(e[c]) >> digit_shift(0)], 1u);
+                if (counts_digits) atomicAdd(&sh.ex[0].hist[0][float_to_key(e[c]) >> digit_shift(0)], 1u);
             }
         }
     };
@@ -1206,19 +1328,23 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 z4[v] = make_float4(e[0], e[1], e[2], e[3]);
             }
         }
-    } else if (!fast_top_k) {
+    } else if (!keeps_list) {
         for_each_z(from_logits, count_and_max);
     } else {
         const int prefix = min(n_local, 4 * SliceZ<false>::kBatch * kThreads);  // the first batch's tokens
         for_each_z(SliceZ<false>{logits, prefix, t, reciprocal_t, moderate_t}, count_and_max);
-        const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(a.top_k), sh);
+        // Top-p keeps the z whose digit reaches that of the first batch's kListBudget-th largest, scaled to the batch.
+        const int64_t keep_rank = fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
+        const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(keep_rank), sh);
         // The least z of digit keep_digit (NaN below -inf's digit), times T: a logit x below logit_floor has
         // RN(x / T) < keep_min (the margins cover both roundings and, near 0, the smallest subnormal).
         const float keep_min = key_to_float(keep_digit << digit_shift(0));
         const float scaled = __fmul_rn(keep_min, t);
         const float logit_floor = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
+        if (tid == 0) sh.list_floor = keep_min;
         if (moderate_t && fabsf(scaled) < 0x1p100f) {
-            for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
+            if (fast_top_k)
+                for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
             for_each_z(SliceLogits{logits, n_local}, [&](float4 xv, int v) {  // the first batch again, from L2
@@ -1256,7 +1382,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             }
             __syncthreads();
             // The kept z crowd a few bins: one atomic a warp per distinct digit.
-            const int n_kept = sh.kept > kKeptCapacity ? 0 : sh.kept;  // (an overflow leaves the fast path)
+            const int n_kept = !fast_top_k || sh.kept > kKeptCapacity ? 0 : sh.kept;  // (an overflow leaves the path)
             for (int i = tid; i - lane < n_kept; i += kThreads) {
                 const uint32_t d = i < n_kept ? candidate_key(kept[i]) >> digit_shift(0) : UINT32_MAX;
                 const uint32_t peers = __match_any_sync(0xFFFFFFFFu, d);
@@ -1279,7 +1405,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         int i = INT_MAX, b = 0;
         for (int w = 0; w < kWarps; ++w) take_better(v, i, sh.warp_value[w], sh.warp_index[w]), b |= sh.warp_bad[w];
         mine.value = v, mine.index = i, mine.bad = b;
-        if (!kStaged) mine.overflow = fast_top_k && sh.kept > kKeptCapacity;
+        if (!kStaged) mine.overflow = keeps_list && sh.kept > kKeptCapacity, mine.floor = sh.list_floor;
     }
     cluster.sync();
     if (warp == 0) {
@@ -1324,6 +1450,13 @@ __device__ void filtered_sample(const SampleArgs& a) {
     }
     float threshold = -INFINITY;
     bool top_p_done = false;
+    // Unstaged top-p fast path: the cut from the kept lists, then Gumbel-max over the lists alone (4 below).
+    bool from_list = false;
+    if (list_top_p && !sh.kept_overflow) {
+        uint32_t cut;
+        from_list = unstaged_top_p_cut<kRanks>(from_logits, kept, sh.kept, zmax, a.top_p, cluster, sh, cut);
+        if (from_list) threshold = key_to_float(cut), top_p_done = true;
+    }
     int bin;
     unsigned long long mass_above, target;
     if (fast_top_p && crossing_mass_bin(reinterpret_cast<const float*>(z4), n_local, zmax, a.top_p, cluster, sh, bin,
@@ -1376,7 +1509,16 @@ __device__ void filtered_sample(const SampleArgs& a) {
             take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
         }
     };
-    if constexpr (kStaged) {
+    if (from_list) {  // every z >= threshold of the slice is on the kept list: a Philox block per entry
+        for (int i = tid; i < sh.kept; i += kThreads) {
+            const float v = key_to_float(candidate_key(kept[i]));
+            if (!(v >= threshold) || __fadd_rn(v, kGumbelBound) < fmaxf(bound, best)) continue;
+            const int token = candidate_token(kept[i]);
+            const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), row32, a), token % 4);
+            if (score_upper(gumbel_reach(v + kReachShift, x).reach) < fmaxf(bound, best)) continue;
+            take_better(best, best_i, __fadd_rn(v, gumbel_of_word(x)), token);
+        }
+    } else if constexpr (kStaged) {
         for (int v = tid; 4 * v < n_local; v += kThreads) gumbel_visit(z4[v], v);
     } else {
         for_each_z(z, gumbel_visit);
@@ -1523,18 +1665,23 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, grid, threads, 0, stream, args));
         return DSV4_OK;
     }
-    // Filtered: z staged while the rows' clusters of 8 fit the device at once; beyond, the top-k fast path's unstaged
-    // clusters of kWideBatchRanks (filtered_sample). Measured and not kept: every filtered case unstaged beyond 30 rows,
-    // clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8 us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us
-    // against 49.6 / 79.0 staged: each pass over 64640 z in one CTA costs ~15 us of issue); the unstaged top-k path with
-    // every z divided and counted in the load pass (64 rows 36.4 us), or a per-lane branch to the kept list instead of
-    // the warps' lists (33.6-38.1 us: a warp's vectors hold a logit above the floor 89% of the time).
+    // Filtered: z staged while the rows' clusters of 8 fit the device at once; beyond, for the top-k fast path and for
+    // top-p alone, unstaged clusters of kWideBatchRanks (filtered_sample). Measured and not kept: every filtered case
+    // unstaged beyond 30 rows, top-p alone by the radix path then, clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8
+    // us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us against 49.6 / 79.0 staged: each pass over 64640 z in
+    // one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the load pass (64 rows
+    // 36.4 us), or a per-lane branch to the kept list instead of the warps' lists (33.6-38.1 us: a warp's vectors hold a
+    // logit above the floor 89% of the time); top-p's floor at the digit where the first batch's own masses cross top_p
+    // (the batch lacks the row's top z, so that digit lies well below the cut: at N(0, 3^2) logits every row overflowed
+    // its warps' lists and took the radix path, 64 rows 120.8 us). A budget of 2048 z a CTA instead of kListBudget,
+    // checked on the bench's rows in NumPy only: lists of ~3500 z, whose warps' lists overflow.
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
     int staged_clusters = 0;
     DSV4_RETURN_IF_FAILED(staged_clusters_resident(smem, staged_clusters));
-    const bool fast_top_k = args.top_k > 0 && args.top_k < args.vocab && args.top_k <= kMaxCandidates;
-    if (batch <= staged_clusters || !fast_top_k) {
+    const bool top_k_active = args.top_k > 0 && args.top_k < args.vocab;
+    const bool fast_top_k = top_k_active && args.top_k <= kMaxCandidates;
+    if (batch <= staged_clusters || !(fast_top_k || !top_k_active)) {  // (filtered without top-k: top-p)
         DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, sample_kernel<Mode::kFiltered, kThreads>,
                                               grid, kThreads, smem, stream, args));
         return DSV4_OK;

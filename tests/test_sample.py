@@ -209,8 +209,12 @@ def test_top_k_candidates_and_the_radix_fallback(fillers, rng, stream):
 def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
-    rows, many ties) takes the radix path."""
-    logits = random_logits(rng, 8 + fillers, VOCAB, 3.0)         # nucleus of a few hundred z: bins of range 0
+    rows, many ties) takes the radix path. Unstaged (with fillers), the histogram covers only the z at or above the
+    row's floor (each CTA keeps the z whose digit reaches its first batch's ~130th largest): a row whose nucleus
+    reaches below it (flat rows, row 7, row 8 at top_p 0.99), or whose list overflows (rows 4 and 5: their first
+    batches hold almost only the background), takes the radix path; in row 8 the floor is 5.0, exactly the cut's z,
+    and the crossing bin also holds z of 4.99 below it, which no list holds."""
+    logits = random_logits(rng, 9 + fillers, VOCAB, 3.0)         # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
     logits[2] = random_logits(rng, 1, VOCAB, 1.0)
@@ -224,10 +228,19 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     logits[5, logits[5] == -30.0] = -10.0                        # tiny masses: in the total, not candidates
     logits[6, rng.random(VOCAB) < 0.5] = -np.inf                 # masked half
     logits[7] = random_logits(rng, 1, VOCAB, 0.5)                # a nucleus of 40K-129K z, 66-2048 in the crossing bin
+    logits[8, :] = -30.0                                         # a cut at the unstaged floor, as described above
+    first_batches = np.r_[0:8192, 64640:72832]                   # (the slices of 2 CTAs: 64640 z each)
+    elsewhere = np.setdiff1d(np.arange(VOCAB), first_batches)
+    ties = np.r_[rng.choice(8192, 140, replace=False), 64640 + rng.choice(8192, 140, replace=False)]
+    picked = rng.choice(elsewhere, 1221 + 100, replace=False)
+    logits[8, np.r_[ties, picked[:1220]]] = 5.0                  # 1500 ties: ~1440 of them reach 0.9 of the mass
+    logits[8, picked[1220:1320]] = 4.99                          # the same mass bin, below the floor
+    logits[8, picked[1320]] = 7.0
     ledger = MismatchLedger()
     for top_k, top_p in [(0, 0.9), (0, 0.5), (VOCAB, 0.99), (0, 0.999)]:
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=int(top_p * 1000), step=2)
         assert logits[4, gpu[4]] >= 6.0 and logits[5, gpu[5]] >= 6.0
+        assert top_p > 0.9 or logits[8, gpu[8]] >= 5.0
         ledger.compare(logits, gpu, 1.0, top_k, top_p, int(top_p * 1000), 2)
     ledger.assert_rare()
 
