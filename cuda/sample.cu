@@ -57,12 +57,12 @@
 // A 64-row trace (%globaltimer, us): first batch and its k-th digit 3.2-4.1, the rest of the slice 11-13, the warps'
 // lists divided and counted 1.4-2.8, max exchange 0.4-1.0, candidate digit 1.4, push 1.3, CTA 0's sort, cut and
 // Gumbel-max 3.9. Top-p without top-k runs the same unstaged clusters beyond 30 rows: its load pass keeps the z at or
-// above a floor guessed from the first batch, a second pass (from L2) adds the row's exact fixed-point mass, and the cut
-// comes from the kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at 48 /
-// 64 rows 57.2 / 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged). A 64-row trace of a launch whose logits
-// stay in L2 (us from the previous kernel's end): load pass 14.4, max exchange 1.2, mass pass 12.4, exchange and walk
-// 3.1, push 0.9, sort and cut 2.9, Gumbel-max over the lists 1.0, end 1.6. See launch_sample for what wider batches measured
-// otherwise.
+// above a floor guessed from the first batch, a second pass (from L2) adds the row's exact fixed-point mass, and the
+// cut comes from the kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at
+// 48 / 64 rows 57.2 / 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged). A 64-row trace of a launch whose
+// logits stay in L2 (us from the previous kernel's end): load pass 14.4, max exchange 1.2, mass pass 12.4, exchange and
+// walk 3.1, push 0.9, sort and cut 2.9, Gumbel-max over the lists 1.0, end 1.6. See launch_sample for what wider
+// batches measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
 // the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
@@ -365,7 +365,8 @@ struct SliceLogits {
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
     __device__ __forceinline__ float4 finish(float4 x, int v) const {
         if (4 * v + 4 <= n_local) return x;
-        return make_float4(x.x, 4 * v + 1 < n_local ? x.y : -INFINITY, 4 * v + 2 < n_local ? x.z : -INFINITY, -INFINITY);
+        return make_float4(x.x, 4 * v + 1 < n_local ? x.y : -INFINITY, 4 * v + 2 < n_local ? x.z : -INFINITY,
+                           -INFINITY);
     }
 };
 
@@ -559,6 +560,40 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
     return sh.digit;
 }
 
+// The top-p fast paths' histogram of a CTA's z by mass_bin, in an exchange buffer: the fixed-point mass of bin b as
+// (high 16 bits, low 16 bits) in hist[0][b] and hist[0][kMassBins + b] (32-bit shared atomics that cannot overflow),
+// its count in hist[1][b].
+__device__ __forceinline__ void clear_mass_bins(Exchange& ex) {
+    for (int b = threadIdx.x; b < kMassBins; b += kThreads)
+        ex.hist[0][b] = 0u, ex.hist[0][kMassBins + b] = 0u, ex.hist[1][b] = 0u;
+}
+// A finite v <= zmax into the histogram.
+__device__ __forceinline__ void add_to_mass_bins(Exchange& ex, float v, float zmax) {
+    const int bin = mass_bin(v, zmax);
+    atomicAdd(&ex.hist[1][bin], 1u);
+    const uint32_t m = fixed_mass(v, zmax);
+    if (m == 0u) return;
+    atomicAdd(&ex.hist[0][bin], m >> 16);
+    atomicAdd(&ex.hist[0][kMassBins + bin], m & 0xFFFFu);
+}
+// Bin b of the histograms in ex of the cluster's first kRanks CTAs, summed in rank order (every load issued first).
+template <int kRanks>
+__device__ __forceinline__ void combined_mass_bin(cg::cluster_group& cluster, Exchange& ex, int b,
+                                                  unsigned long long& mass, uint32_t& count) {
+    uint32_t high[kRanks], low[kRanks], c[kRanks];
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) {
+        const Exchange* remote = cluster.map_shared_rank(&ex, r);
+        high[r] = remote->hist[0][b], low[r] = remote->hist[0][kMassBins + b], c[r] = remote->hist[1][b];
+    }
+    mass = 0, count = 0;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) {
+        mass += (static_cast<unsigned long long>(high[r]) << 16) + low[r];
+        count += c[r];
+    }
+}
+
 // Top-p fast path, step 1 (no top-k; the CTAs' z in shared memory, zmax known): the bin b of zmax - z in which the
 // walk over the row's z from the max first reaches target = ceil(top_p * the row's fixed-point mass), and the mass
 // of the z in bins < b (all of them kept). Every CTA histograms its slice (mass and count per bin), CTA r combines
@@ -569,11 +604,7 @@ __device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float
                                   unsigned long long& target) {
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int rank = static_cast<int>(cluster.block_rank());
-    // ex[0]: mass as (high 16 bits, low 16 bits) in hist[0][b], hist[0][kMassBins + b]; counts in hist[1][b]
-    uint32_t* mass_high = sh.ex[0].hist[0];
-    uint32_t* mass_low = sh.ex[0].hist[0] + kMassBins;
-    uint32_t* counts = sh.ex[0].hist[1];
-    for (int b = tid; b < kMassBins; b += kThreads) mass_high[b] = 0u, mass_low[b] = 0u, counts[b] = 0u;
+    clear_mass_bins(sh.ex[0]);
     __syncthreads();
     // A 16-byte vector of z at a time (the staged tail past n_local is -inf), against one float: T,p 1 row 21.7 -> 21.0
     // us, 64 rows 75.7 -> 74.5 (two vectors in flight: 21.2, 74.6).
@@ -583,13 +614,7 @@ __device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float
         const float e[4] = {zv.x, zv.y, zv.z, zv.w};
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-            if (!(e[c] > -INFINITY)) continue;
-            const int bin = mass_bin(e[c], zmax);
-            atomicAdd(&counts[bin], 1u);
-            const uint32_t m = fixed_mass(e[c], zmax);
-            if (m == 0u) continue;
-            atomicAdd(&mass_high[bin], m >> 16);
-            atomicAdd(&mass_low[bin], m & 0xFFFFu);
+            if (e[c] > -INFINITY) add_to_mass_bins(sh.ex[0], e[c], zmax);
         }
     }
     cluster.sync();  // every CTA's histogram is complete
@@ -597,19 +622,8 @@ __device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float
     // This CTA's range, summed over the cluster in rank order: thread t < kMassBinsPerCta owns one bin.
     unsigned long long mass = 0;
     if (tid < kMassBinsPerCta) {
-        const int bin = rank * kMassBinsPerCta + tid;
-        uint32_t high[kCluster], low[kCluster], c[kCluster];
-#pragma unroll
-        for (int r = 0; r < kCluster; ++r) {
-            const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
-            high[r] = remote->hist[0][bin], low[r] = remote->hist[0][kMassBins + bin], c[r] = remote->hist[1][bin];
-        }
-        uint32_t count = 0;
-#pragma unroll
-        for (int r = 0; r < kCluster; ++r) {
-            mass += (static_cast<unsigned long long>(high[r]) << 16) + low[r];
-            count += c[r];
-        }
+        uint32_t count;
+        combined_mass_bin<kCluster>(cluster, sh.ex[0], rank * kMassBinsPerCta + tid, mass, count);
         sh.bin_mass[tid] = mass, sh.bin_count[tid] = count;
     }
     unsigned long long range_mass;
@@ -807,13 +821,13 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // exchange, ex[0]): the cut from the CTAs' kept lists, kept[0, n_kept) holding every z of this CTA's slice at or above
 // its floor (ex[0].floor). Above the row's floor (the largest), every list holds every z of its slice. Each CTA adds
 // its slice's fixed-point masses (one pass over its logits, from L2: the load pass has just read them) and histograms
-// the masses of its entries at or above the row's floor by zmax - z, as crossing_mass_bin does; one exchange gives every
-// CTA the row's total and the histograms. The walk from the max takes the bins up to the one holding the row's floor
-// (counted from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to every CTA,
-// and each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes first in that
-// walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk does
-// not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then starts at
-// ex[1], which this leaves untouched).
+// the masses of its entries at or above the row's floor by zmax - z, as crossing_mass_bin does; one exchange gives
+// every CTA the row's total and the histograms. The walk from the max takes the bins up to the one holding the row's
+// floor (counted from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to
+// every CTA, and each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes
+// first in that walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when
+// the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path
+// then starts at ex[1], which this leaves untouched).
 template <int kRanks>
 __device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long long* kept, int n_kept, float zmax,
                                    float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
@@ -822,12 +836,7 @@ __device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long l
 #pragma unroll
     for (int r = 0; r < kRanks; ++r) row_floor = fmaxf(row_floor, cluster.map_shared_rank(&sh.ex[0], r)->floor);
     const uint32_t floor_key = float_to_key(row_floor);
-    // ex[0] (the max exchange read only its scalars): mass as (high 16 bits, low 16 bits) in hist[0][b],
-    // hist[0][kMassBins + b]; counts in hist[1][b]
-    uint32_t* mass_high = sh.ex[0].hist[0];
-    uint32_t* mass_low = sh.ex[0].hist[0] + kMassBins;
-    uint32_t* counts = sh.ex[0].hist[1];
-    for (int b = tid; b < kMassBins; b += kThreads) mass_high[b] = 0u, mass_low[b] = 0u, counts[b] = 0u;
+    clear_mass_bins(sh.ex[0]);  // (the max exchange read only its scalars)
     unsigned long long slice_mass = 0;
     for_each_z(z, [&](float4 zv, int) {  // the tail past the slice is -inf: no mass
         slice_mass += static_cast<unsigned long long>(fixed_mass(zv.x, zmax)) + fixed_mass(zv.y, zmax) +
@@ -836,14 +845,8 @@ __device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long l
     dsv4::allow_next_kernel();  // the logits' last read (filtered_sample)
     __syncthreads();            // the bins are zero
     for (int i = tid; i < n_kept; i += kThreads) {  // finite z only
-        if (candidate_key(kept[i]) < floor_key) continue;
-        const float v = key_to_float(candidate_key(kept[i]));
-        const int bin = mass_bin(v, zmax);
-        atomicAdd(&counts[bin], 1u);
-        const uint32_t m = fixed_mass(v, zmax);
-        if (m == 0u) continue;
-        atomicAdd(&mass_high[bin], m >> 16);
-        atomicAdd(&mass_low[bin], m & 0xFFFFu);
+        const uint32_t key = candidate_key(kept[i]);
+        if (key >= floor_key) add_to_mass_bins(sh.ex[0], key_to_float(key), zmax);
     }
     unsigned long long total;
     block_scan(slice_mass, total, sh);  // (its barrier also ends the histogram)
@@ -863,13 +866,7 @@ __device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long l
     for (int j = 0; j < kBinsEach; ++j) {
         const int b = kBinsEach * tid + j;
         bin_mass[j] = 0ull, bin_count[j] = 0u;
-        if (b > last_bin) continue;
-#pragma unroll
-        for (int r = 0; r < kRanks; ++r) {
-            const Exchange* remote = cluster.map_shared_rank(&sh.ex[0], r);
-            bin_mass[j] += (static_cast<unsigned long long>(remote->hist[0][b]) << 16) + remote->hist[0][kMassBins + b];
-            bin_count[j] += remote->hist[1][b];
-        }
+        if (b <= last_bin) combined_mass_bin<kRanks>(cluster, sh.ex[0], b, bin_mass[j], bin_count[j]);
         mine += bin_mass[j];
     }
     if (tid == 0) sh.crossing_count = UINT32_MAX;
@@ -1226,11 +1223,11 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
-// the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took
-// 3 waves) nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below),
+// the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
+// waves) nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below),
 // and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor) re-reads its
-// slice's logits from L2 for every later pass. Top-p alone reads them a second time in any case (its row's mass), so
-// it lets the next launch in (whose CTAs warm L2 with their own logits) only after that pass: letting it in at the start
+// slice's logits from L2 for every later pass. Top-p alone reads them a second time in any case (its row's mass), so it
+// lets the next launch in (whose CTAs warm L2 with their own logits) only after that pass: letting it in at the start
 // measured 66.8 us at 64 rows against 58.8 (an earlier version of the path).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
@@ -1252,6 +1249,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice);
     // The unstaged top-p fast path reads the logits twice: the next launch warms L2 with its own only after that.
+    // (top_k_active is formed below, after the wait: formed here and shared, both unstaged paths measured 2 us slower
+    // at 31 and 64 rows, another register allocation.)
     const bool list_top_p = !kStaged && !(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f;
     if (list_top_p)
         dsv4::wait_previous_kernel();
@@ -1334,7 +1333,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
         const int prefix = min(n_local, 4 * SliceZ<false>::kBatch * kThreads);  // the first batch's tokens
         for_each_z(SliceZ<false>{logits, prefix, t, reciprocal_t, moderate_t}, count_and_max);
         // Top-p keeps the z whose digit reaches that of the first batch's kListBudget-th largest, scaled to the batch.
-        const int64_t keep_rank = fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
+        const int64_t keep_rank =
+            fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
         const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(keep_rank), sh);
         // The least z of digit keep_digit (NaN below -inf's digit), times T: a logit x below logit_floor has
         // RN(x / T) < keep_min (the margins cover both roundings and, near 0, the smallest subnormal).
@@ -1348,7 +1348,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
             for_each_z(SliceLogits{logits, n_local}, [&](float4 xv, int v) {  // the first batch again, from L2
-                const float x_max = max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
+                const float x_max =
+                    max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
                 bad |= x_max != x_max;
                 const uint32_t lanes = __activemask();  // (past the slice's end, lanes leave the loop)
                 if (!__any_sync(lanes, x_max >= logit_floor)) return;  // the usual case for a lane
@@ -1669,12 +1670,12 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // top-p alone, unstaged clusters of kWideBatchRanks (filtered_sample). Measured and not kept: every filtered case
     // unstaged beyond 30 rows, top-p alone by the radix path then, clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8
     // us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us against 49.6 / 79.0 staged: each pass over 64640 z in
-    // one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the load pass (64 rows
-    // 36.4 us), or a per-lane branch to the kept list instead of the warps' lists (33.6-38.1 us: a warp's vectors hold a
-    // logit above the floor 89% of the time); top-p's floor at the digit where the first batch's own masses cross top_p
-    // (the batch lacks the row's top z, so that digit lies well below the cut: at N(0, 3^2) logits every row overflowed
-    // its warps' lists and took the radix path, 64 rows 120.8 us). A budget of 2048 z a CTA instead of kListBudget,
-    // checked on the bench's rows in NumPy only: lists of ~3500 z, whose warps' lists overflow.
+    // one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the load pass (64
+    // rows 36.4 us), or a per-lane branch to the kept list instead of the warps' lists (33.6-38.1 us: a warp's vectors
+    // hold a logit above the floor 89% of the time); top-p's floor at the digit where the first batch's own masses
+    // cross top_p (the batch lacks the row's top z, so that digit lies well below the cut: at N(0, 3^2) logits every
+    // row overflowed its warps' lists and took the radix path, 64 rows 120.8 us). A budget of 2048 z a CTA instead of
+    // kListBudget, checked on the bench's rows in NumPy only: lists of ~3500 z, whose warps' lists overflow.
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
     int staged_clusters = 0;

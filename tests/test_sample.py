@@ -28,7 +28,8 @@ TOP_P_SLACK = 1e-4
 MAX_MISMATCH = 0.02
 TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from every id and from -1
 # Random rows appended to a test's batch (0 or 48): past 30-40 rows the kernels change shape (narrower CTAs for greedy
-# and temperature only, unstaged clusters of 2 for the top-k fast path), and the special rows must hold there too.
+# and temperature only, unstaged clusters of 2 for the top-k fast path and top-p alone), and the special rows must hold
+# there too.
 BATCH_FILLERS = [0, 48]
 
 
@@ -232,7 +233,7 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     first_batches = np.r_[0:8192, 64640:72832]                   # (the slices of 2 CTAs: 64640 z each)
     elsewhere = np.setdiff1d(np.arange(VOCAB), first_batches)
     ties = np.r_[rng.choice(8192, 140, replace=False), 64640 + rng.choice(8192, 140, replace=False)]
-    picked = rng.choice(elsewhere, 1221 + 100, replace=False)
+    picked = rng.choice(elsewhere, 1220 + 100 + 1, replace=False)
     logits[8, np.r_[ties, picked[:1220]]] = 5.0                  # 1500 ties: ~1440 of them reach 0.9 of the mass
     logits[8, picked[1220:1320]] = 4.99                          # the same mass bin, below the floor
     logits[8, picked[1320]] = 7.0
