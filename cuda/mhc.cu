@@ -4,17 +4,22 @@
 // hc_pre / hc_head are two kernels:
 //  1. mix partials, a split-K product on the tensor cores: partial[t, s, c] = sum over K-split s of
 //     flat(X)[t, k] * fn[c, k] (c < 24 for hc_pre, c < 4 for hc_head) and, in slot 31, sum of flat(X)[t, k]^2.
-//     A block takes a tile of up to 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles)
-//     as the MMA's A operand and the whole of fn's rows as B (n8 tiles), so a block reads each fn element once
-//     for 128 tokens (from L2: fn is at most 2.75 MB). When the tile has fewer tokens, warps share tokens and
-//     interleave over K instead ("phases"), summed in shared memory in a fixed order. Below
-//     kStandaloneSmallMaxTokens tokens mix_small_kernel forms the partials instead, so every launch now has 4 groups
-//     of one phase; the general code stays, as taking the phases out (every warp its own 32 tokens) measured slower
-//     (V4-Pro x 4096 hc_pre 265 -> 275 us, hc_head 203 -> 220 us: 150 -> 138 registers, another schedule).
+//     A block takes a tile of 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles) as the
+//     MMA's A operand and the whole of fn's rows as B (n8 tiles). The block's threads copy each K step's X and fn
+//     slices into a shared-memory ring 4 steps ahead (cp.async), so a block reads each fn element once for 128
+//     tokens (from L2: fn is at most 2.75 MB) and holds nothing in flight in registers; the X copies ask the L2 for
+//     whole 256-byte blocks (cp_async16_l2_256). Against the register ring this replaced (each warp loading its own
+//     operands two steps ahead, 234 registers, 8 warps an SM): V4-Pro on the H100, hc_pre at 4096 / 1024 tokens
+//     264.6 / 87.0 -> 222.9 / 74.9 us, hc_head 213.6 / 56.5 -> 202.0 / 54.1 (the old kernel with the hint alone:
+//     257.7 / 89.1 and 210.0 / 60.3; the ring without it: 260.2 and 234.5 at 4096). Measured at 4096 tokens and
+//     not kept: 3 stages and 396 blocks (3 an SM: more splits) 227.7 / 203.2, 4 stages and 396 blocks 268.6 / 240.4
+//     (without the hint), 8 stages 265.0 / 241.9 (without the hint). ncu at 4096 (hc_pre): 120 us, DRAM 60% busy,
+//     2 blocks an SM; it was 150 us at 48%. Below kStandaloneSmallMaxTokens tokens mix_small_kernel forms the
+//     partials instead.
 //     fn is fp32 and the reference sums in float64, so the product must keep fp32 accuracy: X (bf16) is exact
 //     in tf32, and fn = hi + lo with hi = fn's top 11 significant bits and lo = tf32(fn - hi); two tf32 MMAs
 //     (x*lo, then x*hi) leave an error of about 2^-22 |fn| per product, below fp32 summation noise; MMA chains
-//     are one step long (see mma_step) and folded with fp32 adds.
+//     are one step long (see mma_step_with) and folded with fp32 adds.
 //  2. finalize: sums a token's partials in a fixed order (deterministic), forms mix = partial * rsqrt(mean(X^2) +
 //     eps), the pre/post weights and the Sinkhorn-normalized comb, re-reads X, y = bf16(sum_i pre_i X_i), then the
 //     RMSNorm and the FP8 quantization per 128 (hc_pre) or the optional RMSNorm (hc_head). A block per token (8
@@ -54,10 +59,11 @@
 // 7.00 / 7.29 / 9.76. Each cluster re-reads fn's slice from L2 (at 4 tokens a cluster, 16 x 458 KB = 7.3 MB at 64
 // tokens, twice X) and forms its fp32 products on a few warps per SM; the two kernels read fn twice and spread the
 // product over 112 blocks of MMAs.
-// Also measured and not kept (V4-Pro x 4096): a copy with post_mix's 64-byte-per-row pattern runs at 2581 GB/s
-// against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize
-// (or hc_pre) in token chunks so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole,
-// 399 / 425 / 496 / 551 us in chunks of 2048 / 1024 / 512 / 256 tokens); the finalizes' partials summed in batches
+// Also measured and not kept (V4-Pro x 4096): kernel 1's L2::256B hint on post_mix's copies (214.6 -> 220.7 us) or
+// on finalize_warp_kernel's X loads (hc_pre 223.4 either way); a copy with post_mix's 64-byte-per-row pattern runs
+// at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize (or hc_pre) in token chunks
+// so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole, 399 / 425 / 496 / 551 us in
+// chunks of 2048 / 1024 / 512 / 256 tokens); the finalizes' partials summed in batches
 // of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us; post_mix (then one
 // warp doing both roles, see post_mix_kernel) over 256-dim chunks with a 3-deep ring, half the partials: the
 // finalize 143 -> 135 us but post_mix 259 -> 268 us.
@@ -91,7 +97,7 @@ constexpr int kMixThreads = kMixWarps * dsv4::kWarpSize;
 constexpr int kWarpTokens = 32;                         // two m16 MMA tiles
 constexpr int kTileTokens = kMixWarps * kWarpTokens;    // 128
 constexpr int kStepK = 32;                              // K per warp step: 4 lanes x 8 bf16 per row
-constexpr int kStages = 3;                              // register ring: two steps in flight while one computes
+constexpr int kMixStages = 5;                           // shared-memory ring: 4 steps in flight while one computes
 constexpr int kRedSumSq = 31;                           // column of sum(X^2) in kernel 1's shared-memory rows
 constexpr int kRedStride = 33;                          // shared-memory row, padded against bank conflicts
 constexpr int64_t kSplitAlign = 128;                    // K per split is a multiple of this
@@ -113,19 +119,48 @@ struct MixPartialArgs {
     int64_t k;             // hc * dim, a multiple of 512
     int64_t k_per_split;   // a multiple of kSplitAlign
     int splits;
-    int groups;            // token groups of 32 per block: 1, 2 or 4
-    int phases;            // kMixWarps / groups: warps of one group interleave over K
     int num_mix;           // fn rows: 24 or 4
 };
 
-// One warp step's operands: 8 consecutive K elements per lane for each of its 2 * kMTiles token rows and n8 fn rows.
-template <int kMTiles, int kNTiles>
-struct MixStep {
-    Vec16 x[kMTiles][2];      // [m tile][row half]: bf16 X[row, k0 .. k0 + 7]
-    float4 fn[kNTiles][2];    // [n tile]: fp32 fn[row, k0 .. k0 + 7]
+// One K step of a block's tile in kernel 1's shared-memory ring: X of its kTileTokens tokens and fn's 8 * kNTiles rows
+// (zeros past n_tokens and num_mix). fn's rows are padded by 16 bytes, so that a warp's B fragments (lane (g, q):
+// row g, bytes 32q .. 32q + 31) spread evenly over the banks; X's 64-byte rows already do.
+constexpr int kXStepVecs = kStepK / kBf16PerVec;  // 4
+constexpr int kFnStepVecs = kStepK / 4;           // 8
+template <int kNTiles>
+struct MixSlot {
+    Vec16 x[kTileTokens][kXStepVecs];             // bf16 X[token, k0 .. k0 + 31]
+    float4 fn[8 * kNTiles][kFnStepVecs + 1];      // fp32 fn[row, k0 .. k0 + 31], then padding
 };
 
-// X is streamed once: keep it out of L1 so fn (re-read by every warp of the block) stays there.
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+// 16 bytes of a row read once, a step at a time (kernel 1's X): the L2 fetches the whole 256-byte block around it, so
+// the row's next steps hit L2. Otherwise each block's 128 rows, 64 bytes a step, open a DRAM page per row per step
+// (a microbenchmark of that pattern over V4-Pro x 4096: 2104 GB/s, 2907 with the hint, 2951 at 256 bytes a step).
+__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* global, bool valid) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+// 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
+__device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_address(smem)), "l"(global),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
+
+// X is streamed once by the finalize: keep it out of L1.
 __device__ __forceinline__ Vec16 load_stream(const Vec16* ptr) {
     Vec16 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -208,84 +243,92 @@ __device__ __forceinline__ void mma_step_with(float (&acc)[kMTiles][kNTiles][4],
             for (int i = 0; i < 4; ++i) acc[mt][nt][i] += part[mt][nt][i];
 }
 
-template <int kMTiles, int kNTiles>
-__device__ __forceinline__ void mma_step(float (&acc)[kMTiles][kNTiles][4], float (&sumsq)[kMTiles][2],
-                                         const MixStep<kMTiles, kNTiles>& s) {
-    mma_step_with<kMTiles, kNTiles>(acc, sumsq, s.x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
-                                                         uint32_t& lo1) {
-        split_tf32(component(s.fn[nt][u / 2], (2 * u) % 4), hi0, lo0);
-        split_tf32(component(s.fn[nt][u / 2], (2 * u) % 4 + 1), hi1, lo1);
-    });
-}
-
-// grid (splits, tiles), kMixThreads threads. Warp w serves token group w % groups and K phase w / groups.
+// grid (splits, tiles), kMixThreads threads, kMixStages * sizeof(MixSlot<kNTiles>) bytes of dynamic shared memory.
+// Block (split, tile) forms the partials of the tile's kTileTokens tokens over the split's K range; warp w holds tokens
+// 32w .. 32w + 31 of the tile (two m16 tiles) as the MMA's A operand. The block's threads copy each K step's X and fn
+// slices into a ring of kMixStages slots (cp.async, 16 bytes a copy, nothing held in registers), kMixStages - 1 steps
+// ahead of the step its warps multiply: one barrier per step, which also frees the slot the next copies overwrite.
 template <int kNTiles>
 __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixPartialArgs args) {
     dsv4::await_previous_kernel();
-    __shared__ float red[kMixWarps][kWarpTokens][kRedStride];  // per-warp partials before the phase sum
+    extern __shared__ __align__(16) unsigned char mix_smem[];
+    MixSlot<kNTiles>* ring = reinterpret_cast<MixSlot<kNTiles>*>(mix_smem);
 
-    const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int g = lane / 4, q = lane % 4;
-    const int group = warp % args.groups, phase = warp / args.groups;
     const int split = blockIdx.x;
     const int64_t tile_token0 = int64_t(blockIdx.y) * kTileTokens;
-    const int64_t warp_token0 = tile_token0 + group * kWarpTokens;
     const int64_t k_begin = split * args.k_per_split;
     const int64_t k_end = min(args.k, k_begin + args.k_per_split);
-    const int block_steps = static_cast<int>((k_end - k_begin) / kStepK);
-    // Steps of this warp: phase, phase + phases, ... < block_steps.
-    const int warp_steps = phase < block_steps ? (block_steps - phase + args.phases - 1) / args.phases : 0;
-    const int64_t k_vecs = args.k / kBf16PerVec;
+    const int steps = static_cast<int>((k_end - k_begin) / kStepK);
+
+    // This thread's copies of a step: X vector tid % 4 of rows tid / 4 + 32 j, and fn chunks tid + kMixThreads j
+    // (row c / 8, vector c % 8). Sources at step 0 (a row past n_tokens / num_mix reads nothing and fills zeros).
+    constexpr int kXCopies = kTileTokens * kXStepVecs / kMixThreads;  // 4
+    constexpr int kFnChunks = 8 * kNTiles * kFnStepVecs;
+    constexpr int kFnCopies = (kFnChunks + kMixThreads - 1) / kMixThreads;
+    const Vec16* x_src[kXCopies];
+    bool x_valid[kXCopies];
+#pragma unroll
+    for (int j = 0; j < kXCopies; ++j) {
+        const int64_t token = tile_token0 + tid / kXStepVecs + j * (kMixThreads / kXStepVecs);
+        x_valid[j] = token < args.n_tokens;
+        x_src[j] = x_valid[j] ? args.x + token * (args.k / kBf16PerVec) + k_begin / kBf16PerVec + tid % kXStepVecs
+                              : args.x;
+    }
+    const float4* fn_src[kFnCopies];
+    bool fn_valid[kFnCopies];
+#pragma unroll
+    for (int j = 0; j < kFnCopies; ++j) {
+        const int c = tid + j * kMixThreads, row = c / kFnStepVecs;
+        fn_valid[j] = c < kFnChunks && row < args.num_mix;
+        fn_src[j] = fn_valid[j] ? args.fn + row * (args.k / 4) + k_begin / 4 + c % kFnStepVecs : args.fn;
+    }
+    auto issue = [&](int step) {
+        if (step < steps) {
+            MixSlot<kNTiles>& slot = ring[step % kMixStages];
+#pragma unroll
+            for (int j = 0; j < kXCopies; ++j)
+                cp_async16_l2_256(&slot.x[tid / kXStepVecs + j * (kMixThreads / kXStepVecs)][tid % kXStepVecs],
+                                  x_src[j] + (x_valid[j] ? int64_t(step) * kXStepVecs : 0), x_valid[j]);
+#pragma unroll
+            for (int j = 0; j < kFnCopies; ++j) {
+                const int c = tid + j * kMixThreads;
+                if (c < kFnChunks)
+                    cp_async16(&slot.fn[c / kFnStepVecs][c % kFnStepVecs],
+                               fn_src[j] + (fn_valid[j] ? int64_t(step) * kFnStepVecs : 0), fn_valid[j]);
+            }
+        }
+        cp_async_commit();  // possibly empty: one group per step keeps the wait count fixed
+    };
+#pragma unroll
+    for (int s = 0; s < kMixStages - 1; ++s) issue(s);
 
     float acc[2][kNTiles][4] = {};
     float sumsq[2][2] = {};
-
-    if (warp_token0 < args.n_tokens) {
-        // Row pointers at this lane's first K element; NULL for rows past n_tokens / num_mix (loaded as zeros).
-        const Vec16* xrow[2][2];
+    for (int step = 0; step < steps; ++step) {
+        cp_async_wait<kMixStages - 2>();  // this thread's copies of this step have landed
+        __syncthreads();                   // everyone's have, and every warp is done with the previous step's slot
+        issue(step + kMixStages - 1);      // into that slot
+        const MixSlot<kNTiles>& slot = ring[step % kMixStages];
+        Vec16 x[2][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int64_t row = warp_token0 + mt * 16 + h * 8 + g;
-                xrow[mt][h] = row < args.n_tokens ? args.x + row * k_vecs + (k_begin + phase * kStepK) / kBf16PerVec + q
-                                                  : nullptr;
-            }
-        const float4* fnrow[kNTiles];
+            for (int h = 0; h < 2; ++h) x[mt][h] = slot.x[warp * kWarpTokens + mt * 16 + h * 8 + g][q];
+        float4 fn[kNTiles][2];
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-            const int row = nt * 8 + g;
-            fnrow[nt] = row < args.num_mix ? args.fn + row * (args.k / 4) + (k_begin + phase * kStepK) / 4 + 2 * q
-                                           : nullptr;
-        }
-        const int64_t x_step = int64_t(args.phases) * kStepK / kBf16PerVec;  // vectors between this warp's steps
-        const int64_t fn_step = int64_t(args.phases) * kStepK / 4;
-
-        auto load = [&](MixStep<2, kNTiles>& s, int i) {
-            const bool ok = i < warp_steps;
+        for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int h = 0; h < 2; ++h)
-                    s.x[mt][h] = ok && xrow[mt][h] ? load_stream(xrow[mt][h] + i * x_step) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-                for (int v = 0; v < 2; ++v)
-                    s.fn[nt][v] = ok && fnrow[nt] ? __ldg(fnrow[nt] + i * fn_step + v) : make_float4(0, 0, 0, 0);
-        };
-
-        MixStep<2, kNTiles> ring[kStages];
-#pragma unroll
-        for (int s = 0; s < kStages - 1; ++s) load(ring[s], s);
-        for (int i = 0; i < warp_steps; i += kStages) {
-#pragma unroll
-            for (int s = 0; s < kStages; ++s) {
-                load(ring[(s + kStages - 1) % kStages], i + s + kStages - 1);
-                if (i + s < warp_steps) mma_step(acc, sumsq, ring[s]);
-            }
-        }
+            for (int v = 0; v < 2; ++v) fn[nt][v] = slot.fn[nt * 8 + g][2 * q + v];
+        mma_step_with<2, kNTiles>(acc, sumsq, x, [&](int nt, int u, uint32_t& hi0, uint32_t& hi1, uint32_t& lo0,
+                                                     uint32_t& lo1) {
+            split_tf32(component(fn[nt][u / 2], (2 * u) % 4), hi0, lo0);
+            split_tf32(component(fn[nt][u / 2], (2 * u) % 4 + 1), hi1, lo1);
+        });
     }
+    cp_async_wait<0>();  // (only empty groups remain)
+    __syncthreads();     // the ring is free: its first bytes take the per-warp sums
 
     // sum(X^2) of a row is spread over its 4 lanes q.
 #pragma unroll
@@ -296,6 +339,9 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
             sumsq[mt][h] += __shfl_xor_sync(0xFFFFFFFFu, sumsq[mt][h], 2);
         }
     // Accumulator (row g or g + 8, columns 2q, 2q + 1) of n tile nt is mix column nt * 8 + 2q (+ 1).
+    auto red = reinterpret_cast<float (*)[kWarpTokens][kRedStride]>(mix_smem);  // [kMixWarps]
+    static_assert(sizeof(float) * kMixWarps * kWarpTokens * kRedStride <= kMixStages * sizeof(MixSlot<1>),
+                  "the ring holds the per-warp sums");
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -312,35 +358,31 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
     }
     __syncthreads();
 
-    // partial[split, token, c]: the phases of a token group summed in phase order.
+    // partial[split, token, c], whole rows of consecutive tokens.
     const int row_floats = partial_row(args.num_mix);
-    for (int i = threadIdx.x; i < args.groups * kWarpTokens * row_floats; i += kMixThreads) {
-        const int c = i % row_floats, r = (i / row_floats) % kWarpTokens, grp = i / (row_floats * kWarpTokens);
-        const int64_t token = tile_token0 + grp * kWarpTokens + r;
-        if (token >= args.n_tokens) continue;
+    for (int i = tid; i < kTileTokens * row_floats; i += kMixThreads) {
+        const int c = i % row_floats, r = i / row_floats;
+        const int64_t token = tile_token0 + r;
+        if (token >= args.n_tokens) break;
         const int col = c == args.num_mix ? kRedSumSq : c;
-        float v = 0.0f;
-        for (int p = 0; p < args.phases; ++p) v += red[p * args.groups + grp][r][col];
-        args.partial[(split * args.n_tokens + token) * row_floats + c] = v;
+        args.partial[(split * args.n_tokens + token) * row_floats + c] = red[r / kWarpTokens][r % kWarpTokens][col];
     }
 }
+
+template <int kNTiles>
+constexpr size_t mix_smem_bytes() { return kMixStages * sizeof(MixSlot<kNTiles>); }
 
 // How kernel 1 cuts the work; a pure function of (n_tokens, k) so the workspace size can be computed alone.
 struct MixPlan {
     int64_t tiles;
     int64_t splits;
     int64_t k_per_split;
-    int groups;
-    int phases;
 };
 
 MixPlan plan_mix(int64_t n_tokens, int64_t k) {
     MixPlan plan{};
     plan.tiles = (n_tokens + kTileTokens - 1) / kTileTokens;
     const int64_t tile_tokens = std::min<int64_t>(n_tokens, kTileTokens);
-    const int64_t warps_needed = (tile_tokens + kWarpTokens - 1) / kWarpTokens;
-    plan.groups = warps_needed <= 1 ? 1 : warps_needed <= 2 ? 2 : 4;
-    plan.phases = kMixWarps / plan.groups;
     // A split writes 128 bytes of partials per token and reads 2 bytes of X per token per K element: at least
     // 4 * tile_tokens K elements per split keep the partials small next to X; otherwise split K until the grid
     // covers the GPU (one token reads 2.75 MB of fn at V4-Pro width: that is the 1-token cost to spread).
@@ -359,25 +401,6 @@ size_t mix_workspace_bytes(int64_t n_tokens, int64_t k) {
     const int64_t splits = std::max<int64_t>(plan_mix(n_tokens, k).splits, k / (kHc * kPostMixDims));
     return static_cast<size_t>(n_tokens * splits * kMaxPartialRow * sizeof(float));
 }
-
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-// 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
-__device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_address(smem)), "l"(global),
-                 "r"(valid ? 4 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
 
 // ---- kernel 2: finalize ------------------------------------------------------------------------------------------
 
@@ -1381,13 +1404,14 @@ int launch_mix_partial(float* partial, const void* x, const float* fn, int num_m
     args.k = k;
     args.k_per_split = plan.k_per_split;
     args.splits = static_cast<int>(plan.splits);
-    args.groups = plan.groups;
-    args.phases = plan.phases;
     args.num_mix = num_mix;
     const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(plan.tiles));
+    constexpr size_t smem = mix_smem_bytes<kNTiles>();
+    DSV4_CHECK_CUDA(cudaFuncSetAttribute(mix_partial_kernel<kNTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
     // Sized to an even wave (kTargetBlocks): overlapped, hc_pre at V4-Pro x 4096 took 297 us against 264.
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kAfterPrevious, mix_partial_kernel<kNTiles>, grid, kMixThreads,
-                                          0, stream, args));
+                                          smem, stream, args));
     return DSV4_OK;
 }
 
