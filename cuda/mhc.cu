@@ -13,9 +13,12 @@
 //     264.6 / 87.0 -> 222.9 / 74.9 us, hc_head 213.6 / 56.5 -> 202.0 / 54.1 (the old kernel with the hint alone:
 //     257.7 / 89.1 and 210.0 / 60.3; the ring without it: 260.2 and 234.5 at 4096). Measured at 4096 tokens and
 //     not kept: 3 stages and 396 blocks (3 an SM: more splits) 227.7 / 203.2, 4 stages and 396 blocks 268.6 / 240.4
-//     (without the hint), 8 stages 265.0 / 241.9 (without the hint). ncu at 4096 (hc_pre): 120 us, DRAM 60% busy,
-//     2 blocks an SM; it was 150 us at 48%. Below kStandaloneSmallMaxTokens tokens mix_small_kernel forms the
-//     partials instead.
+//     (without the hint), 8 stages 265.0 / 241.9 (without the hint), slots of two K steps (128-byte rows, swizzled;
+//     one barrier per two steps) in 4 or 3 stages 225.6 / 202.1 and 224.9 / 199.5 (against 223.2 / 201.9 then).
+//     ncu at 4096 (hc_pre): 120 us, DRAM 60% busy, 2 blocks an SM (it was 150 us at 48%); now latency-bound: 332
+//     instructions a warp a step, 48 of them MMAs, and the top stall is on fixed-latency dependencies (40% of
+//     samples), with 2 warps a scheduler. Below kStandaloneSmallMaxTokens tokens mix_small_kernel forms the partials
+//     instead.
 //     fn is fp32 and the reference sums in float64, so the product must keep fp32 accuracy: X (bf16) is exact
 //     in tf32, and fn = hi + lo with hi = fn's top 11 significant bits and lo = tf32(fn - hi); two tf32 MMAs
 //     (x*lo, then x*hi) leave an error of about 2^-22 |fn| per product, below fp32 summation noise; MMA chains
