@@ -1346,7 +1346,8 @@ __global__ void __launch_bounds__(kSmallThreads, !kPost && kLean ? 2 : 0) mix_sm
     __syncthreads();  // every warp is done with the X tile, whose bytes now take the products
 
     // Warp sums into red[warp]: C fragment element (h, e) of m tile mt, n tile nt is row mt * 16 + g + 8h, column
-    // nt * 8 + 2q + e.
+    // nt * 8 + 2q + e. Columns past num_mix (hc_head's n tile is half padding) are not stored: column num_mix takes
+    // sum(X^2), from another lane (racecheck flagged the two stores to it).
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -1357,7 +1358,8 @@ __global__ void __launch_bounds__(kSmallThreads, !kPost && kLean ? 2 : 0) mix_sm
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) red[warp][row][nt * 8 + 2 * q + e] = acc[mt][nt][2 * h + e];
+                for (int e = 0; e < 2; ++e)
+                    if (nt * 8 + 2 * q + e < args.num_mix) red[warp][row][nt * 8 + 2 * q + e] = acc[mt][nt][2 * h + e];
             if (q == 0) red[warp][row][args.num_mix] = sumsq[mt][h];
         }
     __syncthreads();
