@@ -8,7 +8,7 @@
 //     MMA's A operand and the whole of fn's rows as B (n8 tiles). The block's threads copy each K step's X and fn
 //     slices into a shared-memory ring 4 steps ahead (cp.async), so a block reads each fn element once for 128
 //     tokens (from L2: fn is at most 2.75 MB) and holds nothing in flight in registers; the X copies ask the L2 for
-//     whole 256-byte blocks (cp_async16_l2_256). Against the register ring this replaced (each warp loading its own
+//     whole 256-byte blocks (cp_async16<true>). Against the register ring this replaced (each warp loading its own
 //     operands two steps ahead, 234 registers, 8 warps an SM): V4-Pro on the H100, hc_pre at 4096 / 1024 tokens
 //     264.6 / 87.0 -> 222.9 / 74.9 us, hc_head 213.6 / 56.5 -> 202.0 / 54.1 (the old kernel with the hint alone:
 //     257.7 / 89.1 and 210.0 / 60.3; the ring without it: 260.2 and 234.5 at 4096). Measured at 4096 tokens and
@@ -140,18 +140,20 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// 16 bytes; size 0 fills zeros. kL2Block256: the L2 fetches the whole 256-byte block around them, for a row read once
+// a step at a time (kernel 1's X), so that the row's next steps hit L2. Otherwise each block's 128 rows, 64 bytes a
+// step, open a DRAM page per row per step (a microbenchmark of that pattern over V4-Pro x 4096: 2104 GB/s, 2907 with
+// the hint, 2951 at 256 bytes a step).
+template <bool kL2Block256 = false>
 __device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-// 16 bytes of a row read once, a step at a time (kernel 1's X): the L2 fetches the whole 256-byte block around it, so
-// the row's next steps hit L2. Otherwise each block's 128 rows, 64 bytes a step, open a DRAM page per row per step
-// (a microbenchmark of that pattern over V4-Pro x 4096: 2104 GB/s, 2907 with the hint, 2951 at 256 bytes a step).
-__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
+    if constexpr (kL2Block256)
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
+                     "l"(global), "r"(valid ? 16 : 0)
+                     : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
+                     "r"(valid ? 16 : 0)
+                     : "memory");
 }
 // 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
 __device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
@@ -292,8 +294,8 @@ __global__ void __launch_bounds__(kMixThreads) mix_partial_kernel(const MixParti
             MixSlot<kNTiles>& slot = ring[step % kMixStages];
 #pragma unroll
             for (int j = 0; j < kXCopies; ++j)
-                cp_async16_l2_256(&slot.x[tid / kXStepVecs + j * (kMixThreads / kXStepVecs)][tid % kXStepVecs],
-                                  x_src[j] + (x_valid[j] ? int64_t(step) * kXStepVecs : 0), x_valid[j]);
+                cp_async16<true>(&slot.x[tid / kXStepVecs + j * (kMixThreads / kXStepVecs)][tid % kXStepVecs],
+                                 x_src[j] + (x_valid[j] ? int64_t(step) * kXStepVecs : 0), x_valid[j]);
 #pragma unroll
             for (int j = 0; j < kFnCopies; ++j) {
                 const int c = tid + j * kMixThreads;
@@ -389,7 +391,8 @@ MixPlan plan_mix(int64_t n_tokens, int64_t k) {
     // A split writes 128 bytes of partials per token and reads 2 bytes of X per token per K element: at least
     // 4 * tile_tokens K elements per split keep the partials small next to X; otherwise split K until the grid
     // covers the GPU (one token reads 2.75 MB of fn at V4-Pro width: that is the 1-token cost to spread).
-    const int64_t min_split_k = std::max<int64_t>(kSplitAlign, (4 * tile_tokens + kSplitAlign - 1) / kSplitAlign * kSplitAlign);
+    const int64_t min_split_k =
+        std::max<int64_t>(kSplitAlign, (4 * tile_tokens + kSplitAlign - 1) / kSplitAlign * kSplitAlign);
     const int64_t max_splits = std::max<int64_t>(1, k / min_split_k);
     // tiles x splits <= kTargetBlocks: one wave (rounding up left a second wave of a few blocks, 288 at 4096 tokens).
     const int64_t want = std::clamp<int64_t>(kTargetBlocks / plan.tiles, 1, max_splits);
@@ -606,7 +609,8 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
 // partial rows, from `threads` threads numbered `tid`.
 template <bool kPre>
 __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, int64_t t, int tid, int threads) {
-    if (tid == 0) dsv4::prefetch_l2_bulk(args.x + t * kHc * args.vecs, static_cast<uint32_t>(kHc * args.vecs * sizeof(Vec16)));
+    if (tid == 0)
+        dsv4::prefetch_l2_bulk(args.x + t * kHc * args.vecs, static_cast<uint32_t>(kHc * args.vecs * sizeof(Vec16)));
     constexpr int kRow = fin_partial_row(kPre);
     for (int s = tid; s < args.splits; s += threads) {
         const float* row = args.partial + (s * args.n_tokens + t) * kRow;
@@ -1662,7 +1666,8 @@ DSV4_API int dsv4_mhc_post_bf16(void* out, const void* x, const void* f, const f
         DSV4_CHECK_PTR(comb, 16);
         const int64_t vecs = dim / kBf16PerVec;
         DSV4_RETURN_IF_FAILED(check_in_place(out, x, n_tokens, dim));
-        const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>((vecs + kPostThreads - 1) / kPostThreads));
+        const dim3 grid(static_cast<unsigned>(n_tokens),
+                        static_cast<unsigned>((vecs + kPostThreads - 1) / kPostThreads));
         DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, hc_post_kernel, grid, kPostThreads, 0,
                                               stream, static_cast<Vec16*>(out), static_cast<const Vec16*>(x),
                                               static_cast<const Vec16*>(f),
