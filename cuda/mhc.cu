@@ -62,11 +62,20 @@
 // 7.00 / 7.29 / 9.76. Each cluster re-reads fn's slice from L2 (at 4 tokens a cluster, 16 x 458 KB = 7.3 MB at 64
 // tokens, twice X) and forms its fp32 products on a few warps per SM; the two kernels read fn twice and spread the
 // product over 112 blocks of MMAs.
+// Also tried for hc_head from 256 tokens and not kept: X read once by one persistent launch over clusters of 8 CTAs
+// (15 resident on the H100), CTA r owning dims [r dim / 8, (r + 1) dim / 8) of the 4 copies with fn's 4 rows over
+// that slice in shared memory (57 KB at V4-Pro), tiles of 8 tokens through 2 shared-memory slots (cp.async), the mix
+// as fp32 fma chains, the mix sums and the sums of y^2 exchanged through distributed shared memory with two cluster
+// barriers per tile: parity-correct, but V4-Pro x 4096 293 us against 185 (1024 tokens 79.6 against 54.3; V4-Flash x
+// 4096 204 against 127), 214 us without the mix arithmetic and 193 us without any arithmetic. One CTA of 8 warps per
+// SM (172 KB), one 57 KB tile in flight, and every tile gated twice by the slowest of 8 CTAs: the loads and barriers
+// alone cost more than both kernels.
 // Also measured and not kept (V4-Pro x 4096): kernel 1's L2::256B hint on post_mix's copies (214.6 -> 220.7 us) or
 // on finalize_warp_kernel's X loads (hc_pre 223.4 either way); a copy with post_mix's 64-byte-per-row pattern runs
 // at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize (or hc_pre) in token chunks
 // so the finalize re-reads X from L2, slower at every chunk size (pair: 408 us whole, 399 / 425 / 496 / 551 us in
-// chunks of 2048 / 1024 / 512 / 256 tokens); the finalizes' partials summed in batches
+// chunks of 2048 / 1024 / 512 / 256 tokens; after kernel 1's ring, standalone hc_pre / hc_head 226 / 186 us whole,
+// 227 / 198, 299 / 217, 309 / 234, 394 / 300 us in those chunks); the finalizes' partials summed in batches
 // of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us; post_mix (then one
 // warp doing both roles, see post_mix_kernel) over 256-dim chunks with a 3-deep ring, half the partials: the
 // finalize 143 -> 135 us but post_mix 259 -> 268 us.
