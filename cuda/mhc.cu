@@ -644,8 +644,8 @@ __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, 
 // loading X meanwhile: 4.9 -> 6.8 us at 64 tokens (one warp's 56 loads per lane and sums lengthen the Sinkhorn's
 // path). X loaded with the partials, before their barrier: 5.1 -> 5.6 us (the partials queue behind X); the norm
 // weights' copies (28 KB, L2 hits) issued before the partials' loads: 4.91 -> 5.72 us at 64 tokens (V4-Flash 4.46 ->
-// 5.17), or only once y is formed: 5.27-5.37 (hc_head at 64 tokens 7.0 -> 7.4). The quantizer's group max by redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 ->
-// 2.13 us).
+// 5.17), or only once y is formed: 5.27-5.37 (hc_head at 64 tokens 7.0 -> 7.4). The quantizer's group max by
+// redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
     prefetch_token_inputs<kPre>(args, blockIdx.x, threadIdx.x, blockDim.x);
