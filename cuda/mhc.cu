@@ -70,6 +70,16 @@
 // 4096 204 against 127), 214 us without the mix arithmetic and 193 us without any arithmetic. One CTA of 8 warps per
 // SM (172 KB), one 57 KB tile in flight, and every tile gated twice by the slowest of 8 CTAs: the loads and barriers
 // alone cost more than both kernels.
+// Also measured, not built: the two kernels as one persistent launch whose finalize trails the mix product by a few
+// token tiles, so that its re-read of X hits L2. A microbenchmark of that launch's memory traffic alone (no
+// arithmetic; hc_head's shape at V4-Pro x 4096 on the H100) had 264 mix CTAs read (tile, K split) items in tile
+// order and signal a per-tile counter. 1056 finalize warps each took a token once its tile was complete, read the
+// whole row and wrote 14 KB. The mix waited until the finalize was at most W tiles behind. With 64-token tiles x 64
+// splits and W = 12 (a window of ~45 MB), DRAM reads fell to 252 MB against 470 (ncu), so the re-read does hit L2.
+// The time did not fall enough: 160 us at best (W = 16; the mix CTAs alone 107 us), where hc_head's target with its
+// arithmetic is 152. The same traffic as two launches took 215-226 us. The other configurations were slower: windows
+// of 2 or 4 tiles 297-1231 us (the mix starves), W = 24 174 us with 368 MB read, 132 mix CTAs 213-340 us. With
+// kernel 1's own copy pattern (the cp.async ring with the L2::256B hint) the launch took 198-268 us and read 400 MB.
 // Also measured and not kept (V4-Pro x 4096): kernel 1's L2::256B hint on post_mix's copies (214.6 -> 220.7 us) or
 // on finalize_warp_kernel's X loads (hc_pre 223.4 either way); a copy with post_mix's 64-byte-per-row pattern runs
 // at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize (or hc_pre) in token chunks
