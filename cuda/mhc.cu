@@ -80,6 +80,8 @@
 // arithmetic is 152. The same traffic as two launches took 215-226 us. The other configurations were slower: windows
 // of 2 or 4 tiles 297-1231 us (the mix starves), W = 24 174 us with 368 MB read, 132 mix CTAs 213-340 us. With
 // kernel 1's own copy pattern (the cp.async ring with the L2::256B hint) the launch took 198-268 us and read 400 MB.
+// An L2 hit is not much cheaper for these warps than a DRAM read: re-reading 512 tokens' rows (29 MB) already in L2
+// took 18.9 us with the same 1056 warps, against 19.8 us from DRAM (15.3 us with twice the warps).
 // Also measured and not kept (V4-Pro x 4096): kernel 1's L2::256B hint on post_mix's copies (214.6 -> 220.7 us) or
 // on finalize_warp_kernel's X loads (hc_pre 223.4 either way); a copy with post_mix's 64-byte-per-row pattern runs
 // at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize (or hc_pre) in token chunks
