@@ -657,7 +657,9 @@ __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, 
 // path). X loaded with the partials, before their barrier: 5.1 -> 5.6 us (the partials queue behind X); the norm
 // weights' copies (28 KB, L2 hits) issued before the partials' loads: 4.91 -> 5.72 us at 64 tokens (V4-Flash 4.46 ->
 // 5.17), or only once y is formed: 5.27-5.37 (hc_head at 64 tokens 7.0 -> 7.4). The quantizer's group max by
-// redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us).
+// redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us). 16 row warps of 2 vectors a
+// copy (one block an SM) in place of 8 of 4, two runs: V4-Pro hc_pre from partials at 64 tokens 4.94 -> 5.09 us,
+// hc_head at 64 tokens 7.04 -> 8.08, at 4096 184.9 -> 200.4 (V4-Flash 126.8 -> 144.3).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
     prefetch_token_inputs<kPre>(args, blockIdx.x, threadIdx.x, blockDim.x);
