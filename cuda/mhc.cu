@@ -62,6 +62,21 @@
 // 7.00 / 7.29 / 9.76. Each cluster re-reads fn's slice from L2 (at 4 tokens a cluster, 16 x 458 KB = 7.3 MB at 64
 // tokens, twice X) and forms its fp32 products on a few warps per SM; the two kernels read fn twice and spread the
 // product over 112 blocks of MMAs.
+// Also measured, not built, for hc_pre at 64 tokens: one launch without clusters, a CTA per (token tile, 128-dim
+// block) holding its X tile in registers from the mix to y (no re-read), the split-K partials and then the sums of
+// y^2 exchanged through global memory behind two per-tile grid barriers (an atomic arrival, an acquire spin). A
+// skeleton of it had the real traffic, barriers and cheap arithmetic, but no MMA and a stand-in Sinkhorn. V4-Pro x 64
+// on the H100, timed like the bench (a graph of PDL launches), in us: 16-token tiles (224 CTAs): 8.95 with no
+// barrier, 9.73 with the mix barrier, 11.87 with both, 15.9 with the post / comb warp as well; 32-token tiles (112
+// CTAs): 9.35 / 10.35 / 12.21 / 17.0. The same session's bench: the two kernels 10.15, the copy 4.65 (0.8 is 5.8).
+// %globaltimer stamps of one launch (16-token tiles, both barriers, from the first CTA past its wait), in us:
+//  - X and fn's 48 KB slice in, partials written: 4.8;
+//  - mix barrier passed: 5.8;
+//  - partial sums gathered: 7.3;
+//  - y formed: 8.0;
+//  - norm barrier passed: 9.2;
+//  - outputs stored: 11.4.
+// Six dependent steps of about 1 us each; the two kernels have fewer.
 // Also tried for hc_head from 256 tokens and not kept: X read once by one persistent launch over clusters of 8 CTAs
 // (15 resident on the H100), CTA r owning dims [r dim / 8, (r + 1) dim / 8) of the 4 copies with fn's 4 rows over
 // that slice in shared memory (57 KB at V4-Pro), tiles of 8 tokens through 2 shared-memory slots (cp.async), the mix
