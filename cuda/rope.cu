@@ -164,10 +164,14 @@ __global__ void __launch_bounds__(kHeadsPerBlock * dsv4::kWarpSize)
 
 // ---- inverse rope on the attention output ---------------------------------------------------------------------
 
-constexpr int kInverseThreads = 256;
+constexpr int kInverseThreads = 256;        // a block per token
+constexpr int kInverseNarrowThreads = 128;  // the same for up to 64 heads beyond one wave of blocks
+constexpr int kInverseUnroll = 4;           // 16-byte loads in flight per thread (128 heads: all of a token's)
 
 // One block per token; thread u of the token's n_heads * 8 rotary vectors handles head u / 8, pairs 4 (u % 8)...
-__global__ void __launch_bounds__(kInverseThreads)
+// kThreads is a template constant, so the unit indices fold at compile time.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
     inverse_rope_kernel(Vec16* __restrict__ o,                 // [n_tokens, o_stride_vecs], heads of 64 vectors
                         const int32_t* __restrict__ positions,  // [n_tokens]
                         const float2* __restrict__ table,       // [table_positions, 32]
@@ -177,20 +181,19 @@ __global__ void __launch_bounds__(kInverseThreads)
     const int32_t pos = __ldg(positions + t);
     Vec16* ot = o + t * o_stride_vecs + (kHeadVecs - kRopeVecs);
     const int units = static_cast<int>(n_heads) * kRopeVecs;
-    constexpr int kUnroll = 4;  // 4 independent 16-byte loads in flight per thread (128 heads: all of them)
-    for (int base = threadIdx.x; base < units; base += kUnroll * kInverseThreads) {
-        Vec16 v[kUnroll];
-        CosSin4 cs[kUnroll];
-        bool in_table[kUnroll];
+    for (int base = threadIdx.x; base < units; base += kInverseUnroll * kThreads) {
+        Vec16 v[kInverseUnroll];
+        CosSin4 cs[kInverseUnroll];
+        bool in_table[kInverseUnroll];
 #pragma unroll
-        for (int i = 0; i < kUnroll; ++i) {
-            const int u = base + i * kInverseThreads;
+        for (int i = 0; i < kInverseUnroll; ++i) {
+            const int u = base + i * kThreads;
             in_table[i] = u < units && load_cos_sin4(cs[i], table, pos, table_positions, (u % kRopeVecs) * 4);
             if (u < units) v[i] = ot[(u / kRopeVecs) * kHeadVecs + u % kRopeVecs];
         }
 #pragma unroll
-        for (int i = 0; i < kUnroll; ++i) {
-            const int u = base + i * kInverseThreads;
+        for (int i = 0; i < kInverseUnroll; ++i) {
+            const int u = base + i * kThreads;
             if (u >= units) continue;
             float f[8];
             dsv4::unpack_bf16x8(v[i], f);
@@ -198,6 +201,17 @@ __global__ void __launch_bounds__(kInverseThreads)
             ot[(u / kRopeVecs) * kHeadVecs + u % kRopeVecs] = dsv4::pack_bf16x8(f);
         }
     }
+}
+
+// The narrow blocks when a token's rotary vectors fill them at kInverseUnroll a thread (<= 64 heads) and the tokens
+// exceed the resident 256-thread blocks (8 an SM): the SMs then hold twice the bytes in flight, where 256 threads
+// left half of each thread's loads idle. V4-Flash (64 heads) on the H100, 1100 / 2048 / 4096 tokens: 9.93 / 17.1 /
+// 32.8 -> 9.15 / 15.25 / 28.5 us (copy/ours at 4096 0.74 -> 0.85); at 1 and 64 tokens 128-thread blocks were slower
+// (1.33 -> 1.50, 2.05 -> 2.21 us).
+bool inverse_narrow(int64_t n_tokens, int64_t n_heads) {
+    constexpr int64_t kResidentPerSm = 2048 / kInverseThreads;
+    return n_heads * kRopeVecs <= int64_t(kInverseUnroll) * kInverseNarrowThreads &&
+           n_tokens > kResidentPerSm * dsv4::sm_count();
 }
 
 // ---- kv path --------------------------------------------------------------------------------------------------
@@ -373,11 +387,13 @@ DSV4_API int dsv4_rope_inverse_bf16(void* o, const int32_t* positions, const flo
         DSV4_CHECK_PTR(o, 16);
         DSV4_CHECK_PTR(positions, 4);
         DSV4_CHECK_PTR(table, 16);
-        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, inverse_rope_kernel,
-                                              static_cast<unsigned>(n_tokens), kInverseThreads, 0, stream,
-                                              static_cast<Vec16*>(o), positions,
-                                              reinterpret_cast<const float2*>(table), n_heads,
-                                              o_stride / kBf16PerVec, table_positions));
+        const bool narrow = inverse_narrow(n_tokens, n_heads);
+        DSV4_CHECK_LAUNCH(dsv4::launch_kernel(
+            dsv4::Launch::kOverlapPrevious,
+            narrow ? inverse_rope_kernel<kInverseNarrowThreads> : inverse_rope_kernel<kInverseThreads>,
+            static_cast<unsigned>(n_tokens), narrow ? kInverseNarrowThreads : kInverseThreads, 0, stream,
+            static_cast<Vec16*>(o), positions, reinterpret_cast<const float2*>(table), n_heads,
+            o_stride / kBf16PerVec, table_positions));
         return DSV4_OK;
     });
 }
