@@ -1365,7 +1365,19 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 }
             });
             n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
-            if (n_reached > kWarpReached && lane == 0) atomicAdd(&sh.kept, kKeptCapacity + 1);  // overflow
+            if (n_reached > kWarpReached) {
+                // Overflow: the list lost z, perhaps the max, a NaN or a +inf, which the max exchange and the radix
+                // path after it need: the warp's threads take them from their vectors again (from L2).
+                if (lane == 0) atomicAdd(&sh.kept, kKeptCapacity + 1);
+                for_each_z(from_logits, [&](float4 zv, int v) {
+                    const float e[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {  // (past the slice, z is -inf)
+                        bad |= 4 * v + c < n_local && !(e[c] < INFINITY);
+                        if (e[c] > best) best = e[c], best_i = static_cast<int>(begin) + 4 * v + c;
+                    }
+                });
+            }
             for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize) {
                 const bool valid = i < n_reached;
                 const uint2 entry = valid ? reached[i] : make_uint2(0u, 0u);

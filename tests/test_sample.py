@@ -207,6 +207,37 @@ def test_top_k_candidates_and_the_radix_fallback(fillers, rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_k_ties_around_the_kth_place(fillers, rng, stream):
+    """Ties at the k-th largest z are all kept, wherever they sit: row 1 (k = 100) has 60 ties at places 70-129, row 2
+    has 20 ties at places 90-109; k = 127 and 128 and a tiny k run on the same rows."""
+    logits = random_logits(rng, 3 + fillers, VOCAB, 2.0)
+    places = rng.permutation(VOCAB)
+    logits[1, places[:69]] = 20.0 + np.arange(69, dtype=np.float32)
+    logits[1, places[69:129]] = 15.0
+    logits[2, places[:89]] = 20.0 + np.arange(89, dtype=np.float32)
+    logits[2, places[89:109]] = 15.0
+    ledger = MismatchLedger()
+    for top_k, top_p in [(100, 1.0), (100, 0.999), (127, 0.95), (128, 0.95), (2, 1.0)]:
+        gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=top_k, step=3)
+        ledger.compare(logits, gpu, 1.0, top_k, top_p, top_k, 3)
+    ledger.assert_rare()
+
+
+def test_overflowing_lists_recompute_the_max(rng, stream):
+    """Unstaged, a CTA's floor comes from its slice's first batch: in an ascending row almost every z of the upper slice
+    reaches it and the warps' reached lists overflow, losing the row's max; a warp whose list overflowed takes its max
+    from its vectors again, since the radix path after it needs the max (the top-p masses, the Gumbel bound). T = 0.001
+    spreads z so that the cut depends on the max (before the fix: row 0 drew token 129271 where the CPU draws 129278)."""
+    logits = random_logits(rng, 56, VOCAB, 2.0)
+    logits[:8] = np.linspace(-8.0, 8.0, VOCAB, dtype=np.float32)
+    ledger = MismatchLedger()
+    for top_k, top_p in [(50, 0.5), (500, 0.5), (0, 0.5), (50, 1.0)]:
+        gpu = run_sample(logits, stream, 0.001, top_k, top_p, seed=top_k + 1, step=4)
+        ledger.compare(logits, gpu, 0.001, top_k, top_p, top_k + 1, 4)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
