@@ -57,15 +57,19 @@
 // A 64-row trace (%globaltimer, us): first batch and its k-th digit 3.2-4.1, the rest of the slice 11-13, the warps'
 // lists divided and counted 1.4-2.8, max exchange 0.4-1.0, candidate digit 1.4, push 1.3, CTA 0's sort, cut and
 // Gumbel-max 3.9. Top-p without top-k runs the same unstaged clusters beyond 30 rows: its load pass keeps the z at or
-// above a floor guessed from the first batch, a second pass (from L2) adds the row's exact fixed-point mass, and the
-// cut comes from the kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at
-// 48 / 64 rows 57.2 / 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged). A 64-row trace of a launch whose
-// logits stay in L2 (us from the previous kernel's end): load pass 14.4, max exchange 1.2, mass pass 12.4, exchange and
-// walk 3.1, push 0.9, sort and cut 2.9, Gumbel-max over the lists 1.0, end 1.6. See launch_sample for what wider
+// above a floor guessed from the first batch and sums the mass of every other z on the way, and the cut comes from the
+// kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at 48 / 64 rows 57.2 /
+// 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged) with a second pass over the logits (from L2) for the
+// row's mass, 34.1 / 35.6 without it. Up to 66 rows (one wave at one CTA an SM) the unstaged kernel runs with more
+// registers and more loads in flight (launch_sample): T,k,p at 48 / 64 rows 24.5 / 26.2 us, T,p 32.0 / 34.6. A 64-row
+// trace of T,k,p then (%globaltimer, us after the wait): first batch and its k-th digit 3.4, the rest of the slice to
+// 13.7-16.4, the lists divided and counted to 16.1-18.5, max exchange 1.3, candidate digit 1.1, push 1.2, CTA 0's
+// sort of ~85 candidates 1.0, cut 1.0, Gumbel-max 0.65, its reduction 0.15-1.6. See launch_sample for what wider
 // batches measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
-// exact integer sums of fixed-point values, so a row whose cumulative mass crosses top_p within rounding of
-// the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
+// exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
+// fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
+// rounding of the cut can keep one token more or less (rare; tests bound it). Everything else is exact: counts, keys,
 // Philox words, u, and g (double logs rounded to fp32) match the CPU's.
 // Invalid rows (NaN or +inf in z, all -inf), on which the CPU sampler raises, get token -1.
 #include <cooperative_groups.h>
@@ -92,6 +96,9 @@ constexpr float kGumbelBound = 17.5f;            // > -log(-log(1 - 2^-25)) = 17
 constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in fixed point, fits 32 bits
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
+// The unstaged filtered kernel while its rows' clusters fit the device at one CTA an SM (launch_sample): up to 128
+// registers, so its load pass keeps 8 vectors in flight a thread.
+constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
 // earlier kernel).
@@ -161,6 +168,20 @@ __device__ __forceinline__ float warp_max(float x) {
 // Fixed-point mass of z: exp(z - max) * 2^31 rounded (0 below 2^-32 of the max's).
 __device__ __forceinline__ uint32_t fixed_mass(float v, float zmax) {
     return __float2uint_rn(expf(__fsub_rn(v, zmax)) * kMassScale);
+}
+
+constexpr float kLog2e = 1.44269504f;
+
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Unstaged top-p fast path: exp(z - keep_min) of a logit x below logit_floor (z = x / T < keep_min, so that it is
+// off the kept list), else 0; slope = log2(e) / T, offset = keep_min log2(e) (see unstaged_top_p_cut).
+__device__ __forceinline__ float tail_term(float x, float logit_floor, float slope, float offset) {
+    return x < logit_floor ? ex2_approx(fmaf(x, slope, -offset)) : 0.0f;
 }
 
 // Top-p fast path: the bin of a finite z <= zmax, non-increasing in z (each step rounds monotonically).
@@ -357,9 +378,11 @@ struct SliceZ {
     }
 };
 
-// The slice's logits themselves (no division), for for_each_z: the tail of the last vector past n_local is -inf.
+// The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight: the tail of the
+// last vector past n_local is -inf.
+template <int kLoadBatch>
 struct SliceLogits {
-    static constexpr int kBatch = kSampleLoadBatch;
+    static constexpr int kBatch = kLoadBatch;
     const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
     int n_local;
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
@@ -538,6 +561,7 @@ __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_gr
 // has a digit at least this high.
 __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
     const int tid = threadIdx.x;
+    __syncthreads();  // every warp's counts have landed (a partial count gives a lower floor: longer lists)
     const int low_bin = kBins - kBinsPerThread * (tid + 1);
     const uint4 counts = *reinterpret_cast<const uint4*>(&sh.ex[0].hist[0][low_bin]);
     const unsigned long long mine = counts.x + counts.y + counts.z + counts.w;
@@ -726,22 +750,28 @@ __device__ int finish_candidates(const unsigned long long* all, int n, float zma
 }
 
 // The n candidates of in[] (distinct) in descending order, by the CTA: into out[0, n) by counting each one's rank
-// when n <= kThreads (one candidate a thread, no barrier between steps); else a bitonic sort of in[] in place,
-// padded with zeros to the next power of two (in[] has room: n <= kMaxCandidates, a power of two). Returns the
-// sorted array.
+// when n <= kThreads (no barrier between steps: `lanes` threads a candidate, each comparing it with every lanes-th
+// pair of in[], as many as the CTA holds up to a warp); else a bitonic sort of in[] in place, padded with zeros to the
+// next power of two (in[] has room: n <= kMaxCandidates, a power of two). Returns the sorted array. CTA 0 of a 64-row
+// T,k,p launch ranks ~85 candidates: 1.0 us from the push, against 1.4 with a thread a candidate (whose 16-byte loads
+// the compiler issued one at a time, all into the same 4 registers; T,k,p at 48 / 64 rows 25.0 / 26.5 -> 24.5 / 26.2).
 __device__ const unsigned long long* sort_descending(unsigned long long* in, unsigned long long* out, int n) {
     if (n <= kThreads) {
-        if (threadIdx.x < n) {
-            const unsigned long long mine = in[threadIdx.x];
-            const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
-            int rank = n % 2 == 1 && in[n - 1] > mine;
-#pragma unroll 8
-            for (int j = 0; j < n / 2; ++j) {  // broadcast reads, 8 in flight
+        int lanes = 1;
+        while (lanes < dsv4::kWarpSize && 2 * lanes * n <= kThreads) lanes *= 2;
+        const int c = threadIdx.x / lanes, part = threadIdx.x % lanes;  // (a candidate's lanes share a warp)
+        const unsigned long long mine = c < n ? in[c] : 0ull;
+        const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
+        int rank = c < n && part == 0 && n % 2 == 1 && in[n - 1] > mine;
+        if (c < n) {
+#pragma unroll 4
+            for (int j = part; j < n / 2; j += lanes) {  // broadcast reads
                 const ulonglong2 p = pairs[j];
                 rank += (p.x > mine) + (p.y > mine);
             }
-            out[rank] = mine;
         }
+        for (int offset = lanes / 2; offset > 0; offset /= 2) rank += __shfl_xor_sync(0xFFFFFFFFu, rank, offset);
+        if (c < n && part == 0) out[rank] = mine;
         __syncthreads();
         return out;
     }
@@ -820,16 +850,22 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // Unstaged top-p fast path (top-p without top-k, kRanks CTAs a row, nothing staged; called right after the max
 // exchange, ex[0]): the cut from the CTAs' kept lists, kept[0, n_kept) holding every z of this CTA's slice at or above
 // its floor (ex[0].floor). Above the row's floor (the largest), every list holds every z of its slice. Each CTA adds
-// its slice's fixed-point masses (one pass over its logits, from L2: the load pass has just read them) and histograms
-// the masses of its entries at or above the row's floor by zmax - z, as crossing_mass_bin does; one exchange gives
-// every CTA the row's total and the histograms. The walk from the max takes the bins up to the one holding the row's
+// the fixed-point masses of its list to tail_mass, the mass of the rest of its slice (z below its floor keep_min) that
+// the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min log2(e)) (the max was not known yet),
+// rescaled here by exp(keep_min - zmax) 2^31; and it histograms the masses of its entries at or above the row's floor
+// by zmax - z, as crossing_mass_bin does. One exchange gives every CTA the row's total and the histograms. The tail's
+// terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e) and the
+// exponent, and ex2.approx), and each thread's fp32 sum of its ~130 terms within 130 2^-24 of it: the total is off by
+// less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's mass) of every fixed-point term and the
+// CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second pass over the logits (from L2): T,p at
+// 64 rows 47.3 us against 35.6. The walk from the max takes the bins up to the one holding the row's
 // floor (counted from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to
 // every CTA, and each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes
 // first in that walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when
 // the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path
 // then starts at ex[1], which this leaves untouched).
 template <int kRanks>
-__device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long long* kept, int n_kept, float zmax,
+__device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* kept, int n_kept, float zmax,
                                    float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
     const int tid = threadIdx.x;
     float row_floor = -INFINITY;
@@ -837,16 +873,14 @@ __device__ bool unstaged_top_p_cut(const SliceZ<false>& z, const unsigned long l
     for (int r = 0; r < kRanks; ++r) row_floor = fmaxf(row_floor, cluster.map_shared_rank(&sh.ex[0], r)->floor);
     const uint32_t floor_key = float_to_key(row_floor);
     clear_mass_bins(sh.ex[0]);  // (the max exchange read only its scalars)
-    unsigned long long slice_mass = 0;
-    for_each_z(z, [&](float4 zv, int) {  // the tail past the slice is -inf: no mass
-        slice_mass += static_cast<unsigned long long>(fixed_mass(zv.x, zmax)) + fixed_mass(zv.y, zmax) +
-                      static_cast<unsigned long long>(fixed_mass(zv.z, zmax)) + fixed_mass(zv.w, zmax);
-    });
-    dsv4::allow_next_kernel();  // the logits' last read (filtered_sample)
-    __syncthreads();            // the bins are zero
+    // The tail's mass in fixed point: exp(keep_min - zmax) 2^31 per unit (0 when keep_min lies 87 below the max).
+    unsigned long long slice_mass = __float2ull_rn(tail_mass * (expf(sh.list_floor - zmax) * kMassScale));
+    __syncthreads();  // the bins are zero
     for (int i = tid; i < n_kept; i += kThreads) {  // finite z only
         const uint32_t key = candidate_key(kept[i]);
-        if (key >= floor_key) add_to_mass_bins(sh.ex[0], key_to_float(key), zmax);
+        const float v = key_to_float(key);
+        slice_mass += fixed_mass(v, zmax);
+        if (key >= floor_key) add_to_mass_bins(sh.ex[0], v, zmax);
     }
     unsigned long long total;
     block_scan(slice_mass, total, sh);  // (its barrier also ends the histogram)
@@ -1226,12 +1260,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
 // waves) nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below),
 // and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor) re-reads its
-// slice's logits from L2 for every later pass. Top-p alone reads them a second time in any case (its row's mass), so it
-// lets the next launch in (whose CTAs warm L2 with their own logits) only after that pass: letting it in at the start
-// measured 66.8 us at 64 rows against 58.8 (an earlier version of the path).
+// slice's logits from L2 for every later pass. Top-p alone lets the next launch in (whose CTAs warm L2 with their own
+// logits) only after its load pass: letting it in at the start measured 38.6 us at 64 rows against 35.6 (and with a
+// second pass over the logits for the row's mass, 66.8 against 58.8).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
-template <int kRanks>
+template <int kRanks, int kCtasPerSm>
 __device__ void filtered_sample(const SampleArgs& a) {
     constexpr bool kStaged = kRanks == kCluster;
     __shared__ Shared sh;
@@ -1248,9 +1282,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const SliceZ<false> from_logits{logits, n_local, t, reciprocal_t, moderate_t};
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice);
-    // The unstaged top-p fast path reads the logits twice: the next launch warms L2 with its own only after that.
-    // (top_k_active is formed below, after the wait: formed here and shared, both unstaged paths measured 2 us slower
-    // at 31 and 64 rows, another register allocation.)
+    // The unstaged top-p fast path lets the next launch in after its load pass (see above). (top_k_active is formed
+    // below, after the wait: formed here and shared, both unstaged paths measured 2 us slower at 31 and 64 rows,
+    // another register allocation.)
     const bool list_top_p = !kStaged && !(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f;
     if (list_top_p)
         dsv4::wait_previous_kernel();
@@ -1299,6 +1333,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // warp's list as they are (no division in the loop, no divergence: N(0, 3^2) logits, T 0.8, k 50: 1.7% of the
     // logits reach the floor, so 89% of a warp's vectors hold one), and the warp divides and keeps them after the loop.
     unsigned long long* kept = reinterpret_cast<unsigned long long*>(z4);  // [kKeptCapacity] (unstaged only)
+    float tail_mass = 0.0f;  // unstaged top-p: this thread's part of the slice's mass off the kept list
     if constexpr (kStaged) {
         const float4* src = logits;
         for (int first = tid; 4 * first < n_local; first += kSampleLoadBatch * kThreads) {
@@ -1342,15 +1377,25 @@ __device__ void filtered_sample(const SampleArgs& a) {
         const float scaled = __fmul_rn(keep_min, t);
         const float logit_floor = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
         if (tid == 0) sh.list_floor = keep_min;
+        // Top-p: the mass of the slice's z off the list (z < keep_min), in units of exp(keep_min), as exp2 of
+        // x log2(e) / T - keep_min log2(e) (see unstaged_top_p_cut), so that the row's mass needs no second pass.
+        const float mass_slope = kLog2e * reciprocal_t, mass_offset = keep_min * kLog2e;
         if (moderate_t && fabsf(scaled) < 0x1p100f) {
             if (fast_top_k)
                 for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
-            for_each_z(SliceLogits{logits, n_local}, [&](float4 xv, int v) {  // the first batch again, from L2
+            for_each_z(SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch>{logits, n_local},
+                       [&](float4 xv, int v) {  // the first batch again, from L2
                 const float x_max =
                     max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
                 bad |= x_max != x_max;
+                if (list_top_p) {
+                    tail_mass += tail_term(xv.x, logit_floor, mass_slope, mass_offset) +
+                                 tail_term(xv.y, logit_floor, mass_slope, mass_offset);
+                    tail_mass += tail_term(xv.z, logit_floor, mass_slope, mass_offset) +
+                                 tail_term(xv.w, logit_floor, mass_slope, mass_offset);
+                }
                 const uint32_t lanes = __activemask();  // (past the slice's end, lanes leave the loop)
                 if (!__any_sync(lanes, x_max >= logit_floor)) return;  // the usual case for a lane
                 const float e[4] = {xv.x, xv.y, xv.z, xv.w};
@@ -1392,6 +1437,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 if (lane == 0 && keepers != 0u) at = atomicAdd(&sh.kept, __popc(keepers));
                 at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(keepers & ((1u << lane) - 1u));
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
+                if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,
+                                                                                -mass_offset));
             }
             __syncthreads();
             // The kept z crowd a few bins: one atomic a warp per distinct digit.
@@ -1408,6 +1455,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             if (tid == 0) sh.kept = kKeptCapacity + 1;
         }
     }
+    if (list_top_p) dsv4::allow_next_kernel();  // the logits' last read on the fast path
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
@@ -1467,7 +1515,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     bool from_list = false;
     if (list_top_p && !sh.kept_overflow) {
         uint32_t cut;
-        from_list = unstaged_top_p_cut<kRanks>(from_logits, kept, sh.kept, zmax, a.top_p, cluster, sh, cut);
+        from_list = unstaged_top_p_cut<kRanks>(tail_mass, kept, sh.kept, zmax, a.top_p, cluster, sh, cut);
         if (from_list) threshold = key_to_float(cut), top_p_done = true;
     }
     int bin;
@@ -1558,16 +1606,17 @@ __device__ void filtered_sample(const SampleArgs& a) {
 
 // grid (batch * kRanks), clusters of kRanks along x, kBlockThreads threads (kThreads for kFiltered, whose histogram and
 // scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
-// At most 64 registers a thread: 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads). More warps an SM
+// kCtasPerSm CTAs an SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of
+// kNarrowThreads); the unstaged filtered kernel also comes at one CTA an SM (launch_sample). More warps an SM
 // measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling:
 // 29.8).
-template <Mode kMode, int kBlockThreads, int kRanks = kCluster>
+template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
-    __launch_bounds__(kBlockThreads, 2048 / kBlockThreads / 2) sample_kernel(const SampleArgs a) {
+    __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
     static_assert(kMode != Mode::kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
     static_assert(kMode == Mode::kFiltered || kRanks == kCluster, "greedy and temperature only run kCluster ranks");
     if constexpr (kMode == Mode::kFiltered)
-        filtered_sample<kRanks>(a);
+        filtered_sample<kRanks, kCtasPerSm>(a);
     else
         unstaged_sample<kMode == Mode::kGreedy, kBlockThreads>(a);
 }
@@ -1590,7 +1639,8 @@ int check_shape(int64_t batch, int64_t vocab, int64_t logits_stride) {
 // device (a plain host call, made before any launch the caller may be capturing into a graph).
 constexpr int kMaxDevices = 64;
 std::atomic<bool> g_smem_limit_set[kMaxDevices];
-std::atomic<int> g_wide_clusters[kMaxDevices];  // 0: not queried yet
+std::atomic<int> g_wide_clusters[kMaxDevices];      // 0: not queried yet
+std::atomic<int> g_unstaged_clusters[kMaxDevices];  // 0: not queried yet
 // The staged filtered kernel's resident clusters for the last dynamic shared memory size asked: bytes << 20 | clusters.
 std::atomic<int64_t> g_staged_clusters[kMaxDevices];
 
@@ -1608,30 +1658,43 @@ int raise_smem_limit() {
         DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
-        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(kUnstagedSmem)));
+        for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
+                            sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>})
+            DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(kUnstagedSmem)));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
     return DSV4_OK;
 }
 
-// How many clusters (rows) of kThreads-thread greedy / temperature-only CTAs the device holds at once (30 on the
-// H100), once per device (a plain host call, like raise_smem_limit).
-int wide_clusters_resident(int& clusters) {
+// How many clusters of `ranks` CTAs of kThreads threads (a row each) of `kernel` with smem bytes of dynamic shared
+// memory the device holds at once, queried once per device into cache (a plain host call, after raise_smem_limit).
+template <typename Kernel>
+int clusters_resident(std::atomic<int> (&cache)[kMaxDevices], Kernel kernel, int ranks, size_t smem, int& clusters) {
     int device = 0;
     DSV4_RETURN_IF_FAILED(current_device(device));
-    clusters = g_wide_clusters[device].load(std::memory_order_acquire);
+    clusters = cache[device].load(std::memory_order_acquire);
     if (clusters == 0) {
         cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(kCluster);
+        config.gridDim = dim3(ranks);
         config.blockDim = dim3(kThreads);
-        DSV4_CHECK_CUDA(
-            cudaOccupancyMaxActiveClusters(&clusters, sample_kernel<Mode::kTemperature, kThreads>, &config));
+        config.dynamicSmemBytes = smem;
+        DSV4_CHECK_CUDA(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
         clusters = max(clusters, 1);
-        g_wide_clusters[device].store(clusters, std::memory_order_release);
+        cache[device].store(clusters, std::memory_order_release);
     }
     return DSV4_OK;
+}
+
+// Greedy / temperature-only clusters of kThreads-thread CTAs (30 on the H100).
+int wide_clusters_resident(int& clusters) {
+    return clusters_resident(g_wide_clusters, sample_kernel<Mode::kTemperature, kThreads>, kCluster, 0, clusters);
+}
+
+// Clusters of the unstaged filtered kernel at one CTA an SM (66 on the H100).
+int unstaged_clusters_resident(int& clusters) {
+    return clusters_resident(g_unstaged_clusters, sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
+                             kWideBatchRanks, kUnstagedSmem, clusters);
 }
 
 // Tokens per CTA with `ranks` CTAs a row: a multiple of 4 (16-byte aligned slices).
@@ -1699,11 +1762,20 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
                                               grid, kThreads, smem, stream, args));
         return DSV4_OK;
     }
+    // Unstaged: one CTA an SM (up to 128 registers, kWideLoadBatch loads in flight) while the rows' clusters fit the
+    // device that way, else two. Flash vocab on the H100, us, one CTA an SM against two: T,k,p at 48 rows 25.0 against
+    // 28.2, at 64 rows 26.5 against 30.6; T,p 32.3 against 34.2 and 34.9 against 35.6. One CTA an SM past that (two
+    // waves), at 96 / 128 / 256 rows, T,k,p took 48.7 / 52.0 / 97.9 against 37.8 / 40.9 / 82.7. 12 or 16 loads in
+    // flight a thread measured slower (T,k,p at 64 rows 27.0, 27.7), as did no L2 prefetch of the slice (28.3) or one
+    // that leaves out the first batch (28.1).
     args.slice = slice_of(args.vocab, kWideBatchRanks);
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
-                                          sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                                          static_cast<unsigned>(batch * kWideBatchRanks), kThreads,
-                                          kUnstagedSmem, stream, args));
+    int one_per_sm_clusters = 0;
+    DSV4_RETURN_IF_FAILED(unstaged_clusters_resident(one_per_sm_clusters));
+    auto kernel = batch <= one_per_sm_clusters ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
+                                               : sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>;
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel,
+                                          static_cast<unsigned>(batch * kWideBatchRanks), kThreads, kUnstagedSmem,
+                                          stream, args));
     return DSV4_OK;
 }
 
