@@ -61,11 +61,12 @@
 // kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at 48 / 64 rows 57.2 /
 // 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged) with a second pass over the logits (from L2) for the
 // row's mass, 34.1 / 35.6 without it. Up to 66 rows (one wave at one CTA an SM) the unstaged kernel runs with more
-// registers and more loads in flight (launch_sample): T,k,p at 48 / 64 rows 24.5 / 26.2 us, T,p 32.0 / 34.6. A 64-row
-// trace of T,k,p then (%globaltimer, us after the wait): first batch and its k-th digit 3.4, the rest of the slice to
-// 13.7-16.4, the lists divided and counted to 16.1-18.5, max exchange 1.3, candidate digit 1.1, push 1.2, CTA 0's
-// sort of ~85 candidates 1.0, cut 1.0, Gumbel-max 0.65, its reduction 0.15-1.6. See launch_sample for what wider
-// batches measured otherwise.
+// registers and more loads in flight (launch_sample): T,k,p at 48 / 64 rows 24.5 / 26.2 us, T,p 32.0 / 34.6; with
+// first batches of 2 vectors a thread instead of 4 (kFirstBatchVectors), T,k,p 24.4 / 25.5, T,p 31.4 / 33.6. A 64-row
+// trace of T,k,p before that change (%globaltimer, us after the wait): first batch and its k-th digit 3.4, the rest
+// of the slice to 13.7-16.4, the lists divided and counted to 16.1-18.5, max exchange 1.3, candidate digit 1.1, push
+// 1.2, CTA 0's sort of ~85 candidates 1.0, cut 1.0, Gumbel-max 0.65, its reduction 0.15-1.6. See launch_sample for
+// what wider batches measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -130,6 +131,10 @@ constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long lon
 constexpr int kKeptCapacity = 4096;
 constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims to keep (the digits are coarse)
 constexpr int kWarpReached = 256;
+// The unstaged fast paths' first batch: 16-byte vectors a thread (4096 z a CTA). Flash vocab on the H100, 64 rows: 4
+// vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
+// bench's rows then overflow the warps' lists of T,k,p, which takes the radix path.
+constexpr int kFirstBatchVectors = 2;
 constexpr size_t kUnstagedSmem = kKeptCapacity * sizeof(unsigned long long) + kWarps * kWarpReached * sizeof(uint2);
 
 constexpr int kPhiloxRounds = 10;
@@ -834,6 +839,9 @@ __device__ void push_candidates(const float4* z4, int n_local, int64_t begin, Ta
 }
 
 // The unstaged top-k fast path's push: the entries of this CTA's kept list whose digit is at least d0, into CTA 0.
+// Measured slower: CTA 0 pulling them from every list through distributed shared memory (one cluster barrier fewer on
+// its path, but a read of every entry of the other CTA's list): T,k,p at 48 / 64 rows 24.4 / 26.0 -> 24.8 / 26.5 us,
+// and the same for top-p's crossing bin, T,p 32.3 / 34.8 -> 32.6 / 35.2.
 template <int kRanks>
 __device__ void push_kept(const unsigned long long* kept, int n, uint32_t d0, cg::cluster_group& cluster, Shared& sh) {
     for (int i = threadIdx.x; i < n; i += kThreads)
@@ -1365,7 +1373,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     } else if (!keeps_list) {
         for_each_z(from_logits, count_and_max);
     } else {
-        const int prefix = min(n_local, 4 * SliceZ<false>::kBatch * kThreads);  // the first batch's tokens
+        const int prefix = min(n_local, 4 * kFirstBatchVectors * kThreads);  // the first batch's tokens
         for_each_z(SliceZ<false>{logits, prefix, t, reciprocal_t, moderate_t}, count_and_max);
         // Top-p keeps the z whose digit reaches that of the first batch's kListBudget-th largest, scaled to the batch.
         const int64_t keep_rank =
