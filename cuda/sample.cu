@@ -866,12 +866,12 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // exponent, and ex2.approx), and each thread's fp32 sum of its ~130 terms within 130 2^-24 of it: the total is off by
 // less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's mass) of every fixed-point term and the
 // CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second pass over the logits (from L2): T,p at
-// 64 rows 47.3 us against 35.6. The walk from the max takes the bins up to the one holding the row's
-// floor (counted from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to
-// every CTA, and each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes
-// first in that walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when
-// the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path
-// then starts at ex[1], which this leaves untouched).
+// 64 rows 47.3 us against 35.6. The walk from the max takes the bins up to the one holding the row's floor (counted
+// from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to every CTA, and
+// each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes first in that
+// walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk
+// does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then
+// starts at ex[1], which this leaves untouched).
 template <int kRanks>
 __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* kept, int n_kept, float zmax,
                                    float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
