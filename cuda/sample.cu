@@ -871,7 +871,9 @@ __device__ const unsigned long long* sorted_candidates(Shared& sh) {
 // each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes first in that
 // walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk
 // does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then
-// starts at ex[1], which this leaves untouched).
+// starts at ex[1], which this leaves untouched). A 64-row T,p launch (%globaltimer, us from this call, thread 0): the
+// lists' masses and bins 0.6-0.9, the exchange 2.1-2.8, the walk 3.2-3.9, the crossing bin's push 4.6-5.7, its sort
+// and cut 6.1-7.2; then the Gumbel-max over the lists 8.5-10.4 and the launch's end 9.2-11.6.
 template <int kRanks>
 __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* kept, int n_kept, float zmax,
                                    float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
