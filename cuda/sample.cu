@@ -65,8 +65,13 @@
 // first batches of 2 vectors a thread instead of 4 (kFirstBatchVectors), T,k,p 24.4 / 25.5, T,p 31.4 / 33.6. A 64-row
 // trace of T,k,p before that change (%globaltimer, us after the wait): first batch and its k-th digit 3.4, the rest
 // of the slice to 13.7-16.4, the lists divided and counted to 16.1-18.5, max exchange 1.3, candidate digit 1.1, push
-// 1.2, CTA 0's sort of ~85 candidates 1.0, cut 1.0, Gumbel-max 0.65, its reduction 0.15-1.6. See launch_sample for
-// what wider batches measured otherwise.
+// 1.2, CTA 0's sort of ~85 candidates 1.0, cut 1.0, Gumbel-max 0.65, its reduction 0.15-1.6. The unstaged top-k path
+// now needs one cluster barrier after the load pass (unstaged_top_k): T,k,p at 48 / 64 rows 24.4 / 25.4 -> 23.3 / 24.0
+// us. Its trace (64 rows, us after the wait, CTA 0): lists done 15.0-16.5, pushed 16.1-17.6, barrier passed 17.4-18.2,
+// the row's digit 0.35 later, its ~85-92 candidates gathered 0.45 later, weighed and ranked 1.6 (0.7 of it the Philox
+// blocks and double logs), the cut and the best score 1.3 (clock64: ~2300 cycles of a warp's serial loads, scan and
+// shuffles; the best score by two redux.sync in place of warp_best measured the same). See launch_sample for what
+// wider batches measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -77,6 +82,7 @@
 
 #include <atomic>
 #include <climits>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -333,6 +339,15 @@ struct alignas(16) Shared {
     // CTA 0 only: the candidates of the final argmax, pushed by every CTA
     float cand_value[kCluster];
     int cand_index[kCluster];
+    // Unstaged top-k fast path (unstaged_top_k), what CTA r pushed: into CTA 0, how many entries it put in region r of
+    // the gather buffer, the digit top of its max z, that max, and its counts of the digits top, top - 1, ..., top - 31;
+    // into every CTA, whether its share of the row is complete. And CTA 0's count of the regions' entries it keeps.
+    int region_count[kCluster];
+    uint32_t region_top[kCluster];
+    float region_max[kCluster];
+    uint32_t region_window[kCluster][dsv4::kWarpSize];
+    int region_ok[kCluster];
+    int gathered;
 };
 
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
@@ -723,49 +738,91 @@ __device__ uint32_t crossing_key(const unsigned long long* sorted, int n, uint32
     return sh.digit;
 }
 
-// Top-k fast path, step 2 (CTA 0, its threads on the n sorted candidates all[0, n), which hold every z top-k keeps):
-// the kept prefix under top-k, then top-p as the radix path defines it (the longest prefix whose fixed-point masses
-// first reach ceil(top_p * total), extended over ties), then Gumbel-max over what is kept. Returns the token.
-__device__ int finish_candidates(const unsigned long long* all, int n, float zmax, uint32_t row, const SampleArgs& a,
-                                 Shared& sh) {
-    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+// Top-k fast paths, the finish (one warp of CTA 0): all[0, n) (n >= 1) holds every z top-k keeps in descending order,
+// the row's max first; score[i] and mass[i] are the Gumbel score and fixed-point mass of all[i] (Weights). The kept
+// prefix under top-k, then top-p as the radix path defines it (the shortest prefix whose fixed-point masses reach
+// ceil(top_p * total), extended over ties), then the best score of what is kept. Lane l walks entries [l per, (l + 1)
+// per) in order, so the cut takes one warp scan and no barrier. Returns the token, on every lane.
+__device__ int finish_candidates(const unsigned long long* all, const float* score, const uint32_t* mass, int n,
+                                 const SampleArgs& a) {
+    const int lane = threadIdx.x % dsv4::kWarpSize;
+    const int per = (n + dsv4::kWarpSize - 1) / dsv4::kWarpSize, first = lane * per, end = min(first + per, n);
     uint32_t cut = n >= a.top_k ? candidate_key(all[a.top_k - 1]) : 0u;  // key 0: keep every candidate
     if (a.top_p < 1.0f) {
-        const float top_p = a.top_p;
-        cut = max(cut, crossing_key(all, n, cut, zmax, 0ull, [top_p](unsigned long long total) {
-                      return static_cast<unsigned long long>(ceil(double(top_p) * double(total)));
-                  }, sh));
+        unsigned long long mine = 0;
+        for (int i = first; i < end; ++i)
+            if (candidate_key(all[i]) >= cut) mine += mass[i];
+        unsigned long long inclusive = mine;
+#pragma unroll
+        for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
+            const unsigned long long y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
+            if (lane >= offset) inclusive += y;
+        }
+        const unsigned long long total = __shfl_sync(0xFFFFFFFFu, inclusive, dsv4::kWarpSize - 1);
+        const unsigned long long target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(total)));
+        // Exactly one entry crosses (the sums are exact integers and the max's mass is 2^31 >= target > 0).
+        unsigned long long c = inclusive - mine;
+        uint32_t crossing = 0u;
+        for (int i = first; i < end && c < target; ++i) {
+            if (candidate_key(all[i]) >= cut) {
+                c += mass[i];
+                if (c >= target) crossing = candidate_key(all[i]);
+            }
+        }
+        cut = max(cut, __reduce_max_sync(0xFFFFFFFFu, crossing));
     }
     float best = -INFINITY;
     int best_i = INT_MAX;
-    for (int i = tid; i < n; i += kThreads) {  // at most 4 candidates a thread: no bound to skip by
-        const uint32_t key = candidate_key(all[i]);
-        const float v = key_to_float(key);
-        if (key < cut) continue;
-        const int token = candidate_token(all[i]);
-        take_better(best, best_i, __fadd_rn(v, gumbel(static_cast<uint32_t>(token), row, a)), token);
-    }
+    for (int i = first; i < end; ++i)
+        if (candidate_key(all[i]) >= cut) take_better(best, best_i, score[i], candidate_token(all[i]));
     warp_best(best, best_i);
-    if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;
-    __syncthreads();
-    float v = -INFINITY;
-    int i = INT_MAX;
-    for (int w = 0; w < kWarps; ++w) take_better(v, i, sh.warp_value[w], sh.warp_index[w]);
-    return i;
+    return best_i;
 }
+
+// What finish_candidates needs of a candidate besides its key: its Gumbel score RN(z + g) (as the Gumbel-max of 4
+// compares them) and its fixed-point mass under the row's max.
+struct Weights {
+    uint32_t row;
+    const SampleArgs& a;
+    float zmax;
+    __device__ float score(unsigned long long c) const {
+        return __fadd_rn(key_to_float(candidate_key(c)), gumbel(static_cast<uint32_t>(candidate_token(c)), row, a));
+    }
+    __device__ uint32_t mass(unsigned long long c) const { return fixed_mass(key_to_float(candidate_key(c)), zmax); }
+};
+// Candidates sorted by sort_descending, and with Weights their scores and masses in the same order (else null).
+struct Ranked {
+    const unsigned long long* sorted;
+    const float* score;
+    const uint32_t* mass;
+};
 
 // The n candidates of in[] (distinct) in descending order, by the CTA: into out[0, n) by counting each one's rank
 // when n <= kThreads (no barrier between steps: `lanes` threads a candidate, each comparing it with every lanes-th
 // pair of in[], as many as the CTA holds up to a warp); else a bitonic sort of in[] in place, padded with zeros to the
-// next power of two (in[] has room: n <= kMaxCandidates, a power of two). Returns the sorted array. CTA 0 of a 64-row
-// T,k,p launch ranks ~85 candidates: 1.0 us from the push, against 1.4 with a thread a candidate (whose 16-byte loads
-// the compiler issued one at a time, all into the same 4 registers; T,k,p at 48 / 64 rows 25.0 / 26.5 -> 24.5 / 26.2).
-__device__ const unsigned long long* sort_descending(unsigned long long* in, unsigned long long* out, int n) {
+// next power of two (in[] has room: n <= kMaxCandidates, a power of two). out[] holds kMaxCandidates entries: with
+// Weights, the scores and masses of the sorted candidates go after its n <= kThreads entries (ranked: each candidate's
+// lanes weigh it before they rank it, so the double logs overlap the comparisons) or in their place (bitonic). CTA 0 of a
+// 64-row T,k,p launch ranks ~85 candidates: 1.0 us from the push, against 1.4 with a thread a candidate (whose 16-byte
+// loads the compiler issued one at a time, all into the same 4 registers; T,k,p at 48 / 64 rows 25.0 / 26.5 -> 24.5 /
+// 26.2).
+struct Unweighed {};
+template <typename Weigh = Unweighed>
+__device__ Ranked sort_descending(unsigned long long* in, unsigned long long* out, int n, Weigh weigh = {}) {
+    constexpr bool kWeighed = std::is_same<Weigh, Weights>::value;
+    // ranked: out[0, n), then scores and masses in kThreads slots each; bitonic: scores and masses in kMaxCandidates
+    float* scores = reinterpret_cast<float*>(n <= kThreads ? out + kThreads : out);
+    uint32_t* masses = reinterpret_cast<uint32_t*>(scores + (n <= kThreads ? kThreads : kMaxCandidates));
     if (n <= kThreads) {
         int lanes = 1;
         while (lanes < dsv4::kWarpSize && 2 * lanes * n <= kThreads) lanes *= 2;
         const int c = threadIdx.x / lanes, part = threadIdx.x % lanes;  // (a candidate's lanes share a warp)
         const unsigned long long mine = c < n ? in[c] : 0ull;
+        float score = 0.0f;
+        uint32_t mass = 0u;
+        if constexpr (kWeighed) {
+            if (c < n) score = weigh.score(mine), mass = weigh.mass(mine);
+        }
         const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
         int rank = c < n && part == 0 && n % 2 == 1 && in[n - 1] > mine;
         if (c < n) {
@@ -776,9 +833,12 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
             }
         }
         for (int offset = lanes / 2; offset > 0; offset /= 2) rank += __shfl_xor_sync(0xFFFFFFFFu, rank, offset);
-        if (c < n && part == 0) out[rank] = mine;
+        if (c < n && part == 0) {
+            out[rank] = mine;
+            if constexpr (kWeighed) scores[rank] = score, masses[rank] = mass;
+        }
         __syncthreads();
-        return out;
+        return {out, kWeighed ? scores : nullptr, kWeighed ? masses : nullptr};
     }
     int n_pad = 1;
     while (n_pad < n) n_pad <<= 1;
@@ -794,7 +854,11 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
             __syncthreads();
         }
     }
-    return in;
+    if constexpr (kWeighed) {
+        for (int i = threadIdx.x; i < n; i += kThreads) scores[i] = weigh.score(in[i]), masses[i] = weigh.mass(in[i]);
+        __syncthreads();
+    }
+    return {in, kWeighed ? scores : nullptr, kWeighed ? masses : nullptr};
 }
 
 // One candidate into the gather buffer (ex[1]) of CTA 0 or, with kEveryRank, of every CTA: a slot from an atomic on
@@ -849,10 +913,122 @@ __device__ void push_kept(const unsigned long long* kept, int n, uint32_t d0, cg
     cluster.sync();  // every candidate has arrived
 }
 
-// This CTA's gathered candidates (after push_candidates), sorted.
-__device__ const unsigned long long* sorted_candidates(Shared& sh) {
+// This CTA's gathered candidates (after push_candidates), sorted (and weighed, with Weights).
+template <typename Weigh = Unweighed>
+__device__ Ranked sorted_candidates(Shared& sh, Weigh weigh = {}) {
     return sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
-                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
+                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count, weigh);
+}
+
+// The digit of the k-th largest among z counted per digit (counts(b) of digit b), searched by the calling warp alone
+// over the 32 digits top, top - 1, ..., top - 31 (lane l: digit top - l), and how many of them lie at or above it.
+// Returns false when those digits hold fewer than k.
+template <typename Counts>
+__device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long k, Counts counts, uint32_t& digit,
+                                               uint32_t& above) {
+    const int lane = threadIdx.x % dsv4::kWarpSize;
+    const uint32_t mine = counts(static_cast<int>(top) - lane);
+    uint32_t inclusive = mine;  // over the lanes, from the top digit down
+#pragma unroll
+    for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
+        if (lane >= offset) inclusive += y;
+    }
+    const uint32_t reached = __ballot_sync(0xFFFFFFFFu, inclusive >= k);
+    if (reached == 0u) return false;
+    const int at = __ffs(reached) - 1;
+    digit = top - at;
+    above = __shfl_sync(0xFFFFFFFFu, inclusive, at);
+    return true;
+}
+
+// Unstaged top-k fast path, in one cluster barrier (called right after the load pass: ex[0].hist[0] counts this CTA's
+// kept list by level-0 digit, sh.warp_value and sh.warp_bad hold its warps' max z and invalid z). Every CTA takes d,
+// the digit of its own k-th largest z, from the 32 digits at and below its max's (every warp alone, kth_digit_near),
+// and pushes the entries of its kept list with digit >= d into region `rank` of CTA 0's gather buffer (ex[1]): they
+// include every z of its slice that the row keeps, which are at least the row's k-th largest, so at least the CTA's
+// own. With them go its max and those 32 digits' counts into CTA 0, and a flag into every CTA: its list is complete (no
+// overflow), its z are valid, its k-th largest lies within those digits and its entries fit the region. If every flag
+// is up, the other CTAs are done, and every warp of CTA 0 finds the row's k-th digit d0 in the CTAs' counts (the row's
+// max digit is at most 31 above it: the largest d is at most d0), then CTA 0 sorts the regions' entries at or above it
+// with their weights and finishes (finish_candidates). The path it replaced (a max exchange, the row's candidate digit
+// from the CTAs' whole histograms and a push of those candidates alone, ~85 for the bench's rows against ~250 a CTA
+// here, then the cut and the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p launch after the load pass. Returns
+// true when this CTA is done; false, the same on every CTA, when a flag is down (an overflowing, invalid or spread
+// slice, or more ties than a region holds): the max exchange and the paths after it follow.
+// scratch: [2 kMaxCandidates] entries, free (the warps' reached lists).
+template <int kRanks>
+__device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
+                               const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
+    constexpr int kRegion = kMaxCandidates / kRanks;
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    const int rank = static_cast<int>(cluster.block_rank());
+    const unsigned long long k = static_cast<unsigned long long>(a.top_k);
+    unsigned long long* regions = reinterpret_cast<unsigned long long*>(sh.ex[1].hist);  // [kRanks][kRegion]
+    // Entries of list[0, n) whose digit reaches d into out[] (slots from an atomic on *count, one a warp).
+    auto compact = [&](const unsigned long long* list, int n, uint32_t d, unsigned long long* out, int* count) {
+        for (int i = tid; i - lane < n; i += kThreads) {
+            const unsigned long long entry = i < n ? list[i] : 0ull;
+            const bool take = i < n && (candidate_key(entry) >> digit_shift(0)) >= d;
+            const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
+            int at = 0;
+            if (lane == 0 && takers != 0u) at = atomicAdd(count, __popc(takers));
+            at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(takers & ((1u << lane) - 1u));
+            if (take) out[at] = entry;
+        }
+    };
+    static_assert(kWarps <= dsv4::kWarpSize, "a lane per warp");
+    const uint32_t max_key = __reduce_max_sync(0xFFFFFFFFu, lane < kWarps ? float_to_key(sh.warp_value[lane]) : 0u);
+    const uint32_t top = max_key >> digit_shift(0);
+    const int n_kept = sh.kept;  // > kKeptCapacity: the list overflowed (and the histogram is empty)
+    uint32_t d = 0, pushed = 0;
+    const bool found = kth_digit_near(top, k, [&](int b) { return b >= 0 ? sh.ex[0].hist[0][b] : 0u; }, d, pushed);
+    const bool fits = n_kept <= kKeptCapacity && found && pushed <= kRegion;
+    if (fits) compact(kept, n_kept, d, cluster.map_shared_rank(regions, 0) + rank * kRegion, &sh.count);
+    if (warp == 0) {
+        Shared* leader = cluster.map_shared_rank(&sh, 0);
+        leader->region_window[rank][lane] = static_cast<int>(top) - lane >= 0 ? sh.ex[0].hist[0][top - lane] : 0u;
+        const bool bad = __any_sync(0xFFFFFFFFu, lane < kWarps && sh.warp_bad[lane]);
+        if (lane == 0) {
+            leader->region_count[rank] = static_cast<int>(pushed);
+            leader->region_top[rank] = top;
+            leader->region_max[rank] = key_to_float(max_key);
+        }
+        if (lane < kRanks) cluster.map_shared_rank(&sh, lane)->region_ok[rank] = fits && !bad;
+    }
+    cluster.sync();  // every region, count and flag has arrived
+    bool all_ok = true;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) all_ok &= sh.region_ok[r] != 0;
+    if (!all_ok) {
+        if (tid == 0) sh.count = 0;  // (the fallback's push counts from 0: its cluster barrier comes first)
+        return false;
+    }
+    if (rank != 0) return true;
+
+    uint32_t row_top = 0;
+    float zmax = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) row_top = max(row_top, sh.region_top[r]), zmax = fmaxf(zmax, sh.region_max[r]);
+    uint32_t d0 = 0, above = 0;
+    kth_digit_near(row_top, k, [&](int b) {
+        uint32_t c = 0;
+#pragma unroll
+        for (int r = 0; r < kRanks; ++r) {
+            const uint32_t below_top = sh.region_top[r] - static_cast<uint32_t>(b);
+            c += below_top < dsv4::kWarpSize ? sh.region_window[r][below_top] : 0u;
+        }
+        return c;
+    }, d0, above);
+    for (int r = 0; r < kRanks; ++r) compact(regions + r * kRegion, sh.region_count[r], d0, scratch, &sh.gathered);
+    __syncthreads();
+    const int n = sh.gathered;
+    const Ranked ranked = sort_descending(scratch, scratch + kMaxCandidates, n, Weights{row, a, zmax});
+    if (warp == 0) {
+        const int token = finish_candidates(ranked.sorted, ranked.score, ranked.mass, n, a);
+        if (lane == 0) a.tokens[row] = token;
+    }
+    return true;
 }
 
 // Unstaged top-p fast path (top-p without top-k, kRanks CTAs a row, nothing staged; called right after the max
@@ -940,7 +1116,7 @@ __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* ke
             deliver_candidate<true, kRanks>(kept[i], cluster, sh);
     }
     cluster.sync();  // every CTA holds the crossing bin's entries
-    cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
+    cut = crossing_key(sorted_candidates(sh).sorted, sh.count, 0u, zmax, mass_above,
                        [target](unsigned long long) { return target; }, sh);
     return true;
 }
@@ -1314,7 +1490,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
     }
     if (fast_top_k || fast_top_p || list_top_p) {
-        if (tid == 0) sh.count = 0, sh.kept = 0, sh.list_floor = -INFINITY;
+        if (tid == 0) sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
         __syncthreads();
     }
 
@@ -1470,6 +1646,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
     bad = __any_sync(0xFFFFFFFFu, bad);
     if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
     __syncthreads();
+    if constexpr (!kStaged) {
+        unsigned long long* scratch = kept + kKeptCapacity;  // the warps' reached lists, done with
+        if (fast_top_k && unstaged_top_k<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
+    }
     if (tid == 0) {
         Exchange& mine = sh.ex[phase & 1];
         float v = -INFINITY;
@@ -1515,8 +1695,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
         else
             push_kept<kRanks>(kept, min(sh.kept, kKeptCapacity), digit, cluster, sh);
         if (rank != 0) return;
-        const int token = finish_candidates(sorted_candidates(sh), sh.count, zmax, row32, a, sh);
-        if (tid == 0) a.tokens[row] = token;
+        const Ranked ranked = sorted_candidates(sh, Weights{row32, a, zmax});
+        if (warp == 0) {
+            const int token = finish_candidates(ranked.sorted, ranked.score, ranked.mass, sh.count, a);
+            if (lane == 0) a.tokens[row] = token;
+        }
         return;
     }
     float threshold = -INFINITY;
@@ -1534,7 +1717,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                                         mass_above, target)) {
         // Every z in bins < bin is kept; the cut lies among the z of the crossing bin, which every CTA gathers.
         push_candidates<true>(z4, n_local, begin, [&](float v) { return mass_bin(v, zmax) == bin; }, cluster, sh);
-        const uint32_t cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
+        const uint32_t cut = crossing_key(sorted_candidates(sh).sorted, sh.count, 0u, zmax, mass_above,
                                           [target](unsigned long long) { return target; }, sh);
         threshold = key_to_float(cut);
         top_p_done = true;
