@@ -1049,7 +1049,13 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then
 // starts at ex[1], which this leaves untouched). A 64-row T,p launch (%globaltimer, us from this call, thread 0): the
 // lists' masses and bins 0.6-0.9, the exchange 2.1-2.8, the walk 3.2-3.9, the crossing bin's push 4.6-5.7, its sort
-// and cut 6.1-7.2; then the Gumbel-max over the lists 8.5-10.4 and the launch's end 9.2-11.6.
+// and cut 6.1-7.2; then the Gumbel-max over the lists 8.5-10.4 and the launch's end 9.2-11.6. Measured and not kept:
+// one cluster barrier in place of the max exchange and this path's three, as unstaged_top_k does (every CTA copying its
+// list into every other CTA's ex[1] with its max, floor and tail, each CTA finding the same cut on the row's lists, CTA
+// 0 alone taking the Gumbel-max over them with the row max's gumbel_reach floor for a bound). The bench's lists hold
+// 1000-2000 z a CTA, so a region of 2048 overflows on some rows, which then take the radix path (64 rows 105 us); and
+// on the rows that fit, CTA 0's work on both lists (masses and bins 1.5 us, the cut 3.0, the Gumbel-max over ~2000
+// entries 4.0) took as long as what it replaced: 10.5-11.8 us from the end of the load pass.
 template <int kRanks>
 __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* kept, int n_kept, float zmax,
                                    float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
