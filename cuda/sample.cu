@@ -70,8 +70,9 @@
 // us. Its trace (64 rows, us after the wait, CTA 0): lists done 15.0-16.5, pushed 16.1-17.6, barrier passed 17.4-18.2,
 // the row's digit 0.35 later, its ~85-92 candidates gathered 0.45 later, weighed and ranked 1.6 (0.7 of it the Philox
 // blocks and double logs), the cut and the best score 1.3 (clock64: ~2300 cycles of a warp's serial loads, scan and
-// shuffles; the best score by two redux.sync in place of warp_best measured the same). See launch_sample for what
-// wider batches measured otherwise.
+// shuffles; measured the same: the best score by two redux.sync in place of warp_best, 24.1 / 24.8 against 24.0 /
+// 24.0, and the lanes' loops unrolled 4 entries at a time, 24.0 either way). See launch_sample for what wider batches
+// measured otherwise.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
