@@ -201,6 +201,15 @@ __device__ __forceinline__ int mass_bin(float v, float zmax) {
     return min(kMassBins - 1, __float2int_rz(__fmul_rn(__fsub_rn(zmax, v), kMassBinsPerUnit)));
 }
 
+// The slot of each lane of the warp that takes one (every lane calls), from one atomic on *count a warp.
+__device__ __forceinline__ int warp_slot(bool take, int* count) {
+    const int lane = threadIdx.x % dsv4::kWarpSize;
+    const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
+    int at = 0;
+    if (lane == 0 && takers != 0u) at = atomicAdd(count, __popc(takers));
+    return __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(takers & ((1u << lane) - 1u));
+}
+
 // Candidate entry of the top-k fast path: key in the high word, ~token in the low, so that descending order is z
 // descending, then token id ascending (the order of every tie-break here).
 __device__ __forceinline__ unsigned long long candidate(uint32_t key, uint32_t token) {
@@ -966,15 +975,12 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     const int rank = static_cast<int>(cluster.block_rank());
     const unsigned long long k = static_cast<unsigned long long>(a.top_k);
     unsigned long long* regions = reinterpret_cast<unsigned long long*>(sh.ex[1].hist);  // [kRanks][kRegion]
-    // Entries of list[0, n) whose digit reaches d into out[] (slots from an atomic on *count, one a warp).
+    // Entries of list[0, n) whose digit reaches d into out[] (slots from *count).
     auto compact = [&](const unsigned long long* list, int n, uint32_t d, unsigned long long* out, int* count) {
         for (int i = tid; i - lane < n; i += kThreads) {
             const unsigned long long entry = i < n ? list[i] : 0ull;
             const bool take = i < n && (candidate_key(entry) >> digit_shift(0)) >= d;
-            const uint32_t takers = __ballot_sync(0xFFFFFFFFu, take);
-            int at = 0;
-            if (lane == 0 && takers != 0u) at = atomicAdd(count, __popc(takers));
-            at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(takers & ((1u << lane) - 1u));
+            const int at = warp_slot(take, count);
             if (take) out[at] = entry;
         }
     };
@@ -1625,10 +1631,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 take_better(best, best_i, zz, static_cast<int>(entry.y));
                 const uint32_t key = float_to_key(zz);
                 const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit;
-                const uint32_t keepers = __ballot_sync(0xFFFFFFFFu, keep);  // one atomic a warp
-                int at = 0;
-                if (lane == 0 && keepers != 0u) at = atomicAdd(&sh.kept, __popc(keepers));
-                at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(keepers & ((1u << lane) - 1u));
+                const int at = warp_slot(keep, &sh.kept);
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
                 if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,
                                                                                 -mass_offset));
