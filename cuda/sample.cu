@@ -1531,6 +1531,26 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // keep_digit) and, where a lane's vector reaches it, a ballot per element: the logits that reach it go on the
     // warp's list as they are (no division in the loop, no divergence: N(0, 3^2) logits, T 0.8, k 50: 1.7% of the
     // logits reach the floor, so 89% of a warp's vectors hold one), and the warp divides and keeps them after the loop.
+    // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
+    // the loop. Against this one (Flash vocab, H100, us): T,k,p at 48 / 64 rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 /
+    // 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5. Stamps of a 64-row T,k,p launch timed as the
+    // bench times it (a graph of 64 launches over 8 sets, stamps stored to global memory, not printed; medians over
+    // CTAs, us from the launch's first wait exit): this pass ends at 13.7, the lists at 14.5, the launch at 21.4 (its
+    // slowest CTA 23.1, and the next launch's wait exit 25.2).
+    //  - a bit a vector (64 a thread), the marked vectors read again from L2 onto the warps' lists, 4 or 8 a thread at
+    //    a time: the pass ends at 10.1 but the lists at 13.5 (8 at a time). 4 at a time: T,k,p 22.4 / 23.8, T,p 29.7 /
+    //    32.5 at 48 / 64 rows, but 96 / 128 / 256 rows T,k,p 36.7 / 41.6 / 82.7, T,p 60.9 / 54.9 / 107.3; 8 at a time:
+    //    22.7 / 23.9 and 30.9 / 33.9, 96 / 128 / 256 rows T,k,p 40.0 / 45.2 / 87.7.
+    //  - the marked vectors stored in a warp's area of shared memory (256 vectors, 128 at two CTAs an SM; past it, a bit
+    //    a vector and a read from L2), then listed with one atomic a 128 logits: pass 11.0, lists 14.2-14.3 (~6000
+    //    cycles to list ~80 vectors, clock64); T,k,p 23.0-23.2 / 23.4-23.5, T,p 30.9 / 33.4-33.6, but 96 / 128 / 256
+    //    rows T,k,p 36.1 / 39.1 / 75.3, T,p 61.4 / 52.1 / 101.5.
+    //  - the same area, its reaching logits moved into the kept list by one atomic a warp, then divided and kept by the
+    //    CTA in thread order (a block scan, in place): lists 14.7; T,k,p 23.5-23.8 / 23.9, T,p 32.3 / 35.1.
+    // The listing after the loop takes what the loop saves. ncu of this launch (cache control none): 9.4 M warp
+    // instructions (~4600 a warp), stalls 32% fixed-latency dependencies ("wait"), 15% barriers, 12% short scoreboard,
+    // 2% no instruction. The slowest CTAs, which set the launch's tail, are those whose first batch put the floor lower
+    // (~140 marked vectors in a warp against a median of ~80).
     unsigned long long* kept = reinterpret_cast<unsigned long long*>(z4);  // [kKeptCapacity] (unstaged only)
     float tail_mass = 0.0f;  // unstaged top-p: this thread's part of the slice's mass off the kept list
     if constexpr (kStaged) {
