@@ -72,7 +72,9 @@
 // blocks and double logs), the cut and the best score 1.3 (clock64: ~2300 cycles of a warp's serial loads, scan and
 // shuffles; measured the same: the best score by two redux.sync in place of warp_best, 24.1 / 24.8 against 24.0 /
 // 24.0, and the lanes' loops unrolled 4 entries at a time, 24.0 either way). See launch_sample for what wider batches
-// measured otherwise.
+// measured otherwise. The load pass's floor now rises as the CTA sees more z, and its lists' stores take their shared
+// address from a register (filtered_sample): T,k,p at 48 / 64 rows 23.2 / 24.0 -> 21.0 / 21.8 us, T,p 31.4 / 33.9 ->
+// 29.9 / 32.0.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -142,6 +144,8 @@ constexpr int kWarpReached = 256;
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
 // bench's rows then overflow the warps' lists of T,k,p, which takes the radix path.
 constexpr int kFirstBatchVectors = 2;
+// The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
+constexpr int kMaxFloorRaises = 8;
 constexpr size_t kUnstagedSmem = kKeptCapacity * sizeof(unsigned long long) + kWarps * kWarpReached * sizeof(uint2);
 
 constexpr int kPhiloxRounds = 10;
@@ -199,6 +203,12 @@ __device__ __forceinline__ float tail_term(float x, float logit_floor, float slo
 // Top-p fast path: the bin of a finite z <= zmax, non-increasing in z (each step rounds monotonically).
 __device__ __forceinline__ int mass_bin(float v, float zmax) {
     return min(kMassBins - 1, __float2int_rz(__fmul_rn(__fsub_rn(zmax, v), kMassBinsPerUnit)));
+}
+
+// A 64-bit store at a shared-memory address held in a register (the compiler otherwise re-forms a cluster CTA's shared
+// window base, S2R SR_CgaCtaId and three more instructions, at every store of the load pass's reached lists).
+__device__ __forceinline__ void store_shared(uint32_t address, uint2 value) {
+    asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(address), "r"(value.x), "r"(value.y) : "memory");
 }
 
 // The slot of each lane of the warp that takes one (every lane calls), from one atomic on *count a warp.
@@ -342,6 +352,7 @@ struct alignas(16) Shared {
     int count;  // fast paths: entries in this CTA's gathered candidate list
     int kept;   // unstaged fast paths: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
     float list_floor;  // unstaged top-p fast path: every z of the slice at or above it is on the kept list
+    uint32_t raise_count[kMaxFloorRaises];  // unstaged top-k fast path: logits seen above each raised floor's digit
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
     uint32_t bin_count[kMassBinsPerCta];
@@ -423,9 +434,12 @@ struct SliceLogits {
     }
 };
 
-// visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight.
-template <typename Z, typename Visit>
-__device__ __forceinline__ void for_each_z(const Z& z, Visit visit) {
+struct NoBatchEnd {
+    __device__ void operator()() const {}
+};
+// visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
+template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
+__device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     for (int first = threadIdx.x; 4 * first < z.n_local; first += Z::kBatch * kThreads) {
         float4 loaded[Z::kBatch];
 #pragma unroll
@@ -439,6 +453,7 @@ __device__ __forceinline__ void for_each_z(const Z& z, Visit visit) {
             if (4 * v >= z.n_local) break;
             visit(z.finish(loaded[b], v), v);
         }
+        batch_end();
     }
 }
 
@@ -612,6 +627,17 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
     }
     __syncthreads();
     return sh.digit;
+}
+
+// The logits bounding level-0 digit d of z = RN(x / T) (a moderate T): a logit below `below` has a z of digit < d, one
+// at or above `above` a z of digit >= d (the margins cover the roundings of d's least z times T and of the division
+// and, near 0, the smallest subnormal). False when that product is not finite and moderate (d's least key is NaN from
+// the digit of NaN up, and 0 <= d < 2048 wraps past it to NaN).
+__device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, float& below, float& above) {
+    const float scaled = __fmul_rn(key_to_float(digit << digit_shift(0)), t);
+    below = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
+    above = fmaf(fabsf(scaled), 0x1p-20f, scaled) + 0x1p-100f;
+    return digit < kBins && fabsf(scaled) < 0x1p100f;
 }
 
 // The top-p fast paths' histogram of a CTA's z by mass_bin, in an exchange buffer: the fixed-point mass of bin b as
@@ -1503,7 +1529,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
         for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
     }
     if (fast_top_k || fast_top_p || list_top_p) {
-        if (tid == 0) sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
+        if (tid == 0) {
+            sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
+            for (int r = 0; r < kMaxFloorRaises; ++r) sh.raise_count[r] = 0u;
+        }
         __syncthreads();
     }
 
@@ -1531,12 +1560,30 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // keep_digit) and, where a lane's vector reaches it, a ballot per element: the logits that reach it go on the
     // warp's list as they are (no division in the loop, no divergence: N(0, 3^2) logits, T 0.8, k 50: 1.7% of the
     // logits reach the floor, so 89% of a warp's vectors hold one), and the warp divides and keeps them after the loop.
+    // The floor rises (top-k): at the end of each batch of loads (for_each_z) every warp counts the logits its list
+    // took in the batch that reach raise_at, the bound above which z lies in the digit over the floor's, into the CTA's
+    // count for its floor (raise_count[raised], an atomic a warp), and reads back the total: once k logits are counted,
+    // the CTA's own k-th largest z, and so the row's, lies in that digit or higher, and the warp's floor moves up a
+    // digit (at most kMaxFloorRaises). A digit at or below the CTA's own k-th largest's keeps the path exact, as
+    // keep_digit does: the lists hold every z from the highest floor a warp took up, whose digits' counts are then
+    // exact and hold at least k z. The bench's rows rise one digit (2% of warps two), from z >= 8 to z >= 10 at T 0.8
+    // (1.7% -> 0.4% of the logits reach it), at the end of the first (a quarter of the warps) or second batch of 8
+    // vectors a thread. The lists' stores also take a shared address from a register (store_shared). Flash vocab on the
+    // H100, us, before -> the stores alone -> both: T,k,p at 48 / 64 rows 23.2 / 24.0 -> 21.7 / 22.3 -> 21.0 / 21.8,
+    // T,p (whose floor does not rise) 31.4 / 33.9 -> 29.9 / 32.1 -> 29.9 / 32.0; at 96 / 128 / 256 rows T,k,p 33.7 /
+    // 36.7 / 74.0 -> 32.5 / 35.6 / 71.8 -> 32.2 / 35.4 / 72.1, T,p 58.5 / 47.3 / 94.4 -> 56.8 / 45.8 / 91.3 -> 57.2 /
+    // 45.8 / 91.7. Measured and not kept (64 rows): the count per vector holding a logit at raise_at (a warp sum and an
+    // atomic each; T,k,p 24.0 -> 25.3, before store_shared), per lane in the loop and summed at the batch's end (23.2),
+    // also at half a batch (both: T,k,p 22.5, T,p 33.2: the raise comes earlier, the loop's code is worse), and one
+    // loop for both filters with the floor's code skipped at run time for top-p (T,p 33.0: so the kernel at one CTA an
+    // SM has a loop of each, while at two, where 64 registers spill more with two loops, T,p at 96 / 128 / 256 rows
+    // measured 60.1 / 49.8 / 97.4).
     // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
-    // the loop. Against this one (Flash vocab, H100, us): T,k,p at 48 / 64 rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 /
-    // 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5. Stamps of a 64-row T,k,p launch timed as the
-    // bench times it (a graph of 64 launches over 8 sets, stamps stored to global memory, not printed; medians over
-    // CTAs, us from the launch's first wait exit): this pass ends at 13.7, the lists at 14.5, the launch at 21.4 (its
-    // slowest CTA 23.1, and the next launch's wait exit 25.2).
+    // the loop. Against this one before the rising floor and store_shared (Flash vocab, H100, us): T,k,p at 48 / 64
+    // rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 / 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5.
+    // Stamps of a 64-row T,k,p launch timed as the bench times it (a graph of 64 launches over 8 sets, stamps stored to
+    // global memory, not printed; medians over CTAs, us from the launch's first wait exit): this pass ends at 13.7, the
+    // lists at 14.5, the launch at 21.4 (its slowest CTA 23.1, and the next launch's wait exit 25.2).
     //  - a bit a vector (64 a thread), the marked vectors read again from L2 onto the warps' lists, 4 or 8 a thread at
     //    a time: the pass ends at 10.1 but the lists at 13.5 (8 at a time). 4 at a time: T,k,p 22.4 / 23.8, T,p 29.7 /
     //    32.5 at 48 / 64 rows, but 96 / 128 / 256 rows T,k,p 36.7 / 41.6 / 82.7, T,p 60.9 / 54.9 / 107.3; 8 at a time:
@@ -1547,7 +1594,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     //    rows T,k,p 36.1 / 39.1 / 75.3, T,p 61.4 / 52.1 / 101.5.
     //  - the same area, its reaching logits moved into the kept list by one atomic a warp, then divided and kept by the
     //    CTA in thread order (a block scan, in place): lists 14.7; T,k,p 23.5-23.8 / 23.9, T,p 32.3 / 35.1.
-    // The listing after the loop takes what the loop saves. ncu of this launch (cache control none): 9.4 M warp
+    // The listing after the loop takes what the loop saves. ncu of that launch (cache control none): 9.4 M warp
     // instructions (~4600 a warp), stalls 32% fixed-latency dependencies ("wait"), 15% barriers, 12% short scoreboard,
     // 2% no instruction. The slowest CTAs, which set the launch's tail, are those whose first batch put the floor lower
     // (~140 marked vectors in a warp against a median of ~80).
@@ -1590,22 +1637,28 @@ __device__ void filtered_sample(const SampleArgs& a) {
         const int64_t keep_rank =
             fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
         const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(keep_rank), sh);
-        // The least z of digit keep_digit (NaN below -inf's digit), times T: a logit x below logit_floor has
-        // RN(x / T) < keep_min (the margins cover both roundings and, near 0, the smallest subnormal).
+        // The least z of digit keep_digit (NaN below -inf's digit); a logit below logit_floor has a z below it.
         const float keep_min = key_to_float(keep_digit << digit_shift(0));
-        const float scaled = __fmul_rn(keep_min, t);
-        const float logit_floor = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
+        float logit_floor, unused;
+        const bool bounded = moderate_t && digit_logit_bounds(keep_digit, t, logit_floor, unused);
         if (tid == 0) sh.list_floor = keep_min;
         // Top-p: the mass of the slice's z off the list (z < keep_min), in units of exp(keep_min), as exp2 of
         // x log2(e) / T - keep_min log2(e) (see unstaged_top_p_cut), so that the row's mass needs no second pass.
         const float mass_slope = kLog2e * reciprocal_t, mass_offset = keep_min * kLog2e;
-        if (moderate_t && fabsf(scaled) < 0x1p100f) {
+        if (bounded) {
             if (fast_top_k)
                 for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
-            for_each_z(SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch>{logits, n_local},
-                       [&](float4 xv, int v) {  // the first batch again, from L2
+            const uint32_t reached_at = static_cast<uint32_t>(__cvta_generic_to_shared(reached));
+            // Top-k: the warp's floor rises from keep_digit to keep_digit + raised (see above).
+            const unsigned long long k = static_cast<unsigned long long>(a.top_k);
+            uint32_t raised = 0;  // the same on the warp's lanes still in the loop
+            float raise_at;
+            bool raising = fast_top_k && digit_logit_bounds(keep_digit + 1, t, unused, raise_at);
+            int counted = 0;  // entries of the warp's list counted by raise_floor
+            const SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch> slice_logits{logits, n_local};
+            auto list_reaching = [&](float4 xv, int v) {  // (the first batch again, from L2)
                 const float x_max =
                     max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
                 bad |= x_max != x_max;
@@ -1624,11 +1677,36 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     const uint32_t reachers = __ballot_sync(lanes, reach);
                     const int at = n_reached + __popc(reachers & ((1u << lane) - 1u));
                     if (reach && at < kWarpReached)
-                        reached[at] = make_uint2(__float_as_uint(e[c]), static_cast<uint32_t>(begin + 4 * v + c));
+                        store_shared(reached_at + 8u * at,
+                                     make_uint2(__float_as_uint(e[c]), static_cast<uint32_t>(begin + 4 * v + c)));
                     n_reached += __popc(reachers);
                 }
-            });
+            };
+            auto raise_floor = [&] {  // at a batch's end
+                if (!raising) return;
+                const uint32_t lanes = __activemask();
+                __syncwarp(lanes);  // the lanes' list entries are visible
+                const int listed = min(n_reached, kWarpReached);
+                uint32_t mine = 0;
+                for (int i = counted + lane; i < listed; i += dsv4::kWarpSize)
+                    mine += __uint_as_float(reached[i].x) >= raise_at;
+                counted = listed;
+                const uint32_t above = __reduce_add_sync(lanes, mine);
+                const int leader = __ffs(lanes) - 1;
+                uint32_t seen = 0;
+                if (lane == leader) seen = atomicAdd(&sh.raise_count[raised], above) + above;
+                seen = __shfl_sync(lanes, seen, leader);
+                if (seen < k) return;
+                ++raised;  // raise_at was valid: so is the bound below the same digit
+                digit_logit_bounds(keep_digit + raised, t, logit_floor, unused);
+                raising = raised < kMaxFloorRaises && digit_logit_bounds(keep_digit + raised + 1, t, unused, raise_at);
+            };
+            if (kCtasPerSm > 1 || raising)  // (a loop of each at one CTA an SM: see above)
+                for_each_z(slice_logits, list_reaching, raise_floor);
+            else
+                for_each_z(slice_logits, list_reaching);
             n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
+            raised = __reduce_max_sync(0xFFFFFFFFu, raised);
             if (n_reached > kWarpReached) {
                 // Overflow: the list lost z, perhaps the max, a NaN or a +inf, which the max exchange and the radix
                 // path after it need: the warp's threads take them from their vectors again (from L2).
@@ -1650,7 +1728,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 bad |= !(zz < INFINITY);
                 take_better(best, best_i, zz, static_cast<int>(entry.y));
                 const uint32_t key = float_to_key(zz);
-                const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit;
+                const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit + raised;
                 const int at = warp_slot(keep, &sh.kept);
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
                 if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,

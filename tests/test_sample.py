@@ -226,6 +226,43 @@ def test_top_k_ties_around_the_kth_place(fillers, rng, stream):
     ledger.assert_rare()
 
 
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_k_floor_rises_only_past_k(fillers, rng, stream):
+    """Unstaged, a CTA's floor starts at its first batch's k-th digit (the first 4096 z of its slice) and rises a digit
+    once the CTA has seen k z in the digit above. k = 50, z (= logits / T) planted in one CTA's slice, the rest
+    N(0, 0.8^2):
+      - row 1: its first batch holds 20 z of 5.5 and 60 of 4.5 (its 50th largest: digit [4, 5)), then 29 more of 5.5,
+        and at the slice's end 200 of 4.75: 49 z above the floor's digit, one short of a rise, so the late 4.75s (50th
+        place, ties, most of the row's mass) stay on the list; a rise at k - 1 (or a logit counted twice) loses them.
+      - row 2: its first batch holds 50 z of 4.5 (the floor's digit [4, 5)), then come 60 of 5.00001 (a rise to digit
+        [5, 6) once 50 are counted) and at the slice's end 30 of 5.9: the row's max, inside the risen floor's digit.
+    Rows 3 and 4 plant the same in the second CTA's slice."""
+    slice_len = VOCAB // 2  # unstaged clusters of 2 CTAs
+    z = random_logits(rng, 5 + fillers, VOCAB, 0.8)
+
+    def plant(row, base, lo, hi, count, value):
+        z[row, base + rng.choice(np.arange(lo, hi), count, replace=False)] = value
+
+    for row, base in ((1, 0), (3, slice_len)):
+        plant(row, base, 0, 4096, 80, 4.5)
+        z[row, base + rng.choice(np.flatnonzero(z[row, base:base + 4096] == np.float32(4.5)), 20, replace=False)] = 5.5
+        plant(row, base, 4096, 20000, 29, 5.5)
+        plant(row, base, 50000, slice_len, 200, 4.75)
+    for row, base in ((2, 0), (4, slice_len)):
+        plant(row, base, 0, 4096, 50, 4.5)
+        plant(row, base, 4096, 20000, 60, 5.00001)
+        plant(row, base, 60000, slice_len, 30, 5.9)
+    for temperature in (1.0, 0.8):
+        logits = (z * np.float32(temperature)).astype(np.float32)
+        for seed in range(4):
+            gpu = run_sample(logits, stream, temperature, 50, 1.0, seed=seed, step=5)
+            cpu = Sampler(temperature, 50, 1.0, seed).sample(logits, 5)
+            assert (gpu[1:5] == cpu[1:5]).all(), f"T={temperature}, seed {seed}: GPU {gpu[1:5]}, CPU {cpu[1:5]}"
+            ledger = MismatchLedger()
+            ledger.compare(logits, gpu, temperature, 50, 1.0, seed, 5)
+            ledger.assert_rare()
+
+
 def test_overflowing_lists_recompute_the_max(rng, stream):
     """Unstaged, a CTA's floor comes from its slice's first batch: in an ascending row almost every z of the upper slice
     reaches it and the warps' reached lists overflow, losing the row's max; a warp whose list overflowed takes its max
