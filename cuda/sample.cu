@@ -142,7 +142,9 @@ constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims
 constexpr int kWarpReached = 256;
 // The unstaged fast paths' first batch: 16-byte vectors a thread (4096 z a CTA). Flash vocab on the H100, 64 rows: 4
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
-// bench's rows then overflow the warps' lists of T,k,p, which takes the radix path.
+// bench's rows then overflow the warps' lists of T,k,p, which takes the radix path. With the rising floor, 1 vector
+// (96% of the warps' floors rise two digits) took T,k,p at 48 / 64 rows 22.4 / 22.4 against 21.0-21.2 / 21.8, T,p
+// 29.8 / 32.0 against 30.0-30.1 / 32.2.
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
