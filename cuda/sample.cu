@@ -633,8 +633,8 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
 
 // The logits bounding level-0 digit d of z = RN(x / T) (a moderate T): a logit below `below` has a z of digit < d, one
 // at or above `above` a z of digit >= d (the margins cover the roundings of d's least z times T and of the division
-// and, near 0, the smallest subnormal). False when that product is not finite and moderate (d's least key is NaN from
-// the digit of NaN up, and 0 <= d < 2048 wraps past it to NaN).
+// and, near 0, the smallest subnormal). False when d is past the last digit, or that product is not finite and moderate
+// (so also for the digits whose least key is a NaN's).
 __device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, float& below, float& above) {
     const float scaled = __fmul_rn(key_to_float(digit << digit_shift(0)), t);
     below = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
