@@ -34,7 +34,7 @@
 // Top-k fast path (0 < top_k <= 2048, the usual case), replacing 2-4: the load pass also counts the first
 // digit; from the digits at and below the max's, the cluster finds the k-th largest's first digit d0 and, when
 // at most 2048 z of the row have a first digit >= d0, every CTA pushes those candidates (key, id) into CTA 0,
-// which sorts them and applies top-k, top-p (the same fixed-point masses and cut as 3) and Gumbel-max alone:
+// which applies top-k, top-p (the same fixed-point masses and cut as 3) and Gumbel-max to them alone (finish_top_k):
 // two cluster barriers instead of up to eight, and no further pass over the row. Rows with more candidates
 // (ties), or whose k-th largest lies too far below the max, take 2-4.
 // Top-p fast path (top-p without top-k), replacing 3: after the max, every CTA histograms its z by zmax - z
@@ -74,7 +74,11 @@
 // 24.0, and the lanes' loops unrolled 4 entries at a time, 24.0 either way). See launch_sample for what wider batches
 // measured otherwise. The load pass's floor now rises as the CTA sees more z, and its lists' stores take their shared
 // address from a register (filtered_sample): T,k,p at 48 / 64 rows 23.2 / 24.0 -> 21.0 / 21.8 us, T,p 31.4 / 33.9 ->
-// 29.9 / 32.0.
+// 29.9 / 32.0. CTA 0's finish no longer sorts its candidates (finish_top_k): T,k,p at 1 / 32 / 48 / 64 rows 12.2 /
+// 21.8 / 21.1 / 21.8 -> 11.2 / 20.8 / 20.1 / 21.6 us (96 / 128 / 256 rows 32.3 / 35.5 / 72.2 -> 31.4 / 34.7 / 71.8).
+// At 64 rows the finish (barrier to token) took 3.0 us against 3.8, but the load pass 1.2 us longer: the next launch
+// prefetches its slices into L2 on the SMs that rank 1 leaves while CTA 0 finishes, so a shorter finish leaves more of
+// the next slices to the load pass, which then runs at about the device's read bandwidth.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -85,7 +89,6 @@
 
 #include <atomic>
 #include <climits>
-#include <type_traits>
 
 #include "common.cuh"
 
@@ -371,6 +374,11 @@ struct alignas(16) Shared {
     uint32_t region_window[kCluster][dsv4::kWarpSize];
     int region_ok[kCluster];
     int gathered;
+    // finish_top_k: each warp's largest lower bound on a kept score (as a key) and best contender (score key, ~token),
+    // how many candidates contend, and one of them (the winner when it is alone)
+    uint32_t warp_floor[kWarps];
+    unsigned long long warp_top[kWarps];
+    int contenders, sole;
 };
 
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
@@ -817,8 +825,8 @@ __device__ int finish_candidates(const unsigned long long* all, const float* sco
     return best_i;
 }
 
-// What finish_candidates needs of a candidate besides its key: its Gumbel score RN(z + g) (as the Gumbel-max of 4
-// compares them) and its fixed-point mass under the row's max.
+// What the finish of the top-k fast paths needs of a candidate besides its key: its Gumbel score RN(z + g) (as the
+// Gumbel-max of 4 compares them) and its fixed-point mass under the row's max.
 struct Weights {
     uint32_t row;
     const SampleArgs& a;
@@ -828,39 +836,19 @@ struct Weights {
     }
     __device__ uint32_t mass(unsigned long long c) const { return fixed_mass(key_to_float(candidate_key(c)), zmax); }
 };
-// Candidates sorted by sort_descending, and with Weights their scores and masses in the same order (else null).
-struct Ranked {
-    const unsigned long long* sorted;
-    const float* score;
-    const uint32_t* mass;
-};
 
-// The n candidates of in[] (distinct) in descending order, by the CTA: into out[0, n) by counting each one's rank
-// when n <= kThreads (no barrier between steps: `lanes` threads a candidate, each comparing it with every lanes-th
-// pair of in[], as many as the CTA holds up to a warp); else a bitonic sort of in[] in place, padded with zeros to the
-// next power of two (in[] has room: n <= kMaxCandidates, a power of two). out[] holds kMaxCandidates entries: with
-// Weights, the scores and masses of the sorted candidates go after its n <= kThreads entries (ranked: each candidate's
-// lanes weigh it before they rank it, so the double logs overlap the comparisons) or in their place (bitonic). CTA 0 of a
-// 64-row T,k,p launch ranks ~85 candidates: 1.0 us from the push, against 1.4 with a thread a candidate (whose 16-byte
-// loads the compiler issued one at a time, all into the same 4 registers; T,k,p at 48 / 64 rows 25.0 / 26.5 -> 24.5 /
-// 26.2).
-struct Unweighed {};
-template <typename Weigh = Unweighed>
-__device__ Ranked sort_descending(unsigned long long* in, unsigned long long* out, int n, Weigh weigh = {}) {
-    constexpr bool kWeighed = std::is_same<Weigh, Weights>::value;
-    // ranked: out[0, n), then scores and masses in kThreads slots each; bitonic: scores and masses in kMaxCandidates
-    float* scores = reinterpret_cast<float*>(n <= kThreads ? out + kThreads : out);
-    uint32_t* masses = reinterpret_cast<uint32_t*>(scores + (n <= kThreads ? kThreads : kMaxCandidates));
+// The n candidates of in[] (distinct) in descending order, by the CTA; returns where they are. Into out[0, n) by
+// counting each one's rank when n <= kThreads (no barrier between steps: `lanes` threads a candidate, each comparing it
+// with every lanes-th pair of in[], as many as the CTA holds up to a warp); else a bitonic sort of in[] in place,
+// padded with zeros to the next power of two (in[] has room: n <= kMaxCandidates, a power of two). out[] holds
+// kMaxCandidates entries. (Ranking ~85 candidates this way, 16-byte pairs at a time, measured 1.0 us against 1.4 with
+// a thread a candidate, whose loads the compiler issued one at a time into the same 4 registers.)
+__device__ const unsigned long long* sort_descending(unsigned long long* in, unsigned long long* out, int n) {
     if (n <= kThreads) {
         int lanes = 1;
         while (lanes < dsv4::kWarpSize && 2 * lanes * n <= kThreads) lanes *= 2;
         const int c = threadIdx.x / lanes, part = threadIdx.x % lanes;  // (a candidate's lanes share a warp)
         const unsigned long long mine = c < n ? in[c] : 0ull;
-        float score = 0.0f;
-        uint32_t mass = 0u;
-        if constexpr (kWeighed) {
-            if (c < n) score = weigh.score(mine), mass = weigh.mass(mine);
-        }
         const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
         int rank = c < n && part == 0 && n % 2 == 1 && in[n - 1] > mine;
         if (c < n) {
@@ -871,12 +859,9 @@ __device__ Ranked sort_descending(unsigned long long* in, unsigned long long* ou
             }
         }
         for (int offset = lanes / 2; offset > 0; offset /= 2) rank += __shfl_xor_sync(0xFFFFFFFFu, rank, offset);
-        if (c < n && part == 0) {
-            out[rank] = mine;
-            if constexpr (kWeighed) scores[rank] = score, masses[rank] = mass;
-        }
+        if (c < n && part == 0) out[rank] = mine;
         __syncthreads();
-        return {out, kWeighed ? scores : nullptr, kWeighed ? masses : nullptr};
+        return out;
     }
     int n_pad = 1;
     while (n_pad < n) n_pad <<= 1;
@@ -892,11 +877,129 @@ __device__ Ranked sort_descending(unsigned long long* in, unsigned long long* ou
             __syncthreads();
         }
     }
-    if constexpr (kWeighed) {
-        for (int i = threadIdx.x; i < n; i += kThreads) scores[i] = weigh.score(in[i]), masses[i] = weigh.mass(in[i]);
+    return in;
+}
+
+// Top-k fast paths, the finish of CTA 0 (every thread calls; returns the token on every thread): in[0, n) holds every
+// z top-k keeps (distinct entries, in no order), out[] kMaxCandidates free entries. For n <= kThreads nothing is
+// sorted:
+//  - each candidate c counts the candidates whose key exceeds its own (above_c) and adds their fixed-point masses
+//    (mass_above_c), `lanes` threads a candidate. Top-k keeps c iff above_c < k (ties extended, as the k-th largest's
+//    key cuts); the kept masses sum to total (exact integers); top-p keeps c iff mass_above_c < ceil(top_p * total):
+//    the walk over the sorted list that finish_candidates takes crosses the target in the key group where the masses
+//    of the greater keys stop being short of it.
+//  - meanwhile threads of their own form each candidate's Philox word and bounds on its score (gumbel_reach, no double
+//    logs). The candidates kept whose upper bound reaches the largest lower bound of a kept candidate contend; when one
+//    does it wins, else the contenders' exact scores decide (the lowest id on ties). On the bench's rows (~90
+//    candidates) one contends in 74% of them, two in 17%.
+// Four CTA barriers, no serial walk. A 64-row T,k,p launch (%globaltimer, CTA 0): 3.0 us from the cluster barrier to
+// the token, against 3.8 for a sort (ranking with the scores' double logs 1.7 us) and finish_candidates' walk by one
+// warp (1.3 us). Measured slower: 64-bit shared atomics for the kept mass and the best score (a compare-and-swap loop
+// under contention, ~1.5 us), and the double logs of every candidate beside the counts (~1 us a thread).
+// Larger n (ties, or k near kMaxCandidates): sort_descending and finish_candidates.
+__device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int n, const Weights& weigh, Shared& sh) {
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    if (n > kThreads) {  // (bitonic: sorted in place in in[], and out[] is free for the weights)
+        const unsigned long long* sorted = sort_descending(in, out, n);
+        float* scores = reinterpret_cast<float*>(out);
+        uint32_t* masses = reinterpret_cast<uint32_t*>(scores + kMaxCandidates);
+        for (int i = tid; i < n; i += kThreads) scores[i] = weigh.score(sorted[i]), masses[i] = weigh.mass(sorted[i]);
         __syncthreads();
+        if (warp == 0) {
+            const int token = finish_candidates(sorted, scores, masses, n, weigh.a);
+            if (lane == 0) sh.sole = token;
+        }
+        __syncthreads();
+        return sh.sole;
     }
-    return {in, kWeighed ? scores : nullptr, kWeighed ? masses : nullptr};
+    // out[]: keys and masses [n4] (zeros past n: below every candidate, no mass), bounds and words [n]
+    uint32_t* keys = reinterpret_cast<uint32_t*>(out);
+    uint32_t* masses = keys + kThreads;
+    float* upper = reinterpret_cast<float*>(masses + kThreads);
+    float* lower = upper + kThreads;
+    uint32_t* words = reinterpret_cast<uint32_t*>(lower + kThreads);
+    const int n4 = (n + 3) / 4 * 4;
+    if (tid < n4) {
+        const unsigned long long c = tid < n ? in[tid] : 0ull;
+        keys[tid] = candidate_key(c);
+        masses[tid] = tid < n ? weigh.mass(c) : 0u;
+    }
+    if (tid == 0) sh.contenders = 0;
+    __syncthreads();
+    // lanes a candidate, as many as leave a warp-aligned thread a candidate for the bounds (else its lane 0 forms them)
+    auto scorers_from = [n](int l) { return (l * n + dsv4::kWarpSize - 1) / dsv4::kWarpSize * dsv4::kWarpSize; };
+    const bool own_scorers = scorers_from(1) + n <= kThreads;
+    int lanes = 1;
+    while (own_scorers && lanes < dsv4::kWarpSize && scorers_from(2 * lanes) + n <= kThreads) lanes *= 2;
+    auto bound = [&](int c) {
+        const unsigned long long entry = in[c];
+        const float v = key_to_float(candidate_key(entry));
+        const int token = candidate_token(entry);
+        const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), weigh.row, weigh.a), token % 4);
+        const GumbelReach g = gumbel_reach(v + kReachShift, x);
+        upper[c] = score_upper(g.reach), lower[c] = g.floor - score_slack(g.floor), words[c] = x;
+    };
+    const int c = tid / lanes, part = tid % lanes;  // (a candidate's lanes share a warp)
+    const int scorer = tid - scorers_from(lanes);
+    if (own_scorers && scorer >= 0 && scorer < n) bound(scorer);
+    const unsigned long long k = static_cast<unsigned long long>(weigh.a.top_k);
+    uint32_t above = 0;
+    unsigned long long mass_above = 0;
+    if (c < n) {
+        const uint32_t key = keys[c];
+        const uint4* keys4 = reinterpret_cast<const uint4*>(keys);
+        const uint4* masses4 = reinterpret_cast<const uint4*>(masses);
+#pragma unroll 2
+        for (int j = part; j < n4 / 4; j += lanes) {  // broadcast reads
+            const uint4 kk = keys4[j], mm = masses4[j];
+            above += (kk.x > key) + (kk.y > key) + (kk.z > key) + (kk.w > key);
+            mass_above += static_cast<unsigned long long>(kk.x > key ? mm.x : 0u) + (kk.y > key ? mm.y : 0u);
+            mass_above += static_cast<unsigned long long>(kk.z > key ? mm.z : 0u) + (kk.w > key ? mm.w : 0u);
+        }
+    }
+    for (int offset = lanes / 2; offset > 0; offset /= 2) {
+        above += __shfl_xor_sync(0xFFFFFFFFu, above, offset);
+        mass_above += __shfl_xor_sync(0xFFFFFFFFu, mass_above, offset);
+    }
+    const bool counts = c < n && part == 0;  // this thread holds candidate c's counts
+    const bool top_k_keeps = counts && above < k;
+    if (!own_scorers && counts) bound(c);
+    // The warp's kept mass, each mass (< 2^32) in 16-bit halves: two redux.sync.
+    const uint32_t mass = top_k_keeps ? masses[c] : 0u;
+    const uint32_t mass_low = __reduce_add_sync(0xFFFFFFFFu, mass & 0xFFFFu);
+    const uint32_t mass_high = __reduce_add_sync(0xFFFFFFFFu, mass >> 16);
+    if (lane == 0) sh.warp_scan[warp] = (static_cast<unsigned long long>(mass_high) << 16) + mass_low;
+    __syncthreads();
+    bool kept = top_k_keeps;
+    if (weigh.a.top_p < 1.0f) {
+        unsigned long long total = 0;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total += sh.warp_scan[w];
+        kept &= mass_above < static_cast<unsigned long long>(ceil(double(weigh.a.top_p) * double(total)));
+    }
+    const uint32_t floor_key = __reduce_max_sync(0xFFFFFFFFu, kept ? float_to_key(lower[c]) : 0u);
+    if (lane == 0) sh.warp_floor[warp] = floor_key;
+    __syncthreads();
+    uint32_t best_floor = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) best_floor = max(best_floor, sh.warp_floor[w]);
+    const bool contends = kept && float_to_key(upper[c]) >= best_floor;
+    const int token = counts ? candidate_token(in[c]) : 0;
+    if (contends) atomicAdd(&sh.contenders, 1), sh.sole = token;
+    __syncthreads();
+    if (sh.contenders == 1) return sh.sole;
+    // Exact scores of the contenders, RN(z + g): the largest, then the lowest id (the highest ~token).
+    const uint32_t score_key =
+        contends ? float_to_key(__fadd_rn(key_to_float(keys[c]), gumbel_of_word(words[c]))) : 0u;
+    const uint32_t top_key = __reduce_max_sync(0xFFFFFFFFu, score_key);
+    const uint32_t top_id =
+        __reduce_max_sync(0xFFFFFFFFu, contends && score_key == top_key ? ~static_cast<uint32_t>(token) : 0u);
+    if (lane == 0) sh.warp_top[warp] = static_cast<unsigned long long>(top_key) << 32 | top_id;
+    __syncthreads();
+    unsigned long long best = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) best = max(best, sh.warp_top[w]);
+    return candidate_token(best);
 }
 
 // One candidate into the gather buffer (ex[1]) of CTA 0 or, with kEveryRank, of every CTA: a slot from an atomic on
@@ -951,11 +1054,10 @@ __device__ void push_kept(const unsigned long long* kept, int n, uint32_t d0, cg
     cluster.sync();  // every candidate has arrived
 }
 
-// This CTA's gathered candidates (after push_candidates), sorted (and weighed, with Weights).
-template <typename Weigh = Unweighed>
-__device__ Ranked sorted_candidates(Shared& sh, Weigh weigh = {}) {
+// This CTA's gathered candidates (after push_candidates), sorted.
+__device__ const unsigned long long* sorted_candidates(Shared& sh) {
     return sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
-                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count, weigh);
+                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
 }
 
 // The digit of the k-th largest among z counted per digit (counts(b) of digit b), searched by the calling warp alone
@@ -988,12 +1090,12 @@ __device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long 
 // own. With them go its max and those 32 digits' counts into CTA 0, and a flag into every CTA: its list is complete (no
 // overflow), its z are valid, its k-th largest lies within those digits and its entries fit the region. If every flag
 // is up, the other CTAs are done, and every warp of CTA 0 finds the row's k-th digit d0 in the CTAs' counts (the row's
-// max digit is at most 31 above it: the largest d is at most d0), then CTA 0 sorts the regions' entries at or above it
-// with their weights and finishes (finish_candidates). The path it replaced (a max exchange, the row's candidate digit
-// from the CTAs' whole histograms and a push of those candidates alone, ~85 for the bench's rows against ~250 a CTA
-// here, then the cut and the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p launch after the load pass. Returns
-// true when this CTA is done; false, the same on every CTA, when a flag is down (an overflowing, invalid or spread
-// slice, or more ties than a region holds): the max exchange and the paths after it follow.
+// max digit is at most 31 above it: the largest d is at most d0), then CTA 0 gathers the regions' entries at or above
+// it and finishes (finish_top_k). The path it replaced (a max exchange, the row's candidate digit from the CTAs' whole
+// histograms and a push of those candidates alone, ~85 for the bench's rows against ~250 a CTA here, then the cut and
+// the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p launch after the load pass. Returns true when this CTA is
+// done; false, the same on every CTA, when a flag is down (an overflowing, invalid or spread slice, or more ties than a
+// region holds): the max exchange and the paths after it follow.
 // scratch: [2 kMaxCandidates] entries, free (the warps' reached lists).
 template <int kRanks>
 __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
@@ -1058,11 +1160,8 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     for (int r = 0; r < kRanks; ++r) compact(regions + r * kRegion, sh.region_count[r], d0, scratch, &sh.gathered);
     __syncthreads();
     const int n = sh.gathered;
-    const Ranked ranked = sort_descending(scratch, scratch + kMaxCandidates, n, Weights{row, a, zmax});
-    if (warp == 0) {
-        const int token = finish_candidates(ranked.sorted, ranked.score, ranked.mass, n, a);
-        if (lane == 0) a.tokens[row] = token;
-    }
+    const int token = finish_top_k(scratch, scratch + kMaxCandidates, n, Weights{row, a, zmax}, sh);
+    if (tid == 0) a.tokens[row] = token;
     return true;
 }
 
@@ -1157,7 +1256,7 @@ __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* ke
             deliver_candidate<true, kRanks>(kept[i], cluster, sh);
     }
     cluster.sync();  // every CTA holds the crossing bin's entries
-    cut = crossing_key(sorted_candidates(sh).sorted, sh.count, 0u, zmax, mass_above,
+    cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
                        [target](unsigned long long) { return target; }, sh);
     return true;
 }
@@ -1793,7 +1892,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const uint32_t row32 = static_cast<uint32_t>(row);
 
     // 2a. Fast paths. Top-k: every z with digit >= d0 (at most kMaxCandidates in the row) goes straight into CTA 0,
-    // which sorts them and finishes alone. Top-p: the z of the crossing mass bin go to every CTA, each finds the same
+    // which finishes alone (finish_top_k). Top-p: the z of the crossing mass bin go to every CTA, each finds the same
     // cut among them, and 4 follows. A fallback to 2b-3 starts its radix levels at ex[1] (phase 1), which is
     // untouched until a fast path pushes.
     uint32_t digit;
@@ -1805,11 +1904,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
         else
             push_kept<kRanks>(kept, min(sh.kept, kKeptCapacity), digit, cluster, sh);
         if (rank != 0) return;
-        const Ranked ranked = sorted_candidates(sh, Weights{row32, a, zmax});
-        if (warp == 0) {
-            const int token = finish_candidates(ranked.sorted, ranked.score, ranked.mass, sh.count, a);
-            if (lane == 0) a.tokens[row] = token;
-        }
+        const int token = finish_top_k(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
+                                       reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count,
+                                       Weights{row32, a, zmax}, sh);
+        if (tid == 0) a.tokens[row] = token;
         return;
     }
     float threshold = -INFINITY;
@@ -1827,7 +1925,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                                         mass_above, target)) {
         // Every z in bins < bin is kept; the cut lies among the z of the crossing bin, which every CTA gathers.
         push_candidates<true>(z4, n_local, begin, [&](float v) { return mass_bin(v, zmax) == bin; }, cluster, sh);
-        const uint32_t cut = crossing_key(sorted_candidates(sh).sorted, sh.count, 0u, zmax, mass_above,
+        const uint32_t cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
                                           [target](unsigned long long) { return target; }, sh);
         threshold = key_to_float(cut);
         top_p_done = true;

@@ -227,6 +227,41 @@ def test_top_k_ties_around_the_kth_place(fillers, rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_k_finish_regimes(fillers, rng, stream):
+    """CTA 0's finish of the top-k fast paths over n candidates (every z at or above the k-th largest's leading digit,
+    here [8, 10) at k = 60 and T = 1, the rest N(0, 1)): n = 100 (a few threads count each candidate while threads of
+    their own bound its score), 300 (no room for the latter: the counting threads bound the scores) and 700 (more
+    than a CTA's threads: sorted first), top-p on and off. Rows 4-6 hold 100 such z and two planted ones whose exact
+    scores RN(z + g) tie (row 4) or differ by an ulp (rows 5 and 6) at the top, which bounds on g cannot part: the
+    exact scores decide, the lowest id on a tie."""
+    seed, step, top_k = 77, 9, 60
+    batch = 7 + fillers
+    logits = random_logits(rng, batch, VOCAB, 1.0)
+    noise = gumbel_noise(seed, step, np.arange(7), VOCAB)
+    for row, n in ((1, 100), (2, 300), (3, 700), (4, 102), (5, 102), (6, 102)):
+        logits[row, rng.choice(VOCAB, n, replace=False)] = rng.uniform(8.0, 9.9, n).astype(np.float32)
+    winners = []
+    for row, ulps in ((4, 0), (5, 1), (6, -1)):  # the second planted score's ulps above the first's
+        first, second = np.sort(np.flatnonzero(logits[row] >= 8.0)[:2])
+        logits[row, first] = np.float32(30.0) - noise[row, first]  # scores near 30: the rest reach 9.9 + 17.33
+        target = np.float32(logits[row, first] + noise[row, first])
+        target = [np.nextafter(target, np.float32(-np.inf)), target, np.nextafter(target, np.float32(np.inf))][ulps + 1]
+        z = np.float32(30.0) - noise[row, second]
+        while np.float32(z + noise[row, second]) != target:
+            z = np.nextafter(z, np.float32(np.inf if np.float32(z + noise[row, second]) < target else -np.inf))
+        logits[row, second] = z
+        winners.append(second if ulps > 0 else first)
+    ledger = MismatchLedger()
+    for top_p in (1.0, 0.9):
+        gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=seed, step=step)
+        if top_p == 1.0:
+            cpu = Sampler(1.0, top_k, top_p, seed).sample(logits, step)
+            assert list(gpu[4:7]) == winners and list(cpu[4:7]) == winners, (gpu[4:7], cpu[4:7], winners)
+        ledger.compare(logits, gpu, 1.0, top_k, top_p, seed, step)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_k_floor_rises_only_past_k(fillers, rng, stream):
     """Unstaged, a CTA's floor starts at its first batch's k-th digit (the first 4096 z of its slice) and rises a digit
     once the CTA has seen k z in the digit above. k = 50, z (= logits / T) planted in one CTA's slice, the rest
