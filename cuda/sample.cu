@@ -1584,11 +1584,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
-// waves) nothing is staged: clusters of 2 fill all 132 SMs, the load pass keeps the candidates in a list (see below),
-// and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor) re-reads its
-// slice's logits from L2 for every later pass. Top-p alone lets the next launch in (whose CTAs warm L2 with their own
-// logits) only after its load pass: letting it in at the start measured 38.6 us at 64 rows against 35.6 (and with a
-// second pass over the logits for the row's mass, 66.8 against 58.8).
+// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row for batches that only one CTA a row fits in one
+// wave, launch_sample), the load pass keeps the candidates in a list (see below), and a row that leaves the fast path
+// (ties, a list that overflows, a nucleus below the list's floor) re-reads its slice's logits from L2 for every later
+// pass. Top-p alone lets the next launch in (whose CTAs warm L2 with their own logits) only after its load pass:
+// letting it in at the start measured 38.6 us at 64 rows against 35.6 (and with a second pass over the logits for the
+// row's mass, 66.8 against 58.8).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
 template <int kRanks, int kCtasPerSm>
@@ -2045,7 +2046,6 @@ int check_shape(int64_t batch, int64_t vocab, int64_t logits_stride) {
 constexpr int kMaxDevices = 64;
 std::atomic<bool> g_smem_limit_set[kMaxDevices];
 std::atomic<int> g_wide_clusters[kMaxDevices];      // 0: not queried yet
-std::atomic<int> g_unstaged_clusters[kMaxDevices];  // 0: not queried yet
 // The staged filtered kernel's resident clusters for the last dynamic shared memory size asked: bytes << 20 | clusters.
 std::atomic<int64_t> g_staged_clusters[kMaxDevices];
 
@@ -2064,7 +2064,8 @@ int raise_smem_limit() {
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                            sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>})
+                            sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
+                            sample_kernel<Mode::kFiltered, kThreads, 1, 2>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(kUnstagedSmem)));
         g_smem_limit_set[device].store(true, std::memory_order_release);
@@ -2096,10 +2097,13 @@ int wide_clusters_resident(int& clusters) {
     return clusters_resident(g_wide_clusters, sample_kernel<Mode::kTemperature, kThreads>, kCluster, 0, clusters);
 }
 
-// Clusters of the unstaged filtered kernel at one CTA an SM (66 on the H100).
-int unstaged_clusters_resident(int& clusters) {
-    return clusters_resident(g_unstaged_clusters, sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
-                             kWideBatchRanks, kUnstagedSmem, clusters);
+// Rows of the unstaged filtered kernel, kRanks CTAs a row and kCtasPerSm an SM, that the device holds at once (H100:
+// 66 for 2 and 1, 132 for 2 and 2, 264 for 1 and 2).
+template <int kRanks, int kCtasPerSm>
+int unstaged_rows_resident(int& rows) {
+    static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
+    return clusters_resident(cache, sample_kernel<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>, kRanks,
+                             kUnstagedSmem, rows);
 }
 
 // Tokens per CTA with `ranks` CTAs a row: a multiple of 4 (16-byte aligned slices).
@@ -2147,7 +2151,7 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         return DSV4_OK;
     }
     // Filtered: z staged while the rows' clusters of 8 fit the device at once; beyond, for the top-k fast path and for
-    // top-p alone, unstaged clusters of kWideBatchRanks (filtered_sample). Measured and not kept: every filtered case
+    // top-p alone, unstaged clusters of kWideBatchRanks or single CTAs (filtered_sample). Measured and not kept: every filtered case
     // unstaged beyond 30 rows, top-p alone by the radix path then, clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8
     // us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us against 49.6 / 79.0 staged: each pass over 64640 z in
     // one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the load pass (64
@@ -2173,14 +2177,24 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // waves), at 96 / 128 / 256 rows, T,k,p took 48.7 / 52.0 / 97.9 against 37.8 / 40.9 / 82.7. 12 or 16 loads in
     // flight a thread measured slower (T,k,p at 64 rows 27.0, 27.7), as did no L2 prefetch of the slice (28.3) or one
     // that leaves out the first batch (28.1).
-    args.slice = slice_of(args.vocab, kWideBatchRanks);
-    int one_per_sm_clusters = 0;
-    DSV4_RETURN_IF_FAILED(unstaged_clusters_resident(one_per_sm_clusters));
-    auto kernel = batch <= one_per_sm_clusters ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
-                                               : sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>;
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel,
-                                          static_cast<unsigned>(batch * kWideBatchRanks), kThreads, kUnstagedSmem,
-                                          stream, args));
+    // Past the rows that clusters of kWideBatchRanks hold at two CTAs an SM (one wave), and while the rows fit one wave
+    // at a CTA a row, a row takes one CTA (kWideBatchRanks = 2 against 1, us): T,k,p at 133 / 160 / 200 / 264 rows
+    // 48.9 / 58.4 / 66.9 / 72.7 against 48.3 / 49.9 / 54.3 / 64.8, T,p 69.4 / 71.1 / 83.8 / 93.0 against 64.4 / 65.5 /
+    // 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6 / 227.1 /
+    // 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 / 129.7 /
+    // 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9 / 33.1).
+    int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0;
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 1>(one_per_sm_rows)));
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 2>(two_per_sm_rows)));
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<1, 2>(single_rank_rows)));
+    const bool single_rank = batch > two_per_sm_rows && batch <= single_rank_rows;
+    const int ranks = single_rank ? 1 : kWideBatchRanks;
+    auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
+                  : single_rank            ? sample_kernel<Mode::kFiltered, kThreads, 1, 2>
+                                           : sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>;
+    args.slice = slice_of(args.vocab, ranks);
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
+                                          kThreads, kUnstagedSmem, stream, args));
     return DSV4_OK;
 }
 

@@ -298,6 +298,21 @@ def test_top_k_floor_rises_only_past_k(fillers, rng, stream):
             ledger.assert_rare()
 
 
+def test_wide_batches_match_the_cpu_sampler(rng, stream):
+    """160 rows: past the rows that unstaged clusters of 2 CTAs hold in one wave on a 132-SM device, where each row
+    takes a single CTA. Row 1 ascends (its lists overflow: the radix path), row 2 holds 3000 ties at its max (too many
+    candidates), row 3 is all equal."""
+    logits = random_logits(rng, 160, VOCAB, 3.0)
+    logits[1] = np.linspace(-8.0, 8.0, VOCAB, dtype=np.float32)
+    logits[2, rng.choice(VOCAB, 3000, replace=False)] = 40.0
+    logits[3] = 0.5
+    ledger = MismatchLedger()
+    for top_k, top_p in [(50, 0.9), (0, 0.9), (50, 1.0)]:
+        gpu = run_sample(logits, stream, 0.8, top_k, top_p, seed=top_k + 5, step=11)
+        ledger.compare(logits, gpu, 0.8, top_k, top_p, top_k + 5, 11)
+    ledger.assert_rare()
+
+
 def test_overflowing_lists_recompute_the_max(rng, stream):
     """Unstaged, a CTA's floor comes from its slice's first batch: in an ascending row almost every z of the upper slice
     reaches it and the warps' reached lists overflow, losing the row's max; a warp whose list overflowed takes its max
