@@ -41,7 +41,7 @@
 // (1024 bins over the 22.2 below the max where fixed-point masses are nonzero: mass and count per bin), CTA r sums
 // the cluster's bins of its eighth, and all CTAs find the bin where the walk from the max first reaches
 // ceil(top_p * the row's mass). Everything in the bins before it is kept; its own z (at most 2048) are pushed to
-// every CTA, and each sorts them and walks them from the mass before the bin to the same cut. Then 4 as usual:
+// every CTA, and each finds the same cut among them from the mass before the bin (crossing_cut). Then 4 as usual:
 // three cluster barriers and one pass over shared memory in place of three radix levels that each pull 128 KB of
 // histograms per CTA, and the nucleus may be of any size.
 // Where one row's time goes (H100, Flash vocab, T = 0.8, logits N(0, 3^2), %globaltimer at each phase's end, us):
@@ -78,7 +78,9 @@
 // 21.8 / 21.1 / 21.8 -> 11.2 / 20.8 / 20.1 / 21.6 us (96 / 128 / 256 rows 32.3 / 35.5 / 72.2 -> 31.4 / 34.7 / 71.8).
 // At 64 rows the finish (barrier to token) took 3.0 us against 3.8, but the load pass 1.2 us longer: the next launch
 // prefetches its slices into L2 on the SMs that rank 1 leaves while CTA 0 finishes, so a shorter finish leaves more of
-// the next slices to the load pass, which then runs at about the device's read bandwidth.
+// the next slices to the load pass, which then runs at about the device's read bandwidth. The top-p fast paths' cut in
+// the crossing bin counts the same way (crossing_cut): T,p at 1 / 48 / 64 rows 21.1 / 29.9 / 32.2 -> 20.7 / 29.4 /
+// 31.6 us (T,k,p at 1 row 11.2 -> 11.3).
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -375,7 +377,8 @@ struct alignas(16) Shared {
     int region_ok[kCluster];
     int gathered;
     // finish_top_k: each warp's largest lower bound on a kept score (as a key) and best contender (score key, ~token),
-    // how many candidates contend, and one of them (the winner when it is alone)
+    // how many candidates contend, and one of them (the winner when it is alone); crossing_cut: each warp's least key
+    // kept and mass
     uint32_t warp_floor[kWarps];
     unsigned long long warp_top[kWarps];
     int contenders, sole;
@@ -880,6 +883,55 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
     return in;
 }
 
+// The unsorted cuts (finish_top_k, crossing_cut): the candidates in[0, n) (n <= kThreads) as keys and fixed-point
+// masses under zmax, into keys[0, n4) and masses[0, n4) (n4 = n rounded up to 4; zeros past n: below every candidate,
+// no mass). Ends with the CTA barrier after which they are complete.
+__device__ void stage_keys_and_masses(const unsigned long long* in, int n, float zmax, uint32_t* keys,
+                                      uint32_t* masses) {
+    const int tid = threadIdx.x;
+    if (tid < (n + 3) / 4 * 4) {
+        const uint32_t key = tid < n ? candidate_key(in[tid]) : 0u;
+        keys[tid] = key;
+        masses[tid] = tid < n ? fixed_mass(key_to_float(key), zmax) : 0u;
+    }
+    __syncthreads();
+}
+
+// How many of the staged keys exceed keys[c] (c < n) and their masses' sum, by `lanes` threads of a warp (this one
+// their lane `part`), which all return the totals. Every thread of the warp calls.
+struct Greater {
+    uint32_t count;
+    unsigned long long mass;
+};
+__device__ __forceinline__ Greater greater_than(const uint32_t* keys, const uint32_t* masses, int n, int c, int part,
+                                                int lanes) {
+    Greater g{0u, 0ull};
+    if (c < n) {
+        const uint32_t key = keys[c];
+        const uint4* keys4 = reinterpret_cast<const uint4*>(keys);  // 16-byte aligned
+        const uint4* masses4 = reinterpret_cast<const uint4*>(masses);
+#pragma unroll 2
+        for (int j = part; j < (n + 3) / 4; j += lanes) {  // broadcast reads
+            const uint4 kk = keys4[j], mm = masses4[j];
+            g.count += (kk.x > key) + (kk.y > key) + (kk.z > key) + (kk.w > key);
+            g.mass += static_cast<unsigned long long>(kk.x > key ? mm.x : 0u) + (kk.y > key ? mm.y : 0u);
+            g.mass += static_cast<unsigned long long>(kk.z > key ? mm.z : 0u) + (kk.w > key ? mm.w : 0u);
+        }
+    }
+    for (int offset = lanes / 2; offset > 0; offset /= 2) {
+        g.count += __shfl_xor_sync(0xFFFFFFFFu, g.count, offset);
+        g.mass += __shfl_xor_sync(0xFFFFFFFFu, g.mass, offset);
+    }
+    return g;
+}
+
+// The warp's sum of one fixed-point mass a lane (< 2^32 each), in 16-bit halves: two redux.sync.
+__device__ __forceinline__ unsigned long long warp_mass(uint32_t mass) {
+    const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, mass & 0xFFFFu);
+    const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, mass >> 16);
+    return (static_cast<unsigned long long>(high) << 16) + low;
+}
+
 // Top-k fast paths, the finish of CTA 0 (every thread calls; returns the token on every thread): in[0, n) holds every
 // z top-k keeps (distinct entries, in no order), out[] kMaxCandidates free entries. For n <= kThreads nothing is
 // sorted:
@@ -912,20 +964,14 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
         __syncthreads();
         return sh.sole;
     }
-    // out[]: keys and masses [n4] (zeros past n: below every candidate, no mass), bounds and words [n]
+    // out[]: keys and masses (stage_keys_and_masses), bounds and words [n], kThreads entries each
     uint32_t* keys = reinterpret_cast<uint32_t*>(out);
     uint32_t* masses = keys + kThreads;
     float* upper = reinterpret_cast<float*>(masses + kThreads);
     float* lower = upper + kThreads;
     uint32_t* words = reinterpret_cast<uint32_t*>(lower + kThreads);
-    const int n4 = (n + 3) / 4 * 4;
-    if (tid < n4) {
-        const unsigned long long c = tid < n ? in[tid] : 0ull;
-        keys[tid] = candidate_key(c);
-        masses[tid] = tid < n ? weigh.mass(c) : 0u;
-    }
     if (tid == 0) sh.contenders = 0;
-    __syncthreads();
+    stage_keys_and_masses(in, n, weigh.zmax, keys, masses);
     // lanes a candidate, as many as leave a warp-aligned thread a candidate for the bounds (else its lane 0 forms them)
     auto scorers_from = [n](int l) { return (l * n + dsv4::kWarpSize - 1) / dsv4::kWarpSize * dsv4::kWarpSize; };
     const bool own_scorers = scorers_from(1) + n <= kThreads;
@@ -942,40 +988,19 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
     const int c = tid / lanes, part = tid % lanes;  // (a candidate's lanes share a warp)
     const int scorer = tid - scorers_from(lanes);
     if (own_scorers && scorer >= 0 && scorer < n) bound(scorer);
-    const unsigned long long k = static_cast<unsigned long long>(weigh.a.top_k);
-    uint32_t above = 0;
-    unsigned long long mass_above = 0;
-    if (c < n) {
-        const uint32_t key = keys[c];
-        const uint4* keys4 = reinterpret_cast<const uint4*>(keys);
-        const uint4* masses4 = reinterpret_cast<const uint4*>(masses);
-#pragma unroll 2
-        for (int j = part; j < n4 / 4; j += lanes) {  // broadcast reads
-            const uint4 kk = keys4[j], mm = masses4[j];
-            above += (kk.x > key) + (kk.y > key) + (kk.z > key) + (kk.w > key);
-            mass_above += static_cast<unsigned long long>(kk.x > key ? mm.x : 0u) + (kk.y > key ? mm.y : 0u);
-            mass_above += static_cast<unsigned long long>(kk.z > key ? mm.z : 0u) + (kk.w > key ? mm.w : 0u);
-        }
-    }
-    for (int offset = lanes / 2; offset > 0; offset /= 2) {
-        above += __shfl_xor_sync(0xFFFFFFFFu, above, offset);
-        mass_above += __shfl_xor_sync(0xFFFFFFFFu, mass_above, offset);
-    }
+    const Greater greater = greater_than(keys, masses, n, c, part, lanes);
     const bool counts = c < n && part == 0;  // this thread holds candidate c's counts
-    const bool top_k_keeps = counts && above < k;
+    const bool top_k_keeps = counts && greater.count < static_cast<unsigned long long>(weigh.a.top_k);
     if (!own_scorers && counts) bound(c);
-    // The warp's kept mass, each mass (< 2^32) in 16-bit halves: two redux.sync.
-    const uint32_t mass = top_k_keeps ? masses[c] : 0u;
-    const uint32_t mass_low = __reduce_add_sync(0xFFFFFFFFu, mass & 0xFFFFu);
-    const uint32_t mass_high = __reduce_add_sync(0xFFFFFFFFu, mass >> 16);
-    if (lane == 0) sh.warp_scan[warp] = (static_cast<unsigned long long>(mass_high) << 16) + mass_low;
+    const unsigned long long kept_mass = warp_mass(top_k_keeps ? masses[c] : 0u);
+    if (lane == 0) sh.warp_scan[warp] = kept_mass;
     __syncthreads();
     bool kept = top_k_keeps;
     if (weigh.a.top_p < 1.0f) {
         unsigned long long total = 0;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) total += sh.warp_scan[w];
-        kept &= mass_above < static_cast<unsigned long long>(ceil(double(weigh.a.top_p) * double(total)));
+        kept &= greater.mass < static_cast<unsigned long long>(ceil(double(weigh.a.top_p) * double(total)));
     }
     const uint32_t floor_key = __reduce_max_sync(0xFFFFFFFFu, kept ? float_to_key(lower[c]) : 0u);
     if (lane == 0) sh.warp_floor[warp] = floor_key;
@@ -1000,6 +1025,37 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) best = max(best, sh.warp_top[w]);
     return candidate_token(best);
+}
+
+// Top-p fast paths, the cut among the n entries of in[] (distinct; the crossing mass bin's, gathered by every CTA): the
+// key of the entry at which a walk from `base` over them in descending order, adding their fixed-point masses under
+// zmax, first reaches target (ties at it are kept too, as their keys are equal), or 0 when it never does, on every
+// thread. For n <= kThreads without a sort: it is the least key whose greater keys' masses leave base short of target
+// (as top-p keeps in finish_top_k). Larger n: sort_descending and crossing_key. out[]: kMaxCandidates free entries.
+__device__ uint32_t crossing_cut(unsigned long long* in, unsigned long long* out, int n, float zmax,
+                                 unsigned long long base, unsigned long long target, Shared& sh) {
+    if (n > kThreads)
+        return crossing_key(sort_descending(in, out, n), n, 0u, zmax, base,
+                            [target](unsigned long long) { return target; }, sh);
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    uint32_t* keys = reinterpret_cast<uint32_t*>(out);
+    uint32_t* masses = keys + kThreads;
+    stage_keys_and_masses(in, n, zmax, keys, masses);
+    int lanes = 1;
+    while (lanes < dsv4::kWarpSize && 2 * lanes * n <= kThreads) lanes *= 2;
+    const int c = tid / lanes, part = tid % lanes;  // (a candidate's lanes share a warp)
+    const Greater greater = greater_than(keys, masses, n, c, part, lanes);
+    const bool counts = c < n && part == 0;
+    const bool kept = counts && base + greater.mass < target;
+    const uint32_t least = __reduce_min_sync(0xFFFFFFFFu, kept ? keys[c] : UINT32_MAX);
+    const unsigned long long mass = warp_mass(counts ? masses[c] : 0u);
+    if (lane == 0) sh.warp_floor[warp] = least, sh.warp_top[warp] = mass;
+    __syncthreads();
+    uint32_t cut = UINT32_MAX;
+    unsigned long long total = base;
+#pragma unroll 4  // (unrolled whole, the staged kernel spilled: T,k,p at 1 row 11.1 -> 11.3 us)
+    for (int w = 0; w < kWarps; ++w) cut = min(cut, sh.warp_floor[w]), total += sh.warp_top[w];
+    return total < target ? 0u : cut;
 }
 
 // One candidate into the gather buffer (ex[1]) of CTA 0 or, with kEveryRank, of every CTA: a slot from an atomic on
@@ -1052,12 +1108,6 @@ __device__ void push_kept(const unsigned long long* kept, int n, uint32_t d0, cg
     for (int i = threadIdx.x; i < n; i += kThreads)
         if ((candidate_key(kept[i]) >> digit_shift(0)) >= d0) deliver_candidate<false, kRanks>(kept[i], cluster, sh);
     cluster.sync();  // every candidate has arrived
-}
-
-// This CTA's gathered candidates (after push_candidates), sorted.
-__device__ const unsigned long long* sorted_candidates(Shared& sh) {
-    return sort_descending(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
-                           reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count);
 }
 
 // The digit of the k-th largest among z counted per digit (counts(b) of digit b), searched by the calling warp alone
@@ -1178,7 +1228,7 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second pass over the logits (from L2): T,p at
 // 64 rows 47.3 us against 35.6. The walk from the max takes the bins up to the one holding the row's floor (counted
 // from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to every CTA, and
-// each sorts them and walks them to the same cut (its key, in cut). A z below the floor never comes first in that
+// each finds the same cut among them (crossing_cut; its key, in cut). A z below the floor never comes first in that
 // walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk
 // does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then
 // starts at ex[1], which this leaves untouched). A 64-row T,p launch (%globaltimer, us from this call, thread 0): the
@@ -1256,8 +1306,8 @@ __device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* ke
             deliver_candidate<true, kRanks>(kept[i], cluster, sh);
     }
     cluster.sync();  // every CTA holds the crossing bin's entries
-    cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
-                       [target](unsigned long long) { return target; }, sh);
+    cut = crossing_cut(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
+                       reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count, zmax, mass_above, target, sh);
     return true;
 }
 
@@ -1926,8 +1976,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
                                         mass_above, target)) {
         // Every z in bins < bin is kept; the cut lies among the z of the crossing bin, which every CTA gathers.
         push_candidates<true>(z4, n_local, begin, [&](float v) { return mass_bin(v, zmax) == bin; }, cluster, sh);
-        const uint32_t cut = crossing_key(sorted_candidates(sh), sh.count, 0u, zmax, mass_above,
-                                          [target](unsigned long long) { return target; }, sh);
+        const uint32_t cut = crossing_cut(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
+                                          reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count, zmax,
+                                          mass_above, target, sh);
         threshold = key_to_float(cut);
         top_p_done = true;
     }
@@ -2151,15 +2202,15 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         return DSV4_OK;
     }
     // Filtered: z staged while the rows' clusters of 8 fit the device at once; beyond, for the top-k fast path and for
-    // top-p alone, unstaged clusters of kWideBatchRanks or single CTAs (filtered_sample). Measured and not kept: every filtered case
-    // unstaged beyond 30 rows, top-p alone by the radix path then, clusters of 4 (62 rows a wave: T,k,p at 64 rows 46.8
-    // us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us against 49.6 / 79.0 staged: each pass over 64640 z in
-    // one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the load pass (64
-    // rows 36.4 us), or a per-lane branch to the kept list instead of the warps' lists (33.6-38.1 us: a warp's vectors
-    // hold a logit above the floor 89% of the time); top-p's floor at the digit where the first batch's own masses
-    // cross top_p (the batch lacks the row's top z, so that digit lies well below the cut: at N(0, 3^2) logits every
-    // row overflowed its warps' lists and took the radix path, 64 rows 120.8 us). A budget of 2048 z a CTA instead of
-    // kListBudget, checked on the bench's rows in NumPy only: lists of ~3500 z, whose warps' lists overflow.
+    // top-p alone, unstaged clusters of kWideBatchRanks or single CTAs (filtered_sample). Measured and not kept: every
+    // filtered case unstaged beyond 30 rows, top-p alone by the radix path then, clusters of 4 (62 rows a wave: T,k,p
+    // at 64 rows 46.8 us, T,p 109.3), or of 2 (T,p at 31 / 64 rows 84.7 / 95.1 us against 49.6 / 79.0 staged: each pass
+    // over 64640 z in one CTA costs ~15 us of issue); the unstaged top-k path with every z divided and counted in the
+    // load pass (64 rows 36.4 us), or a per-lane branch to the kept list instead of the warps' lists (33.6-38.1 us: a
+    // warp's vectors hold a logit above the floor 89% of the time); top-p's floor at the digit where the first batch's
+    // own masses cross top_p (the batch lacks the row's top z, so that digit lies well below the cut: at N(0, 3^2)
+    // logits every row overflowed its warps' lists and took the radix path, 64 rows 120.8 us). A budget of 2048 z a CTA
+    // instead of kListBudget, checked on the bench's rows in NumPy only: lists of ~3500 z, whose warps' lists overflow.
     DSV4_RETURN_IF_FAILED(raise_smem_limit());
     const size_t smem = static_cast<size_t>(args.slice) * sizeof(float);
     int staged_clusters = 0;

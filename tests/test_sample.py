@@ -336,8 +336,9 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     row's floor (each CTA keeps the z whose digit reaches its first batch's ~130th largest): a row whose nucleus
     reaches below it (flat rows, row 7, row 8 at top_p 0.99), or whose list overflows (rows 4 and 5: their first
     batches hold almost only the background), takes the radix path; in row 8 the floor is 5.0, exactly the cut's z,
-    and the crossing bin also holds z of 4.99 below it, which no list holds."""
-    logits = random_logits(rng, 9 + fillers, VOCAB, 3.0)         # nucleus of a few hundred z: bins of range 0
+    and the crossing bin also holds z of 4.99 below it, which no list holds. Row 9 crosses inside 300 ties of a bin
+    (all kept, the cut their z)."""
+    logits = random_logits(rng, 10 + fillers, VOCAB, 3.0)        # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
     logits[2] = random_logits(rng, 1, VOCAB, 1.0)
@@ -359,6 +360,8 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     logits[8, np.r_[ties, picked[:1220]]] = 5.0                  # 1500 ties: ~1440 of them reach 0.9 of the mass
     logits[8, picked[1220:1320]] = 4.99                          # the same mass bin, below the floor
     logits[8, picked[1320]] = 7.0
+    logits[9, :] = -30.0
+    logits[9, rng.choice(VOCAB, 305, replace=False)] = np.r_[np.full(5, 10.0), np.full(300, 9.0)]  # top_p 0.5: 143th
     ledger = MismatchLedger()
     for top_k, top_p in [(0, 0.9), (0, 0.5), (VOCAB, 0.99), (0, 0.999)]:
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=int(top_p * 1000), step=2)
