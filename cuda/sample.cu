@@ -80,7 +80,8 @@
 // prefetches its slices into L2 on the SMs that rank 1 leaves while CTA 0 finishes, so a shorter finish leaves more of
 // the next slices to the load pass, which then runs at about the device's read bandwidth. The top-p fast paths' cut in
 // the crossing bin counts the same way (crossing_cut): T,p at 1 / 48 / 64 rows 21.1 / 29.9 / 32.2 -> 20.7 / 29.4 /
-// 31.6 us (T,k,p at 1 row 11.2 -> 11.3).
+// 31.6 us (T,k,p at 1 row 11.2 -> 11.3). Fewer instructions in the unstaged load pass (for_each_z, and the listing's
+// slots from three ballots): T,k,p at 48 / 64 rows 20.2 / 21.6 -> 19.3 / 20.9 us, T,p 29.4 / 31.6 -> 28.6 / 30.9.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -418,6 +419,7 @@ struct SliceZ {
     float t, reciprocal_t;
     bool moderate_t;
     __device__ __forceinline__ float4 load(int v) const { return kStaged ? vectors[v] : __ldg(vectors + v); }
+    static constexpr bool kWholeBatches = false;  // (see for_each_z)
     // z of vector v from what load(v) returned; -inf past the slice.
     __device__ __forceinline__ float4 finish(float4 x, int v) const {
         if constexpr (kStaged) {
@@ -432,16 +434,17 @@ struct SliceZ {
     }
 };
 
-// The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight: the tail of the
-// last vector past n_local is -inf.
+// The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight, in whole batches:
+// the tail of the last vector past n_local is -inf (finish_partial).
 template <int kLoadBatch>
 struct SliceLogits {
     static constexpr int kBatch = kLoadBatch;
+    static constexpr bool kWholeBatches = true;
     const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
     int n_local;
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
-    __device__ __forceinline__ float4 finish(float4 x, int v) const {
-        if (4 * v + 4 <= n_local) return x;
+    __device__ __forceinline__ float4 finish(float4 x, int) const { return x; }
+    __device__ __forceinline__ float4 finish_partial(float4 x, int v) const {
         return make_float4(x.x, 4 * v + 1 < n_local ? x.y : -INFINITY, 4 * v + 2 < n_local ? x.z : -INFINITY,
                            -INFINITY);
     }
@@ -451,22 +454,47 @@ struct NoBatchEnd {
     __device__ void operator()() const {}
 };
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
+// Vector v goes to thread v % kThreads. With Z::kWholeBatches, the vectors wholly inside the slice come in batches with
+// no bound checks (a lane past the last loads it again and skips it), and the vector the slice ends inside, if any,
+// comes last, alone (the unstaged list loop only: it gives the visitor a second inlined copy, which made the staged
+// kernel spill). The list loop took ~89 instructions a vector at 64 rows (ncu source counters, T,k,p): ~10 of them
+// the bound checks, the zeroed registers and the predicated loads of a batch's vectors. Without them, and with the
+// listing's slots from three ballots (filtered_sample), the one-CTA-an-SM kernel holds 92 registers against 96, and
+// T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 / 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 /
+// 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
-    for (int first = threadIdx.x; 4 * first < z.n_local; first += Z::kBatch * kThreads) {
-        float4 loaded[Z::kBatch];
+    if constexpr (Z::kWholeBatches) {
+        const int whole = z.n_local / 4;
+        for (int first = threadIdx.x; first < whole; first += Z::kBatch * kThreads) {
+            float4 loaded[Z::kBatch];
 #pragma unroll
-        for (int b = 0; b < Z::kBatch; ++b) {
-            const int v = first + b * kThreads;
-            loaded[b] = 4 * v < z.n_local ? z.load(v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
+            for (int b = 0; b < Z::kBatch; ++b) loaded[b] = z.load(min(first + b * kThreads, whole - 1));
 #pragma unroll
-        for (int b = 0; b < Z::kBatch; ++b) {
-            const int v = first + b * kThreads;
-            if (4 * v >= z.n_local) break;
-            visit(z.finish(loaded[b], v), v);
+            for (int b = 0; b < Z::kBatch; ++b) {
+                const int v = first + b * kThreads;
+                if (v >= whole) break;
+                visit(z.finish(loaded[b], v), v);
+            }
+            batch_end();
         }
-        batch_end();
+        if (z.n_local % 4 != 0 && threadIdx.x == whole % kThreads) visit(z.finish_partial(z.load(whole), whole), whole);
+    } else {
+        for (int first = threadIdx.x; 4 * first < z.n_local; first += Z::kBatch * kThreads) {
+            float4 loaded[Z::kBatch];
+#pragma unroll
+            for (int b = 0; b < Z::kBatch; ++b) {
+                const int v = first + b * kThreads;
+                loaded[b] = 4 * v < z.n_local ? z.load(v) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int b = 0; b < Z::kBatch; ++b) {
+                const int v = first + b * kThreads;
+                if (4 * v >= z.n_local) break;
+                visit(z.finish(loaded[b], v), v);
+            }
+            batch_end();
+        }
     }
 }
 
@@ -1823,15 +1851,22 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 const uint32_t lanes = __activemask();  // (past the slice's end, lanes leave the loop)
                 if (!__any_sync(lanes, x_max >= logit_floor)) return;  // the usual case for a lane
                 const float e[4] = {xv.x, xv.y, xv.z, xv.w};
+                bool reach[4];
+                int reaching = 0;  // this lane's logits that reach the floor (the tail's -inf never does)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) reach[c] = e[c] >= logit_floor, reaching += reach[c];
+                // The lanes' slots in order, from the three bits of their counts: three ballots in place of four.
+                const uint32_t below = (1u << lane) - 1u;
+                const uint32_t ones = __ballot_sync(lanes, reaching & 1), twos = __ballot_sync(lanes, reaching & 2),
+                               fours = __ballot_sync(lanes, reaching & 4);
+                int at = n_reached + __popc(ones & below) + 2 * __popc(twos & below) + 4 * __popc(fours & below);
+                n_reached += __popc(ones) + 2 * __popc(twos) + 4 * __popc(fours);
 #pragma unroll
                 for (int c = 0; c < 4; ++c) {
-                    const bool reach = e[c] >= logit_floor;  // (the tail's -inf never does)
-                    const uint32_t reachers = __ballot_sync(lanes, reach);
-                    const int at = n_reached + __popc(reachers & ((1u << lane) - 1u));
-                    if (reach && at < kWarpReached)
+                    if (reach[c] && at < kWarpReached)
                         store_shared(reached_at + 8u * at,
                                      make_uint2(__float_as_uint(e[c]), static_cast<uint32_t>(begin + 4 * v + c)));
-                    n_reached += __popc(reachers);
+                    at += reach[c];
                 }
             };
             auto raise_floor = [&] {  // at a batch's end
