@@ -868,32 +868,11 @@ struct Weights {
     __device__ uint32_t mass(unsigned long long c) const { return fixed_mass(key_to_float(candidate_key(c)), zmax); }
 };
 
-// The n candidates of in[] (distinct) in descending order, by the CTA; returns where they are. Into out[0, n) by
-// counting each one's rank when n <= kThreads (no barrier between steps: `lanes` threads a candidate, each comparing it
-// with every lanes-th pair of in[], as many as the CTA holds up to a warp); else a bitonic sort of in[] in place,
-// padded with zeros to the next power of two (in[] has room: n <= kMaxCandidates, a power of two). out[] holds
-// kMaxCandidates entries. (Ranking ~85 candidates this way, 16-byte pairs at a time, measured 1.0 us against 1.4 with
-// a thread a candidate, whose loads the compiler issued one at a time into the same 4 registers.)
-__device__ const unsigned long long* sort_descending(unsigned long long* in, unsigned long long* out, int n) {
-    if (n <= kThreads) {
-        int lanes = 1;
-        while (lanes < dsv4::kWarpSize && 2 * lanes * n <= kThreads) lanes *= 2;
-        const int c = threadIdx.x / lanes, part = threadIdx.x % lanes;  // (a candidate's lanes share a warp)
-        const unsigned long long mine = c < n ? in[c] : 0ull;
-        const ulonglong2* pairs = reinterpret_cast<const ulonglong2*>(in);  // 16-byte aligned (Exchange)
-        int rank = c < n && part == 0 && n % 2 == 1 && in[n - 1] > mine;
-        if (c < n) {
-#pragma unroll 4
-            for (int j = part; j < n / 2; j += lanes) {  // broadcast reads
-                const ulonglong2 p = pairs[j];
-                rank += (p.x > mine) + (p.y > mine);
-            }
-        }
-        for (int offset = lanes / 2; offset > 0; offset /= 2) rank += __shfl_xor_sync(0xFFFFFFFFu, rank, offset);
-        if (c < n && part == 0) out[rank] = mine;
-        __syncthreads();
-        return out;
-    }
+// The n candidates of in[] (distinct; kThreads < n <= kMaxCandidates) in descending order, in place, by the CTA: a
+// bitonic sort padded with zeros to the next power of two (in[] has room: kMaxCandidates is one). The unsorted cuts
+// (finish_top_k, crossing_cut) take fewer; a rank counted for each candidate (as they count) sorted ~85 of them in
+// 1.0 us, against 1.4 with a thread a candidate, before they replaced it.
+__device__ void sort_descending(unsigned long long* in, int n) {
     int n_pad = 1;
     while (n_pad < n) n_pad <<= 1;
     for (int i = n + threadIdx.x; i < n_pad; i += kThreads) in[i] = 0ull;  // below every candidate
@@ -908,7 +887,6 @@ __device__ const unsigned long long* sort_descending(unsigned long long* in, uns
             __syncthreads();
         }
     }
-    return in;
 }
 
 // The unsorted cuts (finish_top_k, crossing_cut): the candidates in[0, n) (n <= kThreads) as keys and fixed-point
@@ -979,8 +957,9 @@ __device__ __forceinline__ unsigned long long warp_mass(uint32_t mass) {
 // Larger n (ties, or k near kMaxCandidates): sort_descending and finish_candidates.
 __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int n, const Weights& weigh, Shared& sh) {
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
-    if (n > kThreads) {  // (bitonic: sorted in place in in[], and out[] is free for the weights)
-        const unsigned long long* sorted = sort_descending(in, out, n);
+    if (n > kThreads) {
+        sort_descending(in, n);
+        const unsigned long long* sorted = in;
         float* scores = reinterpret_cast<float*>(out);
         uint32_t* masses = reinterpret_cast<uint32_t*>(scores + kMaxCandidates);
         for (int i = tid; i < n; i += kThreads) scores[i] = weigh.score(sorted[i]), masses[i] = weigh.mass(sorted[i]);
@@ -1062,9 +1041,10 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
 // (as top-p keeps in finish_top_k). Larger n: sort_descending and crossing_key. out[]: kMaxCandidates free entries.
 __device__ uint32_t crossing_cut(unsigned long long* in, unsigned long long* out, int n, float zmax,
                                  unsigned long long base, unsigned long long target, Shared& sh) {
-    if (n > kThreads)
-        return crossing_key(sort_descending(in, out, n), n, 0u, zmax, base,
-                            [target](unsigned long long) { return target; }, sh);
+    if (n > kThreads) {
+        sort_descending(in, n);
+        return crossing_key(in, n, 0u, zmax, base, [target](unsigned long long) { return target; }, sh);
+    }
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     uint32_t* keys = reinterpret_cast<uint32_t*>(out);
     uint32_t* masses = keys + kThreads;
