@@ -80,7 +80,7 @@
 // prefetches its slices into L2 on the SMs that rank 1 leaves while CTA 0 finishes, so a shorter finish leaves more of
 // the next slices to the load pass, which then runs at about the device's read bandwidth. The top-p fast paths' cut in
 // the crossing bin counts the same way (crossing_cut): T,p at 1 / 48 / 64 rows 21.1 / 29.9 / 32.2 -> 20.7 / 29.4 /
-// 31.6 us (T,k,p at 1 row 11.2 -> 11.3). Fewer instructions in the unstaged load pass (for_each_z, and the listing's
+// 31.6 us (T,k,p at 1 row 11.1-11.3 across these builds). Fewer instructions in the unstaged load pass (for_each_z, and the listing's
 // slots from three ballots): T,k,p at 48 / 64 rows 20.2 / 21.6 -> 19.3 / 20.9 us, T,p 29.4 / 31.6 -> 28.6 / 30.9.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
@@ -1061,7 +1061,7 @@ __device__ uint32_t crossing_cut(unsigned long long* in, unsigned long long* out
     __syncthreads();
     uint32_t cut = UINT32_MAX;
     unsigned long long total = base;
-#pragma unroll 4  // (unrolled whole, the staged kernel spilled: T,k,p at 1 row 11.1 -> 11.3 us)
+#pragma unroll 4  // (unrolled whole, the staged kernel spilled 8 bytes)
     for (int w = 0; w < kWarps; ++w) cut = min(cut, sh.warp_floor[w]), total += sh.warp_top[w];
     return total < target ? 0u : cut;
 }
