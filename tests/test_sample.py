@@ -361,7 +361,7 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     logits[8, picked[1220:1320]] = 4.99                          # the same mass bin, below the floor
     logits[8, picked[1320]] = 7.0
     logits[9, :] = -30.0
-    logits[9, rng.choice(VOCAB, 305, replace=False)] = np.r_[np.full(5, 10.0), np.full(300, 9.0)]  # top_p 0.5: the 143rd
+    logits[9, rng.choice(VOCAB, 305, replace=False)] = np.r_[np.full(5, 10.0), np.full(300, 9.0)]  # p 0.5: the 143rd
     ledger = MismatchLedger()
     for top_k, top_p in [(0, 0.9), (0, 0.5), (VOCAB, 0.99), (0, 0.999)]:
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=int(top_p * 1000), step=2)
