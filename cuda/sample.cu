@@ -58,7 +58,7 @@
 // lists divided and counted 1.4-2.8, max exchange 0.4-1.0, candidate digit 1.4, push 1.3, CTA 0's sort, cut and
 // Gumbel-max 3.9. Top-p without top-k runs the same unstaged clusters beyond 30 rows: its load pass keeps the z at or
 // above a floor guessed from the first batch and sums the mass of every other z on the way, and the cut comes from the
-// kept lists (unstaged_top_p_cut; a nucleus reaching below the floor takes the radix path): T,p at 48 / 64 rows 57.2 /
+// kept lists (now unstaged_top_p; a nucleus reaching below the floor takes the radix path): T,p at 48 / 64 rows 57.2 /
 // 74.5 -> 43.0 / 45.3 us (31 rows 46.6 staged, 47.0 unstaged) with a second pass over the logits (from L2) for the
 // row's mass, 34.1 / 35.6 without it. Up to 66 rows (one wave at one CTA an SM) the unstaged kernel runs with more
 // registers and more loads in flight (launch_sample): T,k,p at 48 / 64 rows 24.5 / 26.2 us, T,p 32.0 / 34.6; with
@@ -82,6 +82,12 @@
 // the crossing bin counts the same way (crossing_cut): T,p at 1 / 48 / 64 rows 21.1 / 29.9 / 32.2 -> 20.7 / 29.4 /
 // 31.6 us (T,k,p at 1 row 11.1-11.3 across these builds). Fewer instructions in the unstaged load pass (for_each_z, and the listing's
 // slots from three ballots): T,k,p at 48 / 64 rows 20.2 / 21.6 -> 19.3 / 20.9 us, T,p 29.4 / 31.6 -> 28.6 / 30.9.
+// The unstaged top-p path's cut and Gumbel-max by CTA 0 alone after one cluster barrier (unstaged_top_p, in place of
+// three more barriers and every CTA's part of them), and the ends of the paths on barriers whose arrival fences only
+// the threads that wrote to another CTA (fence_cluster): T,p at 48 / 64 / 96 / 128 / 160 / 256 rows 28.6 / 31.0 /
+// 56.0 / 45.9 / 62.3 / 71.4 -> 28.4 / 30.7 / 56.7 / 45.7 / 58.4 / 67.1 us, T,k,p 19.2 / 21.0 / 30.0 / 33.8 / 48.7 /
+// 61.6 -> 19.1 / 20.7 / 29.4 / 33.0 / 47.8 / 60.5. The unstaged paths' first write to another CTA now waits on a
+// cluster barrier arrived at after the first batch (racecheck: a write to a CTA "that might not have entered yet").
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -136,8 +142,6 @@ struct alignas(16) Exchange {
     int index;                // its lowest token id
     int bad;                  // NaN or +inf seen
     int overflow;             // unstaged fast paths: the CTA's kept list overflowed
-    float floor;              // unstaged top-p fast path: every z of the slice >= floor is on the kept list (phase 1)
-    unsigned long long mass;  // and the fixed-point mass of the slice
 };
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
@@ -203,7 +207,7 @@ __device__ __forceinline__ float ex2_approx(float x) {
 }
 
 // Unstaged top-p fast path: exp(z - keep_min) of a logit x below logit_floor (z = x / T < keep_min, so that it is
-// off the kept list), else 0; slope = log2(e) / T, offset = keep_min log2(e) (see unstaged_top_p_cut).
+// off the kept list), else 0; slope = log2(e) / T, offset = keep_min log2(e) (see unstaged_top_p).
 __device__ __forceinline__ float tail_term(float x, float logit_floor, float slope, float offset) {
     return x < logit_floor ? ex2_approx(fmaf(x, slope, -offset)) : 0.0f;
 }
@@ -218,6 +222,16 @@ __device__ __forceinline__ int mass_bin(float v, float zmax) {
 __device__ __forceinline__ void store_shared(uint32_t address, uint2 value) {
     asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(address), "r"(value.x), "r"(value.y) : "memory");
 }
+
+// Cluster barrier halves without the release fence that barrier.cluster.arrive implies on every thread (a thread that
+// publishes writes to another CTA fences them itself, fence_cluster, before it arrives; a CTA barrier before one
+// thread's fence covers the writes of the CTA's threads), and the wait (acquire). In place of cluster.sync() at the
+// unstaged top-p path's barriers: T,p at 48 / 64 rows 29.25 / 31.56 -> 28.33 / 30.97 us (one fence: ~1100 cycles).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+__device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
 
 // The slot of each lane of the warp that takes one (every lane calls), from one atomic on *count a warp.
 __device__ __forceinline__ int warp_slot(bool take, int* count) {
@@ -341,6 +355,15 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
     }
 }
 
+struct PeerList {  // what CTA 1 pushes with its list
+    float value;  // its max z
+    int index;    // and that z's lowest token id
+    int bad;      // a NaN or +inf z seen
+    int n;        // entries on its list; -1: the list overflowed
+    float floor;  // every z of its slice at or above it is on the list
+    float tail;   // the mass of its other z, in units of exp(floor)
+};
+
 struct alignas(16) Shared {
     Exchange ex[2];
     unsigned long long warp_scan[kWarps];
@@ -383,6 +406,12 @@ struct alignas(16) Shared {
     uint32_t warp_floor[kWarps];
     unsigned long long warp_top[kWarps];
     int contenders, sole;
+    // Unstaged top-p fast path (unstaged_top_p): each warp's tail mass and largest lower bound on a kept score (a key);
+    // CTA 0: what CTA 1 pushed with its list; CTA 1: CTA 0's verdict (nonzero: the row's token is written)
+    float warp_tail[kWarps];
+    uint32_t warp_bound[kWarps];
+    PeerList peer;
+    int verdict;
 };
 
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
@@ -1019,7 +1048,7 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
     for (int w = 0; w < kWarps; ++w) best_floor = max(best_floor, sh.warp_floor[w]);
     const bool contends = kept && float_to_key(upper[c]) >= best_floor;
     const int token = counts ? candidate_token(in[c]) : 0;
-    if (contends) atomicAdd(&sh.contenders, 1), sh.sole = token;
+    if (contends && atomicAdd(&sh.contenders, 1) == 0) sh.sole = token;  // (the winner when it is alone)
     __syncthreads();
     if (sh.contenders == 1) return sh.sole;
     // Exact scores of the contenders, RN(z + g): the largest, then the lowest id (the highest ~token).
@@ -1165,6 +1194,7 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     const int rank = static_cast<int>(cluster.block_rank());
     const unsigned long long k = static_cast<unsigned long long>(a.top_k);
     unsigned long long* regions = reinterpret_cast<unsigned long long*>(sh.ex[1].hist);  // [kRanks][kRegion]
+    if constexpr (kRanks > 1) cluster_wait();  // (arrived after the first batch: every CTA has started)
     // Entries of list[0, n) whose digit reaches d into out[] (slots from *count).
     auto compact = [&](const unsigned long long* list, int n, uint32_t d, unsigned long long* out, int* count) {
         for (int i = tid; i - lane < n; i += kThreads) {
@@ -1193,7 +1223,10 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
         }
         if (lane < kRanks) cluster.map_shared_rank(&sh, lane)->region_ok[rank] = fits && !bad;
     }
-    cluster.sync();  // every region, count and flag has arrived
+    __syncthreads();
+    if (tid == 0) fence_cluster();  // (cumulative: the CTA's pushes before the barrier)
+    cluster_arrive_relaxed();
+    cluster_wait();  // every region, count and flag has arrived
     bool all_ok = true;
 #pragma unroll
     for (int r = 0; r < kRanks; ++r) all_ok &= sh.region_ok[r] != 0;
@@ -1225,99 +1258,300 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     return true;
 }
 
-// Unstaged top-p fast path (top-p without top-k, kRanks CTAs a row, nothing staged; called right after the max
-// exchange, ex[0]): the cut from the CTAs' kept lists, kept[0, n_kept) holding every z of this CTA's slice at or above
-// its floor (ex[0].floor). Above the row's floor (the largest), every list holds every z of its slice. Each CTA adds
-// the fixed-point masses of its list to tail_mass, the mass of the rest of its slice (z below its floor keep_min) that
-// the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min log2(e)) (the max was not known yet),
-// rescaled here by exp(keep_min - zmax) 2^31; and it histograms the masses of its entries at or above the row's floor
-// by zmax - z, as crossing_mass_bin does. One exchange gives every CTA the row's total and the histograms. The tail's
-// terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e) and the
-// exponent, and ex2.approx), and each thread's fp32 sum of its ~130 terms within 130 2^-24 of it: the total is off by
-// less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's mass) of every fixed-point term and the
-// CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second pass over the logits (from L2): T,p at
-// 64 rows 47.3 us against 35.6. The walk from the max takes the bins up to the one holding the row's floor (counted
-// from its part above the floor): where it crosses, that bin's entries (at or above the floor) go to every CTA, and
-// each finds the same cut among them (crossing_cut; its key, in cut). A z below the floor never comes first in that
-// walk, so the cut is the one a walk over the whole row finds. Returns false, the same on every CTA, when the walk
-// does not cross above the floor or the crossing bin holds more than kMaxCandidates entries (the radix path then
-// starts at ex[1], which this leaves untouched). A 64-row T,p launch (%globaltimer, us from this call, thread 0): the
-// lists' masses and bins 0.6-0.9, the exchange 2.1-2.8, the walk 3.2-3.9, the crossing bin's push 4.6-5.7, its sort
-// and cut 6.1-7.2; then the Gumbel-max over the lists 8.5-10.4 and the launch's end 9.2-11.6. Measured and not kept:
-// one cluster barrier in place of the max exchange and this path's three, as unstaged_top_k does (every CTA copying its
-// list into every other CTA's ex[1] with its max, floor and tail, each CTA finding the same cut on the row's lists, CTA
-// 0 alone taking the Gumbel-max over them with the row max's gumbel_reach floor for a bound). The bench's lists hold
-// 1000-2000 z a CTA, so a region of 2048 overflows on some rows, which then take the radix path (64 rows 105 us); and
-// on the rows that fit, CTA 0's work on both lists (masses and bins 1.5 us, the cut 3.0, the Gumbel-max over ~2000
-// entries 4.0) took as long as what it replaced: 10.5-11.8 us from the end of the load pass.
+// Unstaged top-p fast path (top-p without top-k, kRanks <= 2 CTAs a row, nothing staged), in one cluster barrier and
+// CTA 0 alone. Called right after the load pass: kept[0, sh.kept) holds every z of this CTA's slice at or above its
+// floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed), and sh.warp_value / warp_index / warp_bad /
+// warp_tail hold its warps' max z, invalid z and tail mass: the mass of the rest of the slice (z below the floor
+// keep_min) that the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min log2(e)), the max not
+// being known yet. CTA 1 copies its list into CTA 0's exchange buffers (4096 entries: the whole of kKeptCapacity; the
+// arrival at the cluster barrier after the first batch, whose wait comes first here, says they are free) with its max,
+// floor and tail, and waits for CTA 0's verdict. CTA 0, given the row's max:
+//  - adds the fixed-point masses of both lists and of the tails (rescaled by exp(keep_min - zmax) 2^31), and
+//    histograms the masses of the entries at or above the row's floor (the larger; above it, each list holds every z of
+//    its slice) by zmax - z, as crossing_mass_bin does;
+//  - walks the bins from the max, up to the one holding the row's floor (counted from its part above the floor), to
+//    the bin where the mass first reaches ceil(top_p * the row's mass): a z below the floor never comes first in that
+//    walk, so the cut is the one a walk over the whole row finds. The crossing bin's entries give the cut
+//    (crossing_cut);
+//  - takes the Gumbel-max over the entries at or above the cut as finish_top_k does: every entry's Philox word and
+//    bounds on its score (gumbel_reach, no double logs), the entries whose upper bound reaches the largest lower bound
+//    contend, and double logs only when more than one does.
+// The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
+// and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order)
+// within ~1e-5 of it: the total is off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's
+// mass) of every fixed-point term and the CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second
+// pass over the logits (from L2): T,p at 64 rows 47.3 us against 35.6.
+// The path it replaced ran the max exchange and three more cluster barriers (every CTA's masses and bins, the crossing
+// bin's entries pushed to every CTA, the CTAs' best scores), ~12.8 us of a 64-row launch from the end of the lists;
+// an earlier try at one barrier had every CTA copy its list into every other CTA's ex[1] (2048 entries: the bench's
+// rows overflowed it, 64 rows 105 us on the radix path) and work on both lists. A 64-row T,p launch here (%globaltimer,
+// medians over CTA 0s, us after the wait; clock64 cycles at 1.98 GHz): lists done 14.9, the peer's list in 16.6, the
+// masses and bins 17.9 (2600 cycles), the crossing bin 19.2 (2300), the verdict's fence 19.7 (1100), the crossing
+// bin's entries gathered with the sure entries' bounds 22.3 (5600), the cut 23.6 (2500), the crossing bin's bounds
+// 24.3, the contenders 25.9 (3000); the launch ends at 30.7 us a row. Every step is a few entries a thread and far
+// slower than its instructions' latencies add up to; what stalls it is not known (ncu's stall samples of the finish
+// were too few to tell). Measured and not kept: the chunk's Philox blocks formed for all its entries, taken or not, so
+// that their chains overlap (64 rows 30.65 -> 31.09 us, the gather step as long); one entry at a time in every loop
+// (no chunks; the crossing bin gathered in a pass of its own, the bounds in another): T,p at 48 / 64 / 96 rows 28.2 /
+// 30.7 / 56.7 -> 28.3 / 29.3 / 56.2 us, but the one-rank kernel at 2 CTAs an SM then spilled 36 bytes, and T,k,p at
+// 160 / 256 rows went 47.9 / 60.5 -> 50.1 / 63.4 (T,p 58.8 / 67.1 -> 58.5 / 69.6); as __noinline__, 122-170 bytes.
+// Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
+// invalid, the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries: the max
+// exchange and the radix path follow (its levels clear the exchange buffers they use).
+// scratch: the warps' reached lists, free (32 KB).
 template <int kRanks>
-__device__ bool unstaged_top_p_cut(float tail_mass, const unsigned long long* kept, int n_kept, float zmax,
-                                   float top_p, cg::cluster_group& cluster, Shared& sh, uint32_t& cut) {
-    const int tid = threadIdx.x;
-    float row_floor = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kRanks; ++r) row_floor = fmaxf(row_floor, cluster.map_shared_rank(&sh.ex[0], r)->floor);
-    const uint32_t floor_key = float_to_key(row_floor);
-    clear_mass_bins(sh.ex[0]);  // (the max exchange read only its scalars)
-    // The tail's mass in fixed point: exp(keep_min - zmax) 2^31 per unit (0 when keep_min lies 87 below the max).
-    unsigned long long slice_mass = __float2ull_rn(tail_mass * (expf(sh.list_floor - zmax) * kMassScale));
-    __syncthreads();  // the bins are zero
-    for (int i = tid; i < n_kept; i += kThreads) {  // finite z only
-        const uint32_t key = candidate_key(kept[i]);
-        const float v = key_to_float(key);
-        slice_mass += fixed_mass(v, zmax);
-        if (key >= floor_key) add_to_mass_bins(sh.ex[0], v, zmax);
+__device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
+                               const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
+    static_assert(kRanks <= 2, "one peer list fits CTA 0's exchange buffers");
+    static_assert(2 * kMaxCandidates == kKeptCapacity, "the exchange buffers hold a whole kept list");
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    float own_max = -INFINITY, own_tail = 0.0f;
+    int own_index = INT_MAX, own_bad = 0;
+#pragma unroll 4
+    for (int w = 0; w < kWarps; ++w) {
+        take_better(own_max, own_index, sh.warp_value[w], sh.warp_index[w]);
+        own_bad |= sh.warp_bad[w];
+        own_tail += sh.warp_tail[w];
     }
-    unsigned long long total;
-    block_scan(slice_mass, total, sh);  // (its barrier also ends the histogram)
-    if (tid == 0) sh.ex[0].mass = total;
-    cluster.sync();  // every CTA's mass and histogram are complete
-
-    unsigned long long row_mass = 0;
-#pragma unroll
-    for (int r = 0; r < kRanks; ++r) row_mass += cluster.map_shared_rank(&sh.ex[0], r)->mass;
-    const unsigned long long target = static_cast<unsigned long long>(ceil(double(top_p) * double(row_mass)));
-    // mass_bin is non-increasing in z: bins past the floor's hold only z below it.
-    const int last_bin = mass_bin(row_floor, zmax);
-    constexpr int kBinsEach = kMassBins / kThreads;  // thread t walks bins kBinsEach t, ... (from the max down)
-    unsigned long long bin_mass[kBinsEach], mine = 0;
-    uint32_t bin_count[kBinsEach];
-#pragma unroll
-    for (int j = 0; j < kBinsEach; ++j) {
-        const int b = kBinsEach * tid + j;
-        bin_mass[j] = 0ull, bin_count[j] = 0u;
-        if (b <= last_bin) combined_mass_bin<kRanks>(cluster, sh.ex[0], b, bin_mass[j], bin_count[j]);
-        mine += bin_mass[j];
-    }
-    if (tid == 0) sh.crossing_count = UINT32_MAX;
-    unsigned long long listed_mass;
-    const unsigned long long inclusive = block_scan(mine, listed_mass, sh);
-    if (listed_mass < target) return false;  // the same total on every CTA; nothing pushed yet
-    if (inclusive >= target && inclusive - mine < target) {  // exactly one bin crosses (target >= 1: the max's mass)
-        unsigned long long c = inclusive - mine;
-#pragma unroll
-        for (int j = 0; j < kBinsEach; ++j) {
-            if (c + bin_mass[j] >= target) {
-                sh.digit = static_cast<uint32_t>(kBinsEach * tid + j);
-                sh.above = c;
-                sh.crossing_count = bin_count[j];
-                break;
+    const int own_n = sh.kept <= kKeptCapacity ? sh.kept : -1;
+    const float own_floor = sh.list_floor;
+    if constexpr (kRanks > 1) {
+        cluster_wait();  // (arrived after the first batch: CTA 0's exchange buffers are free)
+        if (cluster.block_rank() != 0) {
+            Shared* leader = cluster.map_shared_rank(&sh, 0);
+            if (!own_bad) {
+                const uint4* from = reinterpret_cast<const uint4*>(kept);  // two entries a vector
+                for (int p = tid; 2 * p < own_n; p += kThreads)
+                    reinterpret_cast<uint4*>(leader->ex[2 * p / kMaxCandidates].hist)[p % (kMaxCandidates / 2)] =
+                        from[p];
             }
-            c += bin_mass[j];
+            if (tid == 0) leader->peer = PeerList{own_max, own_index, own_bad, own_n, own_floor, own_tail};
+            __syncthreads();
+            if (tid == 0) fence_cluster();  // (cumulative: the CTA's writes before the barrier)
+            cluster_arrive_relaxed();
+            cluster_wait();  // the list has arrived
+            cluster_arrive_relaxed();
+            cluster_wait();  // CTA 0's verdict has arrived
+            return sh.verdict != 0;
         }
     }
-    __syncthreads();
-    if (sh.crossing_count > kMaxCandidates) return false;
-    const int crossing_bin = static_cast<int>(sh.digit);
-    const unsigned long long mass_above = sh.above;
-    for (int i = tid; i < n_kept; i += kThreads) {
-        const uint32_t key = candidate_key(kept[i]);
-        if (key >= floor_key && mass_bin(key_to_float(key), zmax) == crossing_bin)
-            deliver_candidate<true, kRanks>(kept[i], cluster, sh);
+    // CTA 0. scratch: the crossing bin's entries [kMaxCandidates], the mass bins (count, high and low 16 bits of the
+    // mass, [kMassBins] each), crossing_cut's room [kThreads].
+    unsigned long long* gathered = scratch;
+    uint32_t* bin_count = reinterpret_cast<uint32_t*>(scratch + kMaxCandidates);
+    uint32_t* bin_high = bin_count + kMassBins;
+    uint32_t* bin_low = bin_high + kMassBins;
+    unsigned long long* cut_room = reinterpret_cast<unsigned long long*>(bin_low + kMassBins);
+    static_assert(kMaxCandidates + 3 * kMassBins / 2 + kThreads <= kWarps * kWarpReached, "scratch holds them");
+    for (int b = tid; b < kMassBins; b += kThreads) bin_count[b] = 0u, bin_high[b] = 0u, bin_low[b] = 0u;
+    if (tid == 0) sh.count = 0, sh.contenders = 0, sh.crossing_count = UINT32_MAX;
+    PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
+    __syncthreads();  // the bins are clear
+    if constexpr (kRanks > 1) {
+        cluster_arrive_relaxed();
+        cluster_wait();  // the peer's list has arrived
+        peer = sh.peer;
     }
-    cluster.sync();  // every CTA holds the crossing bin's entries
-    cut = crossing_cut(reinterpret_cast<unsigned long long*>(sh.ex[1].hist),
-                       reinterpret_cast<unsigned long long*>(sh.ex[0].hist), sh.count, zmax, mass_above, target, sh);
+    float zmax = own_max;
+    int imax = own_index;
+    take_better(zmax, imax, peer.value, peer.index);
+    bool fast = !own_bad && !peer.bad && zmax > -INFINITY && own_n >= 0 && peer.n >= 0;
+    const float row_floor = fmaxf(own_floor, peer.floor);
+    const uint32_t floor_key = float_to_key(row_floor);
+    const int n_own = max(own_n, 0), n = n_own + max(peer.n, 0);
+    auto entry = [&](int i) {  // the peer's entry j in ex[j / kMaxCandidates]
+        const int j = i - n_own;
+        return j < 0 ? kept[i]
+                     : reinterpret_cast<const unsigned long long*>(sh.ex[j / kMaxCandidates].hist)[j % kMaxCandidates];
+    };
+    // Entries i = tid + kThreads k of [0, n), kChunk a thread at a time, loaded first: visit(e, valid), warp-uniform
+    // trips.
+    constexpr int kChunk = 4;
+    auto for_each_entry = [&](auto visit) {
+        for (int first = tid - lane; first < n; first += kChunk * kThreads) {
+            unsigned long long e[kChunk];
+            bool valid[kChunk];
+#pragma unroll
+            for (int k = 0; k < kChunk; ++k) {
+                const int i = first + lane + k * kThreads;
+                valid[k] = i < n;
+                e[k] = valid[k] ? entry(i) : 0ull;
+            }
+            visit(e, valid);
+        }
+    };
+    unsigned long long target = 0, mass_above = 0;
+    int crossing_bin = 0;
+    if (fast) {
+        unsigned long long mass = 0;
+        for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {  // finite z only
+#pragma unroll
+            for (int k = 0; k < kChunk; ++k) {
+                const uint32_t key = candidate_key(e[k]);
+                const float v = key_to_float(key);
+                const uint32_t m = valid[k] ? fixed_mass(v, zmax) : 0u;
+                mass += m;
+                if (valid[k] && key >= floor_key) {
+                    const int b = mass_bin(v, zmax);
+                    atomicAdd(&bin_count[b], 1u);
+                    if (m != 0u) atomicAdd(&bin_high[b], m >> 16), atomicAdd(&bin_low[b], m & 0xFFFFu);
+                }
+            }
+        });
+        __syncthreads();  // the bins are complete
+        // mass_bin is non-increasing in z: bins past the floor's hold only z below it. Thread t walks bins
+        // kBinsEach t, ... (from the max down).
+        const int last_bin = mass_bin(row_floor, zmax);
+        constexpr int kBinsEach = kMassBins / kThreads;
+        unsigned long long bin_mass[kBinsEach], mine = 0;
+        uint32_t count[kBinsEach];
+#pragma unroll
+        for (int j = 0; j < kBinsEach; ++j) {
+            const int b = kBinsEach * tid + j;
+            const bool listed = b <= last_bin;
+            bin_mass[j] = listed ? (static_cast<unsigned long long>(bin_high[b]) << 16) + bin_low[b] : 0ull;
+            count[j] = listed ? bin_count[b] : 0u;
+            mine += bin_mass[j];
+        }
+        // One barrier for both: the warps' inclusive scans of the bins' masses and sums of the lists' masses.
+        unsigned long long inclusive = mine;
+#pragma unroll
+        for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
+            const unsigned long long y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
+            if (lane >= offset) inclusive += y;
+            mass += __shfl_xor_sync(0xFFFFFFFFu, mass, offset);
+        }
+        if (lane == dsv4::kWarpSize - 1) sh.warp_scan[warp] = inclusive, sh.warp_top[warp] = mass;
+        __syncthreads();
+        unsigned long long listed_mass = 0, row_mass = 0;
+#pragma unroll 4
+        for (int w = 0; w < kWarps; ++w) {
+            inclusive += w < warp ? sh.warp_scan[w] : 0ull;
+            listed_mass += sh.warp_scan[w], row_mass += sh.warp_top[w];
+        }
+        // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
+        row_mass += __float2ull_rn(own_tail * (expf(own_floor - zmax) * kMassScale));
+        if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
+        target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
+        if (inclusive >= target && inclusive - mine < target) {  // exactly one bin crosses (target >= 1)
+            unsigned long long c = inclusive - mine;
+#pragma unroll
+            for (int j = 0; j < kBinsEach; ++j) {
+                if (c + bin_mass[j] >= target) {
+                    sh.digit = static_cast<uint32_t>(kBinsEach * tid + j);
+                    sh.above = c;
+                    sh.crossing_count = count[j];
+                    break;
+                }
+                c += bin_mass[j];
+            }
+        }
+        __syncthreads();
+        fast = listed_mass >= target && sh.crossing_count <= kMaxCandidates;
+        crossing_bin = static_cast<int>(sh.digit);
+        mass_above = sh.above;
+    }
+    if constexpr (kRanks > 1) {
+        if (tid == 0) cluster.map_shared_rank(&sh, 1)->verdict = fast, fence_cluster();
+        cluster_arrive_relaxed();  // (its wait comes before this CTA's next barrier, or its exit)
+    }
+    if (!fast) {
+        if constexpr (kRanks > 1) cluster_wait();
+        return false;
+    }
+    // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: every entry's Philox word and
+    // bounds on its score (gumbel_reach, no double logs); the entries whose upper bound reaches the largest lower bound
+    // contend.
+    // The entries of the bins before the crossing bin are kept whatever the cut: their bounds come in the pass that
+    // gathers the crossing bin's entries for crossing_cut, and those of the crossing bin's entries it keeps after it.
+    // upper_sure: the largest upper bound of this thread's entries in bins before the crossing bin; upper_crossing: of
+    // its crossing bin's entries kept (thread t: gathered[t], ...).
+    float floor_max = -INFINITY, upper_sure = -INFINITY, upper_crossing = -INFINITY;
+    auto bound = [&](unsigned long long e, uint32_t& x) {
+        const int token = candidate_token(e);
+        x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
+        return gumbel_reach(key_to_float(candidate_key(e)) + kReachShift, x);
+    };
+    auto take_bounds = [&](unsigned long long e, float& upper_max) {
+        uint32_t x;
+        const GumbelReach g = bound(e, x);
+        floor_max = fmaxf(floor_max, g.floor - score_slack(g.floor));
+        upper_max = fmaxf(upper_max, score_upper(g.reach));
+    };
+    const uint32_t below = (1u << lane) - 1u;
+    for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
+        uint32_t takers[kChunk];
+        int taken = 0;
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k) {  // (z below the row's floor lie in bins >= the crossing bin)
+            const uint32_t key = candidate_key(e[k]);
+            const int b = mass_bin(key_to_float(key), zmax);
+            takers[k] = __ballot_sync(0xFFFFFFFFu, valid[k] && key >= floor_key && b == crossing_bin);
+            taken += __popc(takers[k]);
+            if (valid[k] && b < crossing_bin) take_bounds(e[k], upper_sure);
+        }
+        int at = 0;
+        if (lane == 0 && taken > 0) at = atomicAdd(&sh.count, taken);
+        at = __shfl_sync(0xFFFFFFFFu, at, 0);
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k) {
+            if ((takers[k] >> lane) & 1u) gathered[at + __popc(takers[k] & below)] = e[k];
+            at += __popc(takers[k]);
+        }
+    });
+    __syncthreads();
+    const int n_crossing = sh.count;
+    const uint32_t cut = crossing_cut(gathered, cut_room, n_crossing, zmax, mass_above, target, sh);
+    for (int i = tid; i < n_crossing; i += kThreads)  // (sorted in place by crossing_cut when many)
+        if (candidate_key(gathered[i]) >= cut) take_bounds(gathered[i], upper_crossing);
+    const uint32_t warp_floor = __reduce_max_sync(0xFFFFFFFFu, float_to_key(floor_max));
+    if (lane == 0) sh.warp_bound[warp] = warp_floor;  // (crossing_cut's last reads are of warp_floor)
+    __syncthreads();
+    uint32_t best_floor = 0;
+#pragma unroll 4
+    for (int w = 0; w < kWarps; ++w) best_floor = max(best_floor, sh.warp_bound[w]);
+    // The contenders: kept entries whose upper bound reaches best_floor, visited by the threads that bounded them
+    // (whose largest upper bounds tell whether they hold one).
+    const bool holds_sure = float_to_key(upper_sure) >= best_floor;
+    const bool holds_crossing = float_to_key(upper_crossing) >= best_floor;
+    auto for_each_contender = [&](auto visit) {
+        auto visit_if_contender = [&](unsigned long long e) {
+            uint32_t x;
+            const GumbelReach g = bound(e, x);
+            if (float_to_key(score_upper(g.reach)) >= best_floor) visit(e, x);
+        };
+        if (__any_sync(0xFFFFFFFFu, holds_sure)) {
+            for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
+#pragma unroll
+                for (int k = 0; k < kChunk; ++k)
+                    if (holds_sure && valid[k] && mass_bin(key_to_float(candidate_key(e[k])), zmax) < crossing_bin)
+                        visit_if_contender(e[k]);
+            });
+        }
+        for (int i = tid; holds_crossing && i < n_crossing; i += kThreads)
+            if (candidate_key(gathered[i]) >= cut) visit_if_contender(gathered[i]);
+    };
+    for_each_contender([&](unsigned long long e, uint32_t) {
+        if (atomicAdd(&sh.contenders, 1) == 0) sh.sole = candidate_token(e);
+    });
+    __syncthreads();
+    int token = sh.sole;
+    if (sh.contenders > 1) {  // the contenders' exact scores RN(z + g): the largest, then the lowest id
+        token = INT_MAX;
+        float best = -INFINITY;
+        int best_i = INT_MAX;
+        for_each_contender([&](unsigned long long e, uint32_t x) {
+            take_better(best, best_i, __fadd_rn(key_to_float(candidate_key(e)), gumbel_of_word(x)),
+                        candidate_token(e));
+        });
+        warp_best(best, best_i);
+        if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;
+        __syncthreads();
+        float v = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) take_better(v, token, sh.warp_value[w], sh.warp_index[w]);
+    }
+    if (tid == 0) a.tokens[row] = token;
+    if constexpr (kRanks > 1) cluster_wait();
     return true;
 }
 
@@ -1629,8 +1863,10 @@ __device__ void unstaged_sample(const SampleArgs& a) {
         leader->winner_value[rank * kBlockWarps + warp] = best;
         leader->winner_index[rank * kBlockWarps + warp] = best_i;
         if (bad) leader->winner_bad = 1;
+        fence_cluster();
     }
-    cluster.sync();  // every warp's best has arrived, and no CTA leaves while others may still write to it
+    cluster_arrive_relaxed();
+    cluster_wait();  // every warp's best has arrived, and no CTA leaves while others may still write to it
     if (rank == 0 && warp == 0) {
         float v = -INFINITY;
         int i = INT_MAX;
@@ -1683,7 +1919,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const bool top_k_active = a.top_k > 0 && a.top_k < a.vocab;
     const bool fast_top_k = top_k_active && a.top_k <= kMaxCandidates;
     const bool fast_top_p = kStaged && !top_k_active && a.top_p < 1.0f;
-    // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p_cut).
+    // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p).
     const bool keeps_list = !kStaged && (fast_top_k || list_top_p);
     const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
     int phase = 0;
@@ -1799,13 +2035,16 @@ __device__ void filtered_sample(const SampleArgs& a) {
         const int64_t keep_rank =
             fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
         const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(keep_rank), sh);
+        // This CTA has started, and (top-p) its ex[] is free from here on: the wait at the start of unstaged_top_k /
+        // unstaged_top_p matches this arrival, before their first write to another CTA (the reads are done: no fence).
+        if (kRanks > 1) cluster_arrive_relaxed();
         // The least z of digit keep_digit (NaN below -inf's digit); a logit below logit_floor has a z below it.
         const float keep_min = key_to_float(keep_digit << digit_shift(0));
         float logit_floor, unused;
         const bool bounded = moderate_t && digit_logit_bounds(keep_digit, t, logit_floor, unused);
         if (tid == 0) sh.list_floor = keep_min;
         // Top-p: the mass of the slice's z off the list (z < keep_min), in units of exp(keep_min), as exp2 of
-        // x log2(e) / T - keep_min log2(e) (see unstaged_top_p_cut), so that the row's mass needs no second pass.
+        // x log2(e) / T - keep_min log2(e) (see unstaged_top_p), so that the row's mass needs no second pass.
         const float mass_slope = kLog2e * reciprocal_t, mass_offset = keep_min * kLog2e;
         if (bounded) {
             if (fast_top_k)
@@ -1921,11 +2160,18 @@ __device__ void filtered_sample(const SampleArgs& a) {
     if (list_top_p) dsv4::allow_next_kernel();  // the logits' last read on the fast path
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
-    if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
+#pragma unroll
+    for (int offset = dsv4::kWarpSize / 2; offset > 0 && list_top_p; offset >>= 1)
+        tail_mass += __shfl_xor_sync(0xFFFFFFFFu, tail_mass, offset);
+    if (lane == 0) {
+        sh.warp_value[warp] = best, sh.warp_index[warp] = best_i, sh.warp_bad[warp] = bad;
+        sh.warp_tail[warp] = tail_mass;
+    }
     __syncthreads();
     if constexpr (!kStaged) {
         unsigned long long* scratch = kept + kKeptCapacity;  // the warps' reached lists, done with
         if (fast_top_k && unstaged_top_k<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
+        if (list_top_p && unstaged_top_p<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
     }
     if (tid == 0) {
         Exchange& mine = sh.ex[phase & 1];
@@ -1933,7 +2179,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         int i = INT_MAX, b = 0;
         for (int w = 0; w < kWarps; ++w) take_better(v, i, sh.warp_value[w], sh.warp_index[w]), b |= sh.warp_bad[w];
         mine.value = v, mine.index = i, mine.bad = b;
-        if (!kStaged) mine.overflow = keeps_list && sh.kept > kKeptCapacity, mine.floor = sh.list_floor;
+        if (!kStaged) mine.overflow = keeps_list && sh.kept > kKeptCapacity;
     }
     cluster.sync();
     if (warp == 0) {
@@ -1980,13 +2226,6 @@ __device__ void filtered_sample(const SampleArgs& a) {
     }
     float threshold = -INFINITY;
     bool top_p_done = false;
-    // Unstaged top-p fast path: the cut from the kept lists, then Gumbel-max over the lists alone (4 below).
-    bool from_list = false;
-    if (list_top_p && !sh.kept_overflow) {
-        uint32_t cut;
-        from_list = unstaged_top_p_cut<kRanks>(tail_mass, kept, sh.kept, zmax, a.top_p, cluster, sh, cut);
-        if (from_list) threshold = key_to_float(cut), top_p_done = true;
-    }
     int bin;
     unsigned long long mass_above, target;
     if (fast_top_p && crossing_mass_bin(reinterpret_cast<const float*>(z4), n_local, zmax, a.top_p, cluster, sh, bin,
@@ -2040,20 +2279,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             take_better(best, best_i, __fadd_rn(e[c], gumbel_of_word(x)), first_token + c);
         }
     };
-    // Measured slower for the lists: a first pass forming every entry's Philox word and score bounds (no double logs)
-    // and the CTA's largest lower bound on a score, then double logs only for the entries whose upper bound reaches it
-    // (T,p at 64 / 128 rows 33.7 / 47.5 -> 33.9 / 50.2 us), although the one pass below took 2.4-3.3 us of a 64-row
-    // launch (%globaltimer, T,p).
-    if (from_list) {  // every z >= threshold of the slice is on the kept list: a Philox block per entry
-        for (int i = tid; i < sh.kept; i += kThreads) {
-            const float v = key_to_float(candidate_key(kept[i]));
-            if (!(v >= threshold) || __fadd_rn(v, kGumbelBound) < fmaxf(bound, best)) continue;
-            const int token = candidate_token(kept[i]);
-            const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), row32, a), token % 4);
-            if (score_upper(gumbel_reach(v + kReachShift, x).reach) < fmaxf(bound, best)) continue;
-            take_better(best, best_i, __fadd_rn(v, gumbel_of_word(x)), token);
-        }
-    } else if constexpr (kStaged) {
+    if constexpr (kStaged) {
         for (int v = tid; 4 * v < n_local; v += kThreads) gumbel_visit(z4[v], v);
     } else {
         for_each_z(z, gumbel_visit);
@@ -2068,8 +2294,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
         Shared* leader = cluster.map_shared_rank(&sh, 0);
         leader->cand_value[rank] = v;
         leader->cand_index[rank] = i;
+        fence_cluster();
     }
-    cluster.sync();
+    cluster_arrive_relaxed();
+    cluster_wait();
     if (rank == 0 && tid == 0) {
         float v = -INFINITY;
         int i = INT_MAX;

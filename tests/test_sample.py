@@ -337,8 +337,9 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     reaches below it (flat rows, row 7, row 8 at top_p 0.99), or whose list overflows (rows 4 and 5: their first
     batches hold almost only the background), takes the radix path; in row 8 the floor is 5.0, exactly the cut's z,
     and the crossing bin also holds z of 4.99 below it, which no list holds. Row 9 crosses inside 300 ties of a bin
-    (all kept, the cut their z)."""
-    logits = random_logits(rng, 10 + fillers, VOCAB, 3.0)        # nucleus of a few hundred z: bins of range 0
+    (all kept, the cut their z). Row 10 holds 3000 z in [9, 9.4) in the second CTA's slice: unstaged, that CTA's
+    list fills both exchange buffers it is copied into (2048 entries each) for the first CTA, which finishes the row."""
+    logits = random_logits(rng, 11 + fillers, VOCAB, 3.0)        # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
     logits[2] = random_logits(rng, 1, VOCAB, 1.0)
@@ -362,11 +363,15 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     logits[8, picked[1320]] = 7.0
     logits[9, :] = -30.0
     logits[9, rng.choice(VOCAB, 305, replace=False)] = np.r_[np.full(5, 10.0), np.full(300, 9.0)]  # p 0.5: the 143rd
+    logits[10] = random_logits(rng, 1, VOCAB, 1.0)
+    second_slice = rng.choice(np.arange(64640, VOCAB), 3000, replace=False)
+    logits[10, second_slice] = rng.uniform(9.0, 9.4, 3000)       # 99.3% of the mass
     ledger = MismatchLedger()
     for top_k, top_p in [(0, 0.9), (0, 0.5), (VOCAB, 0.99), (0, 0.999)]:
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=int(top_p * 1000), step=2)
         assert logits[4, gpu[4]] >= 6.0 and logits[5, gpu[5]] >= 6.0
         assert top_p > 0.9 or logits[8, gpu[8]] >= 5.0
+        assert top_p > 0.99 or logits[10, gpu[10]] >= 9.0
         ledger.compare(logits, gpu, 1.0, top_k, top_p, int(top_p * 1000), 2)
     ledger.assert_rare()
 
