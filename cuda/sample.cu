@@ -712,22 +712,25 @@ __device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, floa
     return digit < kBins && fabsf(scaled) < 0x1p100f;
 }
 
-// The top-p fast paths' histogram of a CTA's z by mass_bin, in an exchange buffer: the fixed-point mass of bin b as
-// (high 16 bits, low 16 bits) in hist[0][b] and hist[0][kMassBins + b] (32-bit shared atomics that cannot overflow),
-// its count in hist[1][b].
-__device__ __forceinline__ void clear_mass_bins(Exchange& ex) {
-    for (int b = threadIdx.x; b < kMassBins; b += kThreads)
-        ex.hist[0][b] = 0u, ex.hist[0][kMassBins + b] = 0u, ex.hist[1][b] = 0u;
-}
-// A finite v <= zmax into the histogram.
-__device__ __forceinline__ void add_to_mass_bins(Exchange& ex, float v, float zmax) {
-    const int bin = mass_bin(v, zmax);
-    atomicAdd(&ex.hist[1][bin], 1u);
-    const uint32_t m = fixed_mass(v, zmax);
-    if (m == 0u) return;
-    atomicAdd(&ex.hist[0][bin], m >> 16);
-    atomicAdd(&ex.hist[0][kMassBins + bin], m & 0xFFFFu);
-}
+// The top-p fast paths' histogram of z by mass_bin in shared memory: bin b's count and fixed-point mass as its high
+// and low 16 bits (32-bit shared atomics that cannot overflow). In an exchange buffer (of): the mass in hist[0][b] and
+// hist[0][kMassBins + b], the count in hist[1][b].
+struct MassBins {
+    uint32_t* count;  // [kMassBins]
+    uint32_t* high;   // [kMassBins]
+    uint32_t* low;    // [kMassBins]
+    __device__ static MassBins of(Exchange& ex) { return {ex.hist[1], ex.hist[0], ex.hist[0] + kMassBins}; }
+    __device__ void clear() const {
+        for (int b = threadIdx.x; b < kMassBins; b += kThreads) count[b] = 0u, high[b] = 0u, low[b] = 0u;
+    }
+    // A z of fixed-point mass m into bin b.
+    __device__ void add(int b, uint32_t m) const {
+        atomicAdd(&count[b], 1u);
+        if (m == 0u) return;
+        atomicAdd(&high[b], m >> 16);
+        atomicAdd(&low[b], m & 0xFFFFu);
+    }
+};
 // Bin b of the histograms in ex of the cluster's first kRanks CTAs, summed in rank order (every load issued first).
 template <int kRanks>
 __device__ __forceinline__ void combined_mass_bin(cg::cluster_group& cluster, Exchange& ex, int b,
@@ -756,7 +759,8 @@ __device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float
                                   unsigned long long& target) {
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     const int rank = static_cast<int>(cluster.block_rank());
-    clear_mass_bins(sh.ex[0]);
+    const MassBins bins = MassBins::of(sh.ex[0]);
+    bins.clear();
     __syncthreads();
     // A 16-byte vector of z at a time (the staged tail past n_local is -inf), against one float: T,p 1 row 21.7 -> 21.0
     // us, 64 rows 75.7 -> 74.5 (two vectors in flight: 21.2, 74.6).
@@ -766,7 +770,7 @@ __device__ bool crossing_mass_bin(const float* z, int n_local, float zmax, float
         const float e[4] = {zv.x, zv.y, zv.z, zv.w};
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-            if (e[c] > -INFINITY) add_to_mass_bins(sh.ex[0], e[c], zmax);
+            if (e[c] > -INFINITY) bins.add(mass_bin(e[c], zmax), fixed_mass(e[c], zmax));
         }
     }
     cluster.sync();  // every CTA's histogram is complete
@@ -1341,11 +1345,10 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     // mass, [kMassBins] each), crossing_cut's room [kThreads].
     unsigned long long* gathered = scratch;
     uint32_t* bin_count = reinterpret_cast<uint32_t*>(scratch + kMaxCandidates);
-    uint32_t* bin_high = bin_count + kMassBins;
-    uint32_t* bin_low = bin_high + kMassBins;
-    unsigned long long* cut_room = reinterpret_cast<unsigned long long*>(bin_low + kMassBins);
+    const MassBins bins{bin_count, bin_count + kMassBins, bin_count + 2 * kMassBins};
+    unsigned long long* cut_room = reinterpret_cast<unsigned long long*>(bin_count + 3 * kMassBins);
     static_assert(kMaxCandidates + 3 * kMassBins / 2 + kThreads <= kWarps * kWarpReached, "scratch holds them");
-    for (int b = tid; b < kMassBins; b += kThreads) bin_count[b] = 0u, bin_high[b] = 0u, bin_low[b] = 0u;
+    bins.clear();
     if (tid == 0) sh.count = 0, sh.contenders = 0, sh.crossing_count = UINT32_MAX;
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
     __syncthreads();  // the bins are clear
@@ -1393,11 +1396,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
                 const float v = key_to_float(key);
                 const uint32_t m = valid[k] ? fixed_mass(v, zmax) : 0u;
                 mass += m;
-                if (valid[k] && key >= floor_key) {
-                    const int b = mass_bin(v, zmax);
-                    atomicAdd(&bin_count[b], 1u);
-                    if (m != 0u) atomicAdd(&bin_high[b], m >> 16), atomicAdd(&bin_low[b], m & 0xFFFFu);
-                }
+                if (valid[k] && key >= floor_key) bins.add(mass_bin(v, zmax), m);
             }
         });
         __syncthreads();  // the bins are complete
@@ -1411,8 +1410,8 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         for (int j = 0; j < kBinsEach; ++j) {
             const int b = kBinsEach * tid + j;
             const bool listed = b <= last_bin;
-            bin_mass[j] = listed ? (static_cast<unsigned long long>(bin_high[b]) << 16) + bin_low[b] : 0ull;
-            count[j] = listed ? bin_count[b] : 0u;
+            bin_mass[j] = listed ? (static_cast<unsigned long long>(bins.high[b]) << 16) + bins.low[b] : 0ull;
+            count[j] = listed ? bins.count[b] : 0u;
             mine += bin_mass[j];
         }
         // One barrier for both: the warps' inclusive scans of the bins' masses and sums of the lists' masses.
