@@ -1977,6 +1977,15 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // loop for both filters with the floor's code skipped at run time for top-p (T,p 33.0: so the kernel at one CTA an
     // SM has a loop of each, while at two, where 64 registers spill more with two loops, T,p at 96 / 128 / 256 rows
     // measured 60.1 / 49.8 / 97.4).
+    // Measured and not kept: lists of each lane's own (no vote, no ballot: a compare, a store and an address step a
+    // logit; NaN listed, found by the listing), Flash vocab on the H100, 48 / 64 rows, us. 16 slots a lane in 64 KB
+    // more shared memory: T,k,p 19.15 / 20.87 -> 17.84 / 19.58, but T,p 28.4 / 30.8 -> 47.2 / 67.8 (a lane of a CTA
+    // whose floor is one digit lower lists ~14: the overflow takes the radix path); 24 slots (96 KB more): T,k,p 17.8 /
+    // 20.0, T,p 26.5 / 29.2. Slots shared by lanes l and l + 16 (one fills up, one down; 20 rows in the same 64 KB, the
+    // kept list cut to 3072) with top-p's floor at a 256th of a digit (a list of ~1000 a CTA, as the pairs need): T,k,p
+    // 17.9 / 19.8, but T,p 80 / 110: a row whose nucleus reaches below the larger of its CTAs' floors (each from 4096
+    // z) takes the radix path, ~3x a fast row, and 1-2 of the bench's 64 rows do; budgets of 1280 / 1408 trade those
+    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.3 / 28.8, not understood.
     // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
     // the loop. Against this one before the rising floor and store_shared (Flash vocab, H100, us): T,k,p at 48 / 64
     // rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 / 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5.
