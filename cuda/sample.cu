@@ -1985,7 +1985,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // kept list cut to 3072) with top-p's floor at a 256th of a digit (a list of ~1000 a CTA, as the pairs need): T,k,p
     // 17.9 / 19.8, but T,p 80 / 110: a row whose nucleus reaches below the larger of its CTAs' floors (each from 4096
     // z) takes the radix path, ~3x a fast row, and 1-2 of the bench's 64 rows do; budgets of 1280 / 1408 trade those
-    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.3 / 28.8, not understood.
+    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.8 / 28.3, not understood.
     // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
     // the loop. Against this one before the rising floor and store_shared (Flash vocab, H100, us): T,k,p at 48 / 64
     // rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 / 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5.
