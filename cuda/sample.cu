@@ -9,7 +9,7 @@
 // far (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch.
 // These run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond
 // (launch_sample). Flash vocab on the H100, T only: 1 row 5.6, 8 rows 5.9, 64 rows 18.7 us (the staged path took 11.6,
-// 12.4, 43.0). Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75
+// 12.4, 43.0); with 64 rows in pairs of CTAs at one an SM (launch_sample), 16.5. Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75
 // instructions a 4-token vector in a step that stops at the vectors' reach, of which the Philox block ~45; about 2 of
 // 4 issue slots a cycle used): the top stalls were the closing cluster barrier (warps and CTAs end at different times,
 // 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async or bulk-copy ring) or more warps
@@ -125,6 +125,9 @@ constexpr int kWideLoadBatch = 8;
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
 // earlier kernel).
 constexpr int kGumbelBatch = 2;
+// Temperature only in pairs of CTAs (launch_sample: up to 128 registers, one CTA an SM). Flash vocab on the H100, 64
+// rows: 2 vectors 17.1 us, 3 16.75, 4 16.5 (96 registers), 6 17.7 (124 registers); 8 spills.
+constexpr int kPairGumbelBatch = 4;
 constexpr int kWindowBins = 512;                 // top-k fast path: level-0 bins combined, from the max's down
 // Top-p fast path: bins of zmax - z over [0, 22.25), where every nonzero fixed-point mass lies (exp(z - max) 2^31
 // rounds to 0 below ln 2^-32 = -22.18); CTA r of the cluster combines bins [r, r + 1) * kMassBinsPerCta.
@@ -1602,13 +1605,13 @@ __device__ __forceinline__ float max_propagating_nan(float x, float y) {
 }
 
 // Greedy and temperature only: what a CTA shares (the staged path's Shared holds a row's exchange buffers, 16x more).
-template <int kBlockWarps>
+template <int kBlockWarps, int kRanks>
 struct alignas(16) SharedUnstaged {
     uint32_t threshold_key;  // temperature only: float_to_key of the best lower bound on a score the row has published
     int bad;                 // a NaN or +inf z seen by this CTA (temperature only)
     // rank 0: every warp's best (value, lowest id) by rank and warp, and whether any CTA saw a NaN or +inf
-    float winner_value[kCluster * kBlockWarps];
-    int winner_index[kCluster * kBlockWarps];
+    float winner_value[kRanks * kBlockWarps];
+    int winner_index[kRanks * kBlockWarps];
     int winner_bad;
     // temperature only: each warp's candidate list, slice positions and upper bounds on their scores
     int candidates[kBlockWarps][kWarpCandidates];
@@ -1627,9 +1630,10 @@ __device__ __forceinline__ Slice this_slice(const SampleArgs& a) {
     return {row, begin, static_cast<int>(max(int64_t(0), min(a.vocab - begin, a.slice)))};
 }
 
-template <int kBlockThreads>
+template <int kBlockThreads, int kRanks, int kGumbelBatch>
 __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
-                            SharedUnstaged<kBlockThreads / dsv4::kWarpSize>& sh, float& best, int& best_i, bool& bad) {
+                            SharedUnstaged<kBlockThreads / dsv4::kWarpSize, kRanks>& sh, float& best, int& best_i,
+                            bool& bad) {
     constexpr int kStep = kGumbelBatch * kBlockThreads;  // vectors of the CTA per step
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
     int* candidates = sh.candidates[warp];
@@ -1647,7 +1651,7 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
     int count = 0;
 
     auto publish_threshold = [&] {
-        if (lane < kCluster)  // lane r into rank r's copy (the row's CTAs are alive until the closing barrier)
+        if (lane < kRanks)  // lane r into rank r's copy (the row's CTAs are alive until the closing barrier)
             atomicMax(cg::this_cluster().map_shared_rank(&sh.threshold_key, lane), float_to_key(threshold));
     };
     auto take_row_threshold = [&] {  // a broadcast read; a value a step old is a lower bound all the same
@@ -1808,14 +1812,14 @@ __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice&
 
 // Greedy and temperature only: one pass over the logits, nothing staged. Every warp's best goes straight into rank 0's
 // winner slots (distributed shared memory), and one cluster barrier ends the launch.
-template <bool kGreedy, int kBlockThreads>
+template <bool kGreedy, int kBlockThreads, int kRanks, int kGumbelBatch>
 __device__ void unstaged_sample(const SampleArgs& a) {
     constexpr int kBlockWarps = kBlockThreads / dsv4::kWarpSize;
-    __shared__ SharedUnstaged<kBlockWarps> sh;
+    __shared__ SharedUnstaged<kBlockWarps, kRanks> sh;
     cg::cluster_group cluster = cg::this_cluster();
     const int rank = static_cast<int>(cluster.block_rank());
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
-    const Slice slice = this_slice<kCluster>(a);
+    const Slice slice = this_slice<kRanks>(a);
     // Arriving at another barrier phase here publishes the initial values; its wait comes before their first use
     // (gumbel_pass's first threshold, or the winner slots), so nobody waits at the start. Before the prefetch, so that
     // the arrival's release has no bulk prefetch to wait for.
@@ -1855,12 +1859,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
         }
         cluster.barrier_wait();  // (gumbel_pass waits before its first threshold)
     } else {
-        gumbel_pass<kBlockThreads>(a, slice, sh, best, best_i, bad);
+        gumbel_pass<kBlockThreads, kRanks, kGumbelBatch>(a, slice, sh, best, best_i, bad);
     }
     warp_best(best, best_i);
     bad = __any_sync(0xFFFFFFFFu, bad);
     if (lane == 0) {
-        SharedUnstaged<kBlockWarps>* leader = cluster.map_shared_rank(&sh, 0);
+        SharedUnstaged<kBlockWarps, kRanks>* leader = cluster.map_shared_rank(&sh, 0);
         leader->winner_value[rank * kBlockWarps + warp] = best;
         leader->winner_index[rank * kBlockWarps + warp] = best_i;
         if (bad) leader->winner_bad = 1;
@@ -1871,7 +1875,7 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     if (rank == 0 && warp == 0) {
         float v = -INFINITY;
         int i = INT_MAX;
-        for (int w = lane; w < kCluster * kBlockWarps; w += dsv4::kWarpSize)
+        for (int w = lane; w < kRanks * kBlockWarps; w += dsv4::kWarpSize)
             take_better(v, i, sh.winner_value[w], sh.winner_index[w]);
         warp_best(v, i);
         if (lane == 0) a.tokens[slice.row] = sh.winner_bad || v == -INFINITY ? -1 : i;
@@ -2319,18 +2323,21 @@ __device__ void filtered_sample(const SampleArgs& a) {
 // grid (batch * kRanks), clusters of kRanks along x, kBlockThreads threads (kThreads for kFiltered, whose histogram and
 // scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
 // kCtasPerSm CTAs an SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of
-// kNarrowThreads); the unstaged filtered kernel also comes at one CTA an SM (launch_sample). More warps an SM
+// kNarrowThreads); the unstaged filtered kernel and temperature only in pairs also come at one CTA an SM
+// (launch_sample). More warps an SM
 // measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling:
 // 29.8).
 template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
     static_assert(kMode != Mode::kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
-    static_assert(kMode == Mode::kFiltered || kRanks == kCluster, "greedy and temperature only run kCluster ranks");
+    static_assert(kMode == Mode::kFiltered || kRanks == kCluster || (kMode == Mode::kTemperature && kCtasPerSm == 1),
+                  "greedy runs kCluster ranks, temperature only kCluster or (at one CTA an SM) fewer");
     if constexpr (kMode == Mode::kFiltered)
         filtered_sample<kRanks, kCtasPerSm>(a);
     else
-        unstaged_sample<kMode == Mode::kGreedy, kBlockThreads>(a);
+        unstaged_sample<kMode == Mode::kGreedy, kBlockThreads, kRanks, kRanks == kCluster ? kGumbelBatch
+                                                                                         : kPairGumbelBatch>(a);
 }
 
 constexpr int64_t kMaxVocab = kCluster * kMaxSlice;          // 327680
@@ -2403,6 +2410,13 @@ int wide_clusters_resident(int& clusters) {
     return clusters_resident(g_wide_clusters, sample_kernel<Mode::kTemperature, kThreads>, kCluster, 0, clusters);
 }
 
+// Rows of temperature only in pairs of CTAs, one an SM, that the device holds at once (66 on the H100).
+int pair_rows_resident(int& rows) {
+    static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
+    return clusters_resident(cache, sample_kernel<Mode::kTemperature, kThreads, kWideBatchRanks, 1>, kWideBatchRanks,
+                             0, rows);
+}
+
 // Rows of the unstaged filtered kernel, kRanks CTAs a row and kCtasPerSm an SM, that the device holds at once (H100:
 // 66 for 2 and 1, 132 for 2 and 2, 264 for 1 and 2).
 template <int kRanks, int kCtasPerSm>
@@ -2444,11 +2458,26 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         // once; beyond, kNarrowThreads (twice the CTAs per SM, twice the steps per warp), which keeps more rows in
         // one wave. Flash vocab on the H100 (30 wide clusters resident), T only: 32 rows 17.9 (wide) vs 21.1 us,
         // 48 rows 26.4 vs 23.4 us, 64 rows 28.2 vs 26.9 us; greedy at 64 rows 16.6 vs 16.2 us.
-        int wide_clusters = 0;
+        // Temperature only from 3/4 of the rows that pairs of CTAs hold at one CTA an SM, up to all of them: pairs
+        // (kWideBatchRanks, as the unstaged filtered path; kPairGumbelBatch vectors a step). A plain read of 64 rows'
+        // logits, timed as the bench times, took 14.9 us in 512 CTAs of 256 threads (4 an SM, as the narrow kernel)
+        // and 12.6 in 128 of 512 at one an SM. T only at 41 / 48 / 56 / 64 rows, narrow against pairs: 14.1 / 15.5 /
+        // 16.8 / 18.7 against 14.6 / 15.4 / 16.1 / 16.5 us. Clusters of 4 such CTAs at 8 / 16 / 24 / 32 rows: 8.1 /
+        // 8.5 / 9.2 / 14.0 against 5.9 / 8.8 / 9.1 / 14.0 for the wide clusters of 8, so not kept.
+        int wide_clusters = 0, pair_rows = 0;
         DSV4_RETURN_IF_FAILED(wide_clusters_resident(wide_clusters));
         const bool narrow = 3 * batch > 4 * int64_t(wide_clusters);
         const int threads = narrow ? kNarrowThreads : kThreads;
         const bool greedy = args.temperature == 0.0f;
+        if (!greedy && narrow) DSV4_RETURN_IF_FAILED(pair_rows_resident(pair_rows));
+        if (!greedy && narrow && 4 * batch >= 3 * int64_t(pair_rows) && batch <= pair_rows) {
+            args.slice = slice_of(args.vocab, kWideBatchRanks);
+            DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
+                                                  sample_kernel<Mode::kTemperature, kThreads, kWideBatchRanks, 1>,
+                                                  static_cast<unsigned>(batch * kWideBatchRanks), kThreads, 0, stream,
+                                                  args));
+            return DSV4_OK;
+        }
         auto kernel = greedy ? (narrow ? sample_kernel<Mode::kGreedy, kNarrowThreads>
                                        : sample_kernel<Mode::kGreedy, kThreads>)
                              : (narrow ? sample_kernel<Mode::kTemperature, kNarrowThreads>
