@@ -157,7 +157,10 @@ constexpr int kWarpReached = 256;
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
 // bench's rows then overflow the warps' lists of T,k,p, which takes the radix path. With the rising floor, 1 vector
 // (96% of the warps' floors rise two digits) took T,k,p at 48 / 64 rows 22.4 / 22.4 against 21.0-21.2 / 21.8, T,p
-// 29.8 / 32.0 against 30.0-30.1 / 32.2.
+// 29.8 / 32.0 against 30.0-30.1 / 32.2. Measured and not kept: the list loop's first batch (8 vectors a thread)
+// loaded with the first batch and used from registers (no re-read from L2): T,k,p at 48 / 64 rows 19.1 / 20.8 ->
+// 21.4 / 22.0, T,p 28.4 / 30.7 -> 29.7 / 32.4; stamps (64 rows, us after the wait): the first batch's digit 3.2 -> 4.1,
+// the loop's end 12.0 -> 13.3.
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
@@ -1802,6 +1805,9 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 
 // Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to 16 bytes:
 // inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows 43.9 -> 43.0 us.
+// Still measured faster here, though a plain read of 64 rows' logits (128 CTAs of 512 threads) ran 12.6 us with it and
+// 12.0 without: without it, 64 rows greedy 15.0 -> 15.7, T 18.6 -> 20.0 (then in 256-thread CTAs), T,k,p 20.7 -> 21.4,
+// T,p 30.7 -> 31.2; without it for the unstaged filtered paths alone, T,k,p 21.4, T,p 31.1.
 __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice) {
     constexpr int64_t kPiece = 4096;
     const int64_t bytes = 4 * int64_t(slice.n_local);
@@ -1989,7 +1995,14 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // kept list cut to 3072) with top-p's floor at a 256th of a digit (a list of ~1000 a CTA, as the pairs need): T,k,p
     // 17.9 / 19.8, but T,p 80 / 110: a row whose nucleus reaches below the larger of its CTAs' floors (each from 4096
     // z) takes the radix path, ~3x a fast row, and 1-2 of the bench's 64 rows do; budgets of 1280 / 1408 trade those
-    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.8 / 28.3, not understood.
+    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.8 / 28.3; and lists of each
+    // lane's own for top-k only (15 slots and a sink a lane, 96 KB; a lane that reaches the sink lists its vectors
+    // again from L2; tests passed, with a planted overflow whose mutant without the re-listing failed), warps' lists
+    // for top-p: T,k,p 28.9 / 28.0. Its stamps (64 rows, us after the wait): warp 0's loop ends at 14.3 median, 16.9
+    // p90, 20.4 max, against 12.0 / 12.8 / 13.5. Not the shared memory: the same 96 KB with warps' lists alone took
+    // 19.0 / 20.7, as HEAD. In that kernel's SASS the one loop with a batch of 8 loads is top-p's; loads as volatile
+    // asm (kept in order with the stores) left it as it was. So with a loop of its own the lane listing loses what
+    // the fast variant (all modes in one loop) gained; why the compiler builds it so is not known.
     // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
     // the loop. Against this one before the rising floor and store_shared (Flash vocab, H100, us): T,k,p at 48 / 64
     // rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 / 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5.
