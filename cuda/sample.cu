@@ -9,11 +9,11 @@
 // far (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch.
 // These run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond
 // (launch_sample). Flash vocab on the H100, T only: 1 row 5.6, 8 rows 5.9, 64 rows 18.7 us (the staged path took 11.6,
-// 12.4, 43.0); with 64 rows in pairs of CTAs at one an SM (launch_sample), 16.5. Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75
-// instructions a 4-token vector in a step that stops at the vectors' reach, of which the Philox block ~45; about 2 of
-// 4 issue slots a cycle used): the top stalls were the closing cluster barrier (warps and CTAs end at different times,
-// 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async or bulk-copy ring) or more warps
-// an SM measured slower (see gumbel_pass).
+// 12.4, 43.0); 64 rows in pairs of CTAs at one an SM (launch_sample) 16.5. Before the threshold was shared by the row
+// (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75 instructions a 4-token vector in a step that stops at the
+// vectors' reach, of which the Philox block ~45; about 2 of 4 issue slots a cycle used): the top stalls were the
+// closing cluster barrier (warps and CTAs end at different times, 25% of samples) and the first use of a load (24%);
+// more loads in flight (a cp.async or bulk-copy ring) or more warps an SM measured slower (see gumbel_pass).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -2337,9 +2337,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
 // scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
 // kCtasPerSm CTAs an SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of
 // kNarrowThreads); the unstaged filtered kernel and temperature only in pairs also come at one CTA an SM
-// (launch_sample). More warps an SM
-// measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling:
-// 29.8).
+// (launch_sample). More warps an SM measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64
+// rows 22.4 -> 23.8 us; 6, spilling: 29.8).
 template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
