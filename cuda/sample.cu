@@ -80,8 +80,9 @@
 // prefetches its slices into L2 on the SMs that rank 1 leaves while CTA 0 finishes, so a shorter finish leaves more of
 // the next slices to the load pass, which then runs at about the device's read bandwidth. The top-p fast paths' cut in
 // the crossing bin counts the same way (crossing_cut): T,p at 1 / 48 / 64 rows 21.1 / 29.9 / 32.2 -> 20.7 / 29.4 /
-// 31.6 us (T,k,p at 1 row 11.1-11.3 across these builds). Fewer instructions in the unstaged load pass (for_each_z, and the listing's
-// slots from three ballots): T,k,p at 48 / 64 rows 20.2 / 21.6 -> 19.3 / 20.9 us, T,p 29.4 / 31.6 -> 28.6 / 30.9.
+// 31.6 us (T,k,p at 1 row 11.1-11.3 across these builds). Fewer instructions in the unstaged load pass (for_each_z,
+// and the listing's slots from three ballots): T,k,p at 48 / 64 rows 20.2 / 21.6 -> 19.3 / 20.9 us, T,p 29.4 / 31.6 ->
+// 28.6 / 30.9.
 // The unstaged top-p path's cut and Gumbel-max by CTA 0 alone after one cluster barrier (unstaged_top_p, in place of
 // three more barriers and every CTA's part of them), and the ends of the paths on barriers whose arrival fences only
 // the threads that wrote to another CTA (fence_cluster): T,p at 48 / 64 / 96 / 128 / 160 / 256 rows 28.6 / 31.0 /
