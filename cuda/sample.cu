@@ -348,6 +348,41 @@ __device__ __forceinline__ float score_slack(float v) { return fmaf(fabsf(v), 0x
 // The upper bound on a score, NaN for z' = -inf (it is never a candidate).
 __device__ __forceinline__ float score_upper(float reach) { return reach + score_slack(reach); }
 
+// Close bounds on the score RN(z + g) of an exact finite z (g = gumbel_of_word(x)) in fp32, for the finishes, which
+// bound a few hundred candidates: their lower and upper bounds lie ~4e-5 apart, against the reach's 2w + 2e-3, so the
+// candidates that contend for the row (and need double logs) are one almost always. With a = x >> 8, u = (a + 1/2)
+// 2^-24 and e = -log u, g = -log e:
+//  - u < 1/2: m = a + 1/2 is exact in fp32, e = ln 2 (24 - log2 m);
+//  - u >= 1/2: w = 1 - u = (n + 1/2) 2^-24 (n = 2^24 - 1 - a) is exact; e = w (1 + w/2 + ... + w^6/7) for w < 1/16
+//    (relative truncation below 1e-9), else -ln 2 log2 RN(1 - w) (e >= 0.0645, RN(1 - w) within 2^-25);
+// then g = -ln 2 log2 e, every log2 by lg2.approx.f32 (absolute error < 2^-22). Measured on the H100 over all 2^24
+// values of a against gumbel_of_word: |g' - g| <= kCloseGumbelError / 4. close_slack(s') covers that, g's own
+// rounding (half an ulp of 17.33, 2^-20) and both sums' roundings (|s| 2^-23).
+constexpr float kCloseGumbelError = 2e-5f;
+__device__ __forceinline__ float close_gumbel(uint32_t x) {
+    const uint32_t a = x >> 8;
+    const bool high = a >= 0x800000u;  // u >= 1/2
+    const uint32_t n = high ? 0xFFFFFFu - a : a;
+    const float m = __uint_as_float(0x4B000000u | n) - 8388607.5f;  // n + 1/2, exact
+    const float w = m * 0x1p-24f;
+    float log2_arg, series = 1.0f / 7.0f;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(log2_arg) : "f"(high ? 1.0f - w : m));
+#pragma unroll
+    for (int k = 6; k >= 1; --k) series = fmaf(series, w, 1.0f / k);
+    const float e = high ? (w < 0.0625f ? w * series : -kLn2 * log2_arg) : kLn2 * (24.0f - log2_arg);
+    float log2_e;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(log2_e) : "f"(e));
+    return -kLn2 * log2_e;
+}
+__device__ __forceinline__ float close_slack(float s) { return fmaf(fabsf(s), 0x1p-22f, 2.0f * kCloseGumbelError); }
+struct ScoreBounds {
+    float lower, upper;
+};
+__device__ __forceinline__ ScoreBounds close_score_bounds(float z, uint32_t x) {
+    const float s = z + close_gumbel(x);
+    return {s - close_slack(s), s + close_slack(s)};
+}
+
 // (v, i) becomes the better of itself and (ov, oi): larger value, then lower id.
 __device__ __forceinline__ void take_better(float& v, int& i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
@@ -399,8 +434,9 @@ struct alignas(16) Shared {
     float cand_value[kCluster];
     int cand_index[kCluster];
     // Unstaged top-k fast path (unstaged_top_k), what CTA r pushed: into CTA 0, how many entries it put in region r of
-    // the gather buffer, the digit top of its max z, that max, and its counts of the digits top, top - 1, ..., top - 31;
-    // into every CTA, whether its share of the row is complete. And CTA 0's count of the regions' entries it keeps.
+    // the gather buffer, the digit top of its max z, that max, and its counts of the digits top, top - 1, ...,
+    // top - 31; into every CTA, whether its share of the row is complete. And CTA 0's count of the regions' entries it
+    // keeps.
     int region_count[kCluster];
     uint32_t region_top[kCluster];
     float region_max[kCluster];
@@ -988,10 +1024,12 @@ __device__ __forceinline__ unsigned long long warp_mass(uint32_t mass) {
 //    key cuts); the kept masses sum to total (exact integers); top-p keeps c iff mass_above_c < ceil(top_p * total):
 //    the walk over the sorted list that finish_candidates takes crosses the target in the key group where the masses
 //    of the greater keys stop being short of it.
-//  - meanwhile threads of their own form each candidate's Philox word and bounds on its score (gumbel_reach, no double
-//    logs). The candidates kept whose upper bound reaches the largest lower bound of a kept candidate contend; when one
-//    does it wins, else the contenders' exact scores decide (the lowest id on ties). On the bench's rows (~90
-//    candidates) one contends in 74% of them, two in 17%.
+//  - meanwhile threads of their own form each candidate's Philox word and close bounds on its score
+//    (close_score_bounds, no double logs). The candidates kept whose upper bound reaches the largest lower bound of a
+//    kept candidate contend; when one does it wins, else the contenders' exact scores decide (the lowest id on ties).
+//    With gumbel_reach's bounds in their place, one contended in 74% of the bench's rows (~90 candidates), two in 17%:
+//    T,k,p at 64 rows 20.8 -> 20.6 us with the close bounds (T,p, whose finish bounds ~1000 entries the same way, 30.7
+//    -> 28.8; 128 rows 45.8 -> 44.4).
 // Four CTA barriers, no serial walk. A 64-row T,k,p launch (%globaltimer, CTA 0): 3.0 us from the cluster barrier to
 // the token, against 3.8 for a sort (ranking with the scores' double logs 1.7 us) and finish_candidates' walk by one
 // warp (1.3 us). Measured slower: 64-bit shared atomics for the kept mass and the best score (a compare-and-swap loop
@@ -1031,8 +1069,8 @@ __device__ int finish_top_k(unsigned long long* in, unsigned long long* out, int
         const float v = key_to_float(candidate_key(entry));
         const int token = candidate_token(entry);
         const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), weigh.row, weigh.a), token % 4);
-        const GumbelReach g = gumbel_reach(v + kReachShift, x);
-        upper[c] = score_upper(g.reach), lower[c] = g.floor - score_slack(g.floor), words[c] = x;
+        const ScoreBounds b = close_score_bounds(v, x);
+        upper[c] = b.upper, lower[c] = b.lower, words[c] = x;
     };
     const int c = tid / lanes, part = tid % lanes;  // (a candidate's lanes share a warp)
     const int scorer = tid - scorers_from(lanes);
@@ -1285,8 +1323,8 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 //    walk, so the cut is the one a walk over the whole row finds. The crossing bin's entries give the cut
 //    (crossing_cut);
 //  - takes the Gumbel-max over the entries at or above the cut as finish_top_k does: every entry's Philox word and
-//    bounds on its score (gumbel_reach, no double logs), the entries whose upper bound reaches the largest lower bound
-//    contend, and double logs only when more than one does.
+//    close bounds on its score (close_score_bounds, no double logs), the entries whose upper bound reaches the largest
+//    lower bound contend, and double logs only when more than one does.
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
 // and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order)
 // within ~1e-5 of it: the total is off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's
@@ -1468,7 +1506,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         return false;
     }
     // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: every entry's Philox word and
-    // bounds on its score (gumbel_reach, no double logs); the entries whose upper bound reaches the largest lower bound
+    // close bounds on its score (no double logs); the entries whose upper bound reaches the largest lower bound
     // contend.
     // The entries of the bins before the crossing bin are kept whatever the cut: their bounds come in the pass that
     // gathers the crossing bin's entries for crossing_cut, and those of the crossing bin's entries it keeps after it.
@@ -1478,13 +1516,13 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     auto bound = [&](unsigned long long e, uint32_t& x) {
         const int token = candidate_token(e);
         x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
-        return gumbel_reach(key_to_float(candidate_key(e)) + kReachShift, x);
+        return close_score_bounds(key_to_float(candidate_key(e)), x);
     };
     auto take_bounds = [&](unsigned long long e, float& upper_max) {
         uint32_t x;
-        const GumbelReach g = bound(e, x);
-        floor_max = fmaxf(floor_max, g.floor - score_slack(g.floor));
-        upper_max = fmaxf(upper_max, score_upper(g.reach));
+        const ScoreBounds b = bound(e, x);
+        floor_max = fmaxf(floor_max, b.lower);
+        upper_max = fmaxf(upper_max, b.upper);
     };
     const uint32_t below = (1u << lane) - 1u;
     for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
@@ -1525,8 +1563,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     auto for_each_contender = [&](auto visit) {
         auto visit_if_contender = [&](unsigned long long e) {
             uint32_t x;
-            const GumbelReach g = bound(e, x);
-            if (float_to_key(score_upper(g.reach)) >= best_floor) visit(e, x);
+            if (float_to_key(bound(e, x).upper) >= best_floor) visit(e, x);
         };
         if (__any_sync(0xFFFFFFFFu, holds_sure)) {
             for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
@@ -2014,8 +2051,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
     //    a time: the pass ends at 10.1 but the lists at 13.5 (8 at a time). 4 at a time: T,k,p 22.4 / 23.8, T,p 29.7 /
     //    32.5 at 48 / 64 rows, but 96 / 128 / 256 rows T,k,p 36.7 / 41.6 / 82.7, T,p 60.9 / 54.9 / 107.3; 8 at a time:
     //    22.7 / 23.9 and 30.9 / 33.9, 96 / 128 / 256 rows T,k,p 40.0 / 45.2 / 87.7.
-    //  - the marked vectors stored in a warp's area of shared memory (256 vectors, 128 at two CTAs an SM; past it, a bit
-    //    a vector and a read from L2), then listed with one atomic a 128 logits: pass 11.0, lists 14.2-14.3 (~6000
+    //  - the marked vectors stored in a warp's area of shared memory (256 vectors, 128 at two CTAs an SM; past it, a
+    //    bit a vector and a read from L2), then listed with one atomic a 128 logits: pass 11.0, lists 14.2-14.3 (~6000
     //    cycles to list ~80 vectors, clock64); T,k,p 23.0-23.2 / 23.4-23.5, T,p 30.9 / 33.4-33.6, but 96 / 128 / 256
     //    rows T,k,p 36.1 / 39.1 / 75.3, T,p 61.4 / 52.1 / 101.5.
     //  - the same area, its reaching logits moved into the kept list by one atomic a warp, then divided and kept by the
@@ -2528,8 +2565,8 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // Past the rows that clusters of kWideBatchRanks hold at two CTAs an SM (one wave), and while the rows fit one wave
     // at a CTA a row, a row takes one CTA (kWideBatchRanks = 2 against 1, us): T,k,p at 133 / 160 / 200 / 264 rows
     // 48.9 / 58.4 / 66.9 / 72.7 against 48.3 / 49.9 / 54.3 / 64.8, T,p 69.4 / 71.1 / 83.8 / 93.0 against 64.4 / 65.5 /
-    // 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6 / 227.1 /
-    // 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 / 129.7 /
+    // 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6 / 227.1
+    // / 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 / 129.7 /
     // 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9 / 33.1).
     int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0;
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 1>(one_per_sm_rows)));
