@@ -1234,6 +1234,13 @@ __device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long 
 // the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p launch after the load pass. Returns true when this CTA is
 // done; false, the same on every CTA, when a flag is down (an overflowing, invalid or spread slice, or more ties than a
 // region holds): the max exchange and the paths after it follow.
+// What bounds a 64-row T,k,p launch (Flash vocab on the H100, timed as the bench times; variants that end early with
+// a wrong token): the load pass, the kept lists and one cluster barrier, then CTA 0 writes a token, 17.35 us (48 rows
+// 16.6); with the pushes, the barrier and CTA 0's gather but no finish_top_k, 19.07 (18.0); the whole path 20.67
+// (18.95). So the finish costs ~1.6 us of the period, and the 0.8 line (~18.7 us) lies below the path without it.
+// Measured and not kept: the kept lists' digits counted in the pass that keeps them (no pass over the kept list, one
+// CTA barrier fewer) with CTA 0 staging the keys and masses as it gathers (no staging pass), 20.60 -> 20.69-20.75 us
+// at 64 rows: the stamps of the steps did not move (the kept lists done 13.4 -> 13.6 us after the wait).
 // scratch: [2 kMaxCandidates] entries, free (the warps' reached lists).
 template <int kRanks>
 __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
@@ -1346,6 +1353,8 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // 160 / 256 rows went 47.9 / 60.5 -> 50.1 / 63.4 (T,p 58.8 / 67.1 -> 58.5 / 69.6); as __noinline__, 122-170 bytes.
 // One entry at a time in the mass loop and in the gather pass alone (no spill): T,p at 48 / 64 / 160 / 256 rows 28.3 /
 // 30.8 / 58.4 / 67.1 -> 28.2 / 30.0 / 59.3 / 67.0 us.
+// What bounds a 64-row T,p launch (as for unstaged_top_k): the load pass, the lists and CTA 1's list in CTA 0, then
+// a token at once, 20.98 us (48 rows 19.8), against 28.73 (27.7) for the whole path: this finish costs ~7.7 us.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries: the max
 // exchange and the radix path follow (its levels clear the exchange buffers they use).
