@@ -229,6 +229,19 @@ def test_top_k_ties_around_the_kth_place(fillers, rng, stream):
     ledger.assert_rare()
 
 
+def plant_close_scores(logits, noise, row, first, second, ulps):
+    """Sets the z (T = 1) of tokens first < second of a row so that their exact scores RN(z + g) lie near 30, the
+    second's `ulps` ulps above the first's (0: a tie), and returns the one that wins (the lowest id on a tie)."""
+    logits[row, first] = np.float32(30.0) - noise[row, first]
+    target = np.float32(logits[row, first] + noise[row, first])
+    target = [np.nextafter(target, np.float32(-np.inf)), target, np.nextafter(target, np.float32(np.inf))][ulps + 1]
+    z = np.float32(30.0) - noise[row, second]
+    while np.float32(z + noise[row, second]) != target:
+        z = np.nextafter(z, np.float32(np.inf if np.float32(z + noise[row, second]) < target else -np.inf))
+    logits[row, second] = z
+    return second if ulps > 0 else first
+
+
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_k_finish_regimes(fillers, rng, stream):
     """CTA 0's finish of the top-k fast paths over n candidates (every z at or above the k-th largest's leading digit,
@@ -243,17 +256,8 @@ def test_top_k_finish_regimes(fillers, rng, stream):
     noise = gumbel_noise(seed, step, np.arange(7), VOCAB)
     for row, n in ((1, 100), (2, 300), (3, 700), (4, 102), (5, 102), (6, 102)):
         logits[row, rng.choice(VOCAB, n, replace=False)] = rng.uniform(8.0, 9.9, n).astype(np.float32)
-    winners = []
-    for row, ulps in ((4, 0), (5, 1), (6, -1)):  # the second planted score's ulps above the first's
-        first, second = np.sort(np.flatnonzero(logits[row] >= 8.0)[:2])
-        logits[row, first] = np.float32(30.0) - noise[row, first]  # scores near 30: the rest reach 9.9 + 17.33
-        target = np.float32(logits[row, first] + noise[row, first])
-        target = [np.nextafter(target, np.float32(-np.inf)), target, np.nextafter(target, np.float32(np.inf))][ulps + 1]
-        z = np.float32(30.0) - noise[row, second]
-        while np.float32(z + noise[row, second]) != target:
-            z = np.nextafter(z, np.float32(np.inf if np.float32(z + noise[row, second]) < target else -np.inf))
-        logits[row, second] = z
-        winners.append(second if ulps > 0 else first)
+    winners = [plant_close_scores(logits, noise, row, *np.sort(np.flatnonzero(logits[row] >= 8.0)[:2]), ulps)
+               for row, ulps in ((4, 0), (5, 1), (6, -1))]  # scores near 30: the rest reach 9.9 + 17.33
     ledger = MismatchLedger()
     for top_p in (1.0, 0.9):
         gpu = run_sample(logits, stream, 1.0, top_k, top_p, seed=seed, step=step)
@@ -328,6 +332,28 @@ def test_overflowing_lists_recompute_the_max(rng, stream):
     for top_k, top_p in [(50, 0.5), (500, 0.5), (0, 0.5), (50, 1.0)]:
         gpu = run_sample(logits, stream, 0.001, top_k, top_p, seed=top_k + 1, step=4)
         ledger.compare(logits, gpu, 0.001, top_k, top_p, top_k + 1, 4)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_p_close_scores(fillers, rng, stream):
+    """Top-p without top-k bounds the kept z's scores within ~4e-5 and forms exact scores only where two bounds
+    overlap: rows 1-3 plant two z whose exact scores tie (row 1) or differ by an ulp (rows 2 and 3) near 30, their z
+    within 2 of each other (both in the nucleus at top_p 0.9), the rest N(0, 1). The exact scores decide, the lowest
+    id on a tie."""
+    seed, step = 31, 4
+    logits = random_logits(rng, 4 + fillers, VOCAB, 1.0)
+    noise = gumbel_noise(seed, step, np.arange(4), VOCAB)
+    winners = []
+    for row, ulps in ((1, 0), (2, 1), (3, -1)):
+        picks = rng.choice(VOCAB, 64, replace=False)
+        partner = next(c for c in picks[1:] if abs(noise[row, c] - noise[row, picks[0]]) < 2.0)
+        winners.append(plant_close_scores(logits, noise, row, *sorted((picks[0], partner)), ulps))
+    gpu = run_sample(logits, stream, 1.0, 0, 0.9, seed=seed, step=step)
+    cpu = Sampler(1.0, 0, 0.9, seed).sample(logits, step)
+    assert list(gpu[1:4]) == winners and list(cpu[1:4]) == winners, (gpu[1:4], cpu[1:4], winners)
+    ledger = MismatchLedger()
+    ledger.compare(logits, gpu, 1.0, 0, 0.9, seed, step)
     ledger.assert_rare()
 
 
