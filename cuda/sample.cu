@@ -9,11 +9,12 @@
 // far (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch.
 // These run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond
 // (launch_sample). Flash vocab on the H100, T only: 1 row 5.6, 8 rows 5.9, 64 rows 18.7 us (the staged path took 11.6,
-// 12.4, 43.0); 64 rows in pairs of CTAs at one an SM (launch_sample) 16.5. Before the threshold was shared by the row
-// (20.7 us at 64 rows), latency-bound at 64 rows (ncu: ~75 instructions a 4-token vector in a step that stops at the
-// vectors' reach, of which the Philox block ~45; about 2 of 4 issue slots a cycle used): the top stalls were the
-// closing cluster barrier (warps and CTAs end at different times, 25% of samples) and the first use of a load (24%);
-// more loads in flight (a cp.async or bulk-copy ring) or more warps an SM measured slower (see gumbel_pass).
+// 12.4, 43.0); 64 rows in pairs of CTAs at one an SM (launch_sample) 16.5, and 14.5 with only the first eighth of each
+// slice prefetched (prefetch_slice). Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at
+// 64 rows (ncu: ~75 instructions a 4-token vector in a step that stops at the vectors' reach, of which the Philox block
+// ~45; about 2 of 4 issue slots a cycle used): the top stalls were the closing cluster barrier (warps and CTAs end at
+// different times, 25% of samples) and the first use of a load (24%); more loads in flight (a cp.async or bulk-copy
+// ring) or more warps an SM measured slower (see gumbel_pass).
 //
 // Top-k and / or top-p: one cluster of kCluster CTAs per row: CTA r holds the slice [r * slice, (r + 1) * slice) of z
 // in shared memory (one read of the logits), and the CTAs agree on every decision by exchanging per-CTA results through
@@ -1855,17 +1856,46 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
 // temperature (z staged).
 enum class Mode { kGreedy, kTemperature, kFiltered };
 
-// Warm L2 with this CTA's slice while the previous kernel runs, in 4 KB requests (the last one rounded up to 16 bytes:
-// inside the row's stride). Flash vocab on the H100: greedy 1 row 4.65 -> 4.35 us, T only 64 rows 43.9 -> 43.0 us.
-// Still measured faster here, though a plain read of 64 rows' logits (128 CTAs of 512 threads) ran 12.6 us with it and
-// 12.0 without: without it, 64 rows greedy 15.0 -> 15.7, T 18.6 -> 20.0 (then in 256-thread CTAs), T,k,p 20.7 -> 21.4,
-// T,p 30.7 -> 31.2; without it for the unstaged filtered paths alone, T,k,p 21.4, T,p 31.1.
-__device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice) {
+// Warm L2 with the first sixteenths / 16 of this CTA's slice while the previous kernel runs, in 4 KB requests (the
+// last one rounded up to 16 bytes: inside the row's stride). Flash vocab on the H100, the whole slice against none:
+// greedy 1 row 4.65 -> 4.35 us, T only 64 rows 43.9 -> 43.0 us, and the unstaged filtered paths at 64 rows T,k,p 21.4
+// -> 20.7, T,p 31.1 -> 30.7. A whole slice is too much where the rows' CTAs fill the device: a CTA that starts long
+// before the wait (a 48-row T,k,p trace: those that waited ~18 us) prefetches while the previous launch still reads
+// its logits, and its loop then ran as slowly as a CTA's from DRAM (12.6 us against 10.5 for those that waited 2-6
+// us); one that starts at the wait queues its first loads behind 258 KB of prefetches. The leading part gives the
+// first loads their head start, and the loop's own loads fetch the rest. A plain read of 64 rows' logits in pairs of
+// 512-thread CTAs took 12.6 us with the whole slice, 12.0 with none (from L2: 6.86, 5.98). Sixteenths per
+// kernel (prefetch_sixteenths), swept at 1 / 32 / 48 / 64 / 128 rows on the H100, us, whole slice -> kept:
+//   greedy, wide clusters (up to 40 rows) 6: 32 rows 10.2 -> 9.3; narrow CTAs 3: 48 / 64 / 128 rows 12.7 / 15.05 /
+//     27.3 -> 11.35 / 14.85 / 25.3 (4 of 16: 14.98 at 64 rows);
+//   T only, narrow CTAs 3: 48 / 128 rows 15.5 / 31.6 -> 13.85 / 30.85; pairs of CTAs 2: 64 rows 16.45 -> 14.4 (1: 14.6,
+//     3 and 4: 14.55); wide clusters keep the whole slice (32 rows 14.0 against 14.25-14.4 with 1-4);
+//   T,k,p, unstaged at one CTA an SM, 9: 32 / 48 / 64 rows 19.2 / 18.9 / 20.6 -> 17.4 / 18.0 / 19.1 (6: 17.45 / 18.4 /
+//     19.6, 8: 17.5 / 18.25 / 19.6, 10: 17.75 / 17.95 / 19.3; 10 with the next launch let in after the load pass, as
+//     T,p does: 17.35 / 17.8 / 19.45, and the whole slice so: 17.5 / 18.2 / 20.1);
+//   T,p keeps the whole slice (64 rows 28.65; 3/4 28.85, 10/16 28.9, half 29.45, none 30.7), as do the staged filtered
+//     paths and the unstaged ones at two CTAs an SM (not measured otherwise); 1 row moved by none of these.
+// Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
+// start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
+// 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
+// (18.8 / 20.05 / 20.6) against 17.4 / 18.0 / 19.2 in the same run.
+constexpr int kPrefetchWhole = 16;
+__device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice, int sixteenths) {
     constexpr int64_t kPiece = 4096;
-    const int64_t bytes = 4 * int64_t(slice.n_local);
+    const int64_t slice_bytes = 4 * int64_t(slice.n_local);
+    const int64_t bytes = min(slice_bytes, (slice_bytes * sixteenths / kPrefetchWhole + kPiece - 1) / kPiece * kPiece);
     const char* first = reinterpret_cast<const char*>(a.logits + slice.row * a.stride + slice.begin);
     for (int64_t at = threadIdx.x * kPiece; at < bytes; at += blockDim.x * kPiece)
         dsv4::prefetch_l2_bulk(first + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
+}
+
+// How much of its slice a CTA of this kernel prefetches (see prefetch_slice); top_k_fast: the unstaged top-k path.
+template <Mode kMode, int kBlockThreads, int kRanks, int kCtasPerSm>
+__device__ __forceinline__ int prefetch_sixteenths(bool top_k_fast) {
+    constexpr bool kNarrow = kBlockThreads == kNarrowThreads;
+    if constexpr (kMode == Mode::kGreedy) return kNarrow ? 3 : 6;
+    if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kWideBatchRanks ? 2 : kPrefetchWhole;
+    return kRanks != kCluster && kCtasPerSm == 1 && top_k_fast ? 9 : kPrefetchWhole;
 }
 
 // Greedy and temperature only: one pass over the logits, nothing staged. Every warp's best goes straight into rank 0's
@@ -1883,7 +1913,8 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     // the arrival's release has no bulk prefetch to wait for.
     if (threadIdx.x == 0) sh.threshold_key = float_to_key(-INFINITY), sh.bad = 0, sh.winner_bad = 0;
     cluster.barrier_arrive();
-    prefetch_slice(a, slice);
+    prefetch_slice(a, slice,
+                   prefetch_sixteenths<kGreedy ? Mode::kGreedy : Mode::kTemperature, kBlockThreads, kRanks, 1>(false));
     dsv4::await_previous_kernel();
 
     float best = -INFINITY;
@@ -1967,7 +1998,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const float4* logits = reinterpret_cast<const float4*>(a.logits + row * a.stride + begin);
     const SliceZ<false> from_logits{logits, n_local, t, reciprocal_t, moderate_t};
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
-    prefetch_slice(a, slice);
+    prefetch_slice(a, slice,
+                   prefetch_sixteenths<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>(
+                       a.top_k > 0 && a.top_k <= kMaxCandidates && a.top_k < a.vocab));
     // The unstaged top-p fast path lets the next launch in after its load pass (see above). (top_k_active is formed
     // below, after the wait: formed here and shared, both unstaged paths measured 2 us slower at 31 and 64 rows,
     // another register allocation.)
