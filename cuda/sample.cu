@@ -121,7 +121,8 @@ constexpr float kMassScale = 2147483648.0f;      // 2^31: exp(z - max) <= 1 in f
 constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thread in flight (greedy)
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
 // The unstaged filtered kernel while its rows' clusters fit the device at one CTA an SM (launch_sample): up to 128
-// registers, so its load pass keeps 8 vectors in flight a thread.
+// registers, so its load pass keeps 8 vectors in flight a thread. With a leading part of each slice prefetched
+// (prefetch_slice), 6 took T,k,p at 48 / 64 rows 18.8 / 20.05 us against 18.1 / 19.25.
 constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
@@ -162,7 +163,9 @@ constexpr int kWarpReached = 256;
 // 29.8 / 32.0 against 30.0-30.1 / 32.2. Measured and not kept: the list loop's first batch (8 vectors a thread)
 // loaded with the first batch and used from registers (no re-read from L2): T,k,p at 48 / 64 rows 19.1 / 20.8 ->
 // 21.4 / 22.0, T,p 28.4 / 30.7 -> 29.7 / 32.4; stamps (64 rows, us after the wait): the first batch's digit 3.2 -> 4.1,
-// the loop's end 12.0 -> 13.3.
+// the loop's end 12.0 -> 13.3. With a leading part of each slice prefetched (prefetch_slice), 4 vectors and 1 took
+// T,k,p at 48 / 64 rows 19.55 / 20.0 and 19.1 / 19.7 against 18.1 / 19.25, T,p 28.5 / 29.9 and 27.65 / 28.55 against
+// 27.7 / 28.75.
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
@@ -1878,7 +1881,10 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
-// (18.8 / 20.05 / 20.6) against 17.4 / 18.0 / 19.2 in the same run.
+// (18.8 / 20.05 / 20.6) against 17.4 / 18.0 / 19.2 in the same run; with 9 / 16 and the next launch let in after the
+// first batch, 18.05 / 17.9 / 19.05 against 17.4 / 17.95 / 19.15; 9 of every 16 pieces over the whole slice (the same
+// bytes, spread), 18.7 / 18.35 / 19.0. The same launch with every logit already in L2 (one set of logits in place
+// of the bench's rotating sets) took 17.5 us at 64 rows before any of this: what a perfect prefetch could give T,k,p.
 constexpr int kPrefetchWhole = 16;
 __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice, int sixteenths) {
     constexpr int64_t kPiece = 4096;
