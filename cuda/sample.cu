@@ -1885,6 +1885,10 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 // first batch, 18.05 / 17.9 / 19.05 against 17.4 / 17.95 / 19.15; 9 of every 16 pieces over the whole slice (the same
 // bytes, spread), 18.7 / 18.35 / 19.0. The same launch with every logit already in L2 (one set of logits in place
 // of the bench's rotating sets) took 17.5 us at 64 rows before any of this: what a perfect prefetch could give T,k,p.
+// Its CTAs start in block order (a 64-row trace: blocks 0-7 waited ~17.6 us, 8-55 4.4-6.2 us and ended their loops at
+// ~11.2, 56-127 under 4.2 and ended at ~12.6), but sixteenths by block (the first 16th of the grid 9, the rest of its
+// first half 16, the second half 6) took 18.15 / 18.7 / 18.9 against 17.4 / 18.0 / 19.2 (first half 12, second 6:
+// 17.65 / 18.4 / 19.4; 16 and 9: 18.65 / 19.15 / 19.3).
 constexpr int kPrefetchWhole = 16;
 __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice, int sixteenths) {
     constexpr int64_t kPiece = 4096;
