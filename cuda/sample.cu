@@ -90,6 +90,9 @@
 // 56.0 / 45.9 / 62.3 / 71.4 -> 28.4 / 30.7 / 56.7 / 45.7 / 58.4 / 67.1 us, T,k,p 19.2 / 21.0 / 30.0 / 33.8 / 48.7 /
 // 61.6 -> 19.1 / 20.7 / 29.4 / 33.0 / 47.8 / 60.5. The unstaged paths' first write to another CTA now waits on a
 // cluster barrier arrived at after the first batch (racecheck: a write to a CTA "that might not have entered yet").
+// The unstaged paths' exchanges after the load pass now go one way as st.async pushes counted on the receiver's
+// mbarrier (push_u32), with no cluster barrier or fence after the load pass: T,k,p at 32 / 48 / 64 rows 17.43 / 18.01 /
+// 19.19 -> 17.20 / 17.73 / 18.87 us, T,p 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 (H100, the bench's timing).
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -243,6 +246,59 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
+
+// One-way pushes between the CTAs of a cluster, without a cluster barrier or fence: the sender stores into the
+// receiver's shared memory with st.async, each store counted in bytes on the receiver's mbarrier (Shared::push_bar),
+// and one sender thread arrives on that mbarrier with the bytes its CTA pushes (the order of the arrival and the
+// stores does not matter: the barrier's transaction count may go negative until the arrival). The receiver's wait
+// (acquire at cluster scope) then sees every pushed byte. The barrier is initialised before the arrival at the
+// cluster barrier after the first batch, whose wait comes before any push (fence.mbarrier_init makes the initialisation
+// visible to the cluster). One phase a launch: the first.
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// The shared::cluster address in CTA `rank` of what p points to in this CTA's shared memory.
+__device__ __forceinline__ uint32_t peer_address(const void* p, uint32_t rank) {
+    uint32_t address;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(shared_address(p)), "r"(rank));
+    return address;
+}
+__device__ __forceinline__ void init_push_barrier(unsigned long long* bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void push_u32(uint32_t address, uint32_t value, uint32_t bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [%0], %1, [%2];" ::"r"(address),
+                 "r"(value), "r"(bar)
+                 : "memory");
+}
+__device__ __forceinline__ void push_u64(uint32_t address, unsigned long long value, uint32_t bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u64 [%0], %1, [%2];" ::"r"(address),
+                 "l"(value), "r"(bar)
+                 : "memory");
+}
+__device__ __forceinline__ void push_v4(uint32_t address, uint4 value, uint32_t bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.u32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(
+                     address),
+                 "r"(value.x), "r"(value.y), "r"(value.z), "r"(value.w), "r"(bar)
+                 : "memory");
+}
+// The sender's arrival (one thread of the CTA) on the receiver's barrier, with the bytes its CTA pushes.
+__device__ __forceinline__ void arrive_pushed(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.relaxed.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void wait_pushed(const unsigned long long* bar) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
+            " selp.u32 %0, 1, 0, p;\n}"
+            : "=r"(done)
+            : "r"(shared_address(bar))
+            : "memory");
+    } while (!done);
+}
 
 // The slot of each lane of the warp that takes one (every lane calls), from one atomic on *count a warp.
 __device__ __forceinline__ int warp_slot(bool take, int* count) {
@@ -411,6 +467,14 @@ struct PeerList {  // what CTA 1 pushes with its list
     float tail;   // the mass of its other z, in units of exp(floor)
 };
 
+struct PeerRegion {  // what CTA 1 of the unstaged top-k fast path pushes with its region (unstaged_top_k)
+    int count;     // entries in its region of CTA 0's gather buffer
+    uint32_t top;  // the digit of its max z
+    float max;     // that z
+    int ok;        // its share of the row is complete (and, into CTA 1, CTA 0's)
+    uint32_t window[dsv4::kWarpSize];  // its counts of the digits top, top - 1, ..., top - 31
+};
+
 struct alignas(16) Shared {
     Exchange ex[2];
     unsigned long long warp_scan[kWarps];
@@ -438,15 +502,9 @@ struct alignas(16) Shared {
     // CTA 0 only: the candidates of the final argmax, pushed by every CTA
     float cand_value[kCluster];
     int cand_index[kCluster];
-    // Unstaged top-k fast path (unstaged_top_k), what CTA r pushed: into CTA 0, how many entries it put in region r of
-    // the gather buffer, the digit top of its max z, that max, and its counts of the digits top, top - 1, ...,
-    // top - 31; into every CTA, whether its share of the row is complete. And CTA 0's count of the regions' entries it
-    // keeps.
-    int region_count[kCluster];
-    uint32_t region_top[kCluster];
-    float region_max[kCluster];
-    uint32_t region_window[kCluster][dsv4::kWarpSize];
-    int region_ok[kCluster];
+    // Unstaged top-k fast path (unstaged_top_k): in CTA 0, what CTA 1 pushed with its region (in CTA 1, only ok: CTA
+    // 0's flag); CTA 0's count of the entries it gathers.
+    PeerRegion peer_region;
     int gathered;
     // finish_top_k: each warp's largest lower bound on a kept score (as a key) and best contender (score key, ~token),
     // how many candidates contend, and one of them (the winner when it is alone); crossing_cut: each warp's least key
@@ -460,6 +518,7 @@ struct alignas(16) Shared {
     uint32_t warp_bound[kWarps];
     PeerList peer;
     int verdict;
+    unsigned long long push_bar;  // unstaged paths, two CTAs a row: counts what the peer pushes (push_u32)
 };
 
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
@@ -533,14 +592,13 @@ struct NoBatchEnd {
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
 // Vector v goes to thread v % kThreads. With Z::kWholeBatches, the vectors wholly inside the slice come in batches with
 // no bound checks (a lane past the last loads it again and skips it), and the vector the slice ends inside, if any,
-// comes last, alone (the unstaged list loop only: it gives the visitor a second inlined copy, which made the staged
-// kernel spill). The list loop took ~89 instructions a vector at 64 rows (ncu source counters, T,k,p): ~10 of them
-// the bound checks, the zeroed registers and the predicated loads of a batch's vectors. Without them, and with the
-// listing's slots from three ballots (filtered_sample), the one-CTA-an-SM kernel holds 92 registers against 96, and
-// T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 / 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 /
-// 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8.
-// Measured slower: a warp-uniform loop (lanes past the slice visit a stale vector, marked dead) so that the listing's
-// votes take a full mask with no divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us.
+// comes last, alone (the unstaged list loop only). The list loop took ~89 instructions a vector at
+// 64 rows (ncu source counters, T,k,p): ~10 of them the bound checks, the zeroed registers and the predicated loads of
+// a batch's vectors. Without them, and with the listing's slots from three ballots (filtered_sample), the one-CTA-an-SM
+// kernel holds 92 registers against 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 /
+// 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a warp-uniform
+// loop (lanes past the slice visit a stale vector, marked dead) so that the listing's votes take a full mask with no
+// divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     if constexpr (Z::kWholeBatches) {
@@ -1225,27 +1283,34 @@ __device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long 
     return true;
 }
 
-// Unstaged top-k fast path, in one cluster barrier (called right after the load pass: ex[0].hist[0] counts this CTA's
-// kept list by level-0 digit, sh.warp_value and sh.warp_bad hold its warps' max z and invalid z). Every CTA takes d,
-// the digit of its own k-th largest z, from the 32 digits at and below its max's (every warp alone, kth_digit_near),
-// and pushes the entries of its kept list with digit >= d into region `rank` of CTA 0's gather buffer (ex[1]): they
-// include every z of its slice that the row keeps, which are at least the row's k-th largest, so at least the CTA's
-// own. With them go its max and those 32 digits' counts into CTA 0, and a flag into every CTA: its list is complete (no
-// overflow), its z are valid, its k-th largest lies within those digits and its entries fit the region. If every flag
-// is up, the other CTAs are done, and every warp of CTA 0 finds the row's k-th digit d0 in the CTAs' counts (the row's
-// max digit is at most 31 above it: the largest d is at most d0), then CTA 0 gathers the regions' entries at or above
-// it and finishes (finish_top_k). The path it replaced (a max exchange, the row's candidate digit from the CTAs' whole
-// histograms and a push of those candidates alone, ~85 for the bench's rows against ~250 a CTA here, then the cut and
-// the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p launch after the load pass. Returns true when this CTA is
-// done; false, the same on every CTA, when a flag is down (an overflowing, invalid or spread slice, or more ties than a
-// region holds): the max exchange and the paths after it follow.
-// What bounds a 64-row T,k,p launch (Flash vocab on the H100, timed as the bench times; variants that end early with
-// a wrong token): the load pass, the kept lists and one cluster barrier, then CTA 0 writes a token, 17.35 us (48 rows
-// 16.6); with the pushes, the barrier and CTA 0's gather but no finish_top_k, 19.07 (18.0); the whole path 20.67
-// (18.95). So the finish costs ~1.6 us of the period, and the 0.8 line (~18.7 us) lies below the path without it.
+// Unstaged top-k fast path, with no cluster barrier after the load pass (called right after it: ex[0].hist[0] counts
+// this CTA's kept list by level-0 digit, sh.warp_value and sh.warp_bad hold its warps' max z and invalid z). Every CTA
+// takes d, the digit of its own k-th largest z, from the 32 digits at and below its max's (every warp alone,
+// kth_digit_near): its entries with digit >= d include every z of its slice that the row keeps, which are at least the
+// row's k-th largest, so at least the CTA's own. CTA 1 pushes those entries into region 1 of CTA 0's gather buffer
+// (ex[1]) and, as a PeerRegion, their count, its max, those 32 digits' counts and a flag: its list is complete (no
+// overflow), its z are valid, its k-th largest lies within those digits and its entries fit the region. CTA 0 pushes
+// its own flag into CTA 1, which leaves once it has it (if both are up; its pushes may still be in flight: memcheck and
+// racecheck see nothing). If both are up, every warp of CTA 0 finds the row's k-th digit d0 in its own and CTA 1's
+// counts (the row's max digit is at most 31 above it: the larger d is at most d0), then CTA 0 gathers its kept list's
+// entries and region 1's at or above it and finishes (finish_top_k). Pushes in place of a cluster barrier after the
+// load pass (whose fence_cluster took ~1100 cycles): T,k,p at 32 / 48 / 64 rows 17.43 / 18.01 / 19.19 -> 17.20 / 17.73
+// / 18.87 us (H100, the bench's timing); CTA 0's flag pushed only after its wait (CTA 1 then leaving with nothing in
+// flight), 17.26 / 17.74 / 19.03; CTA 0 gathering its own entries from its kept list rather than a region of its own,
+// and no CTA barrier before its wait, 17.13 / 17.70 / 18.86 (kept, for fewer steps). The path it replaced (a max
+// exchange, the row's candidate digit from the CTAs' whole histograms and a push of those candidates alone, ~85 for the
+// bench's rows against ~250 a CTA here, then the cut and the Gumbel-max over the CTA) spent ~7 us of a 64-row T,k,p
+// launch after the load pass. Returns true when this CTA is done; false, the same on every CTA, when a flag is down (an
+// overflowing, invalid or spread slice, or more ties than a region holds): the max exchange and the paths after it
+// follow.
+// What bounds a 64-row T,k,p launch (Flash vocab on the H100, timed as the bench times; variants that end early with a
+// wrong token; before the pushes): the load pass, the kept lists and one cluster barrier, then CTA 0 writes a token,
+// 17.35 us (48 rows 16.6); with the pushes, the barrier and CTA 0's gather but no finish_top_k, 19.07 (18.0); the whole
+// path 20.67 (18.95). So the finish costs ~1.6 us of the period, and the 0.8 line (~18.7 us) lies below the path
+// without it.
 // Measured and not kept: the kept lists' digits counted in the pass that keeps them (no pass over the kept list, one
-// CTA barrier fewer) with CTA 0 staging the keys and masses as it gathers (no staging pass), 20.60 -> 20.69-20.75 us
-// at 64 rows: the stamps of the steps did not move (the kept lists done 13.4 -> 13.6 us after the wait).
+// CTA barrier fewer) with CTA 0 staging the keys and masses as it gathers (no staging pass), 20.60 -> 20.69-20.75 us at
+// 64 rows: the stamps of the steps did not move (the kept lists done 13.4 -> 13.6 us after the wait).
 // scratch: [2 kMaxCandidates] entries, free (the warps' reached lists).
 template <int kRanks>
 __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
@@ -1255,14 +1320,15 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     const int rank = static_cast<int>(cluster.block_rank());
     const unsigned long long k = static_cast<unsigned long long>(a.top_k);
     unsigned long long* regions = reinterpret_cast<unsigned long long*>(sh.ex[1].hist);  // [kRanks][kRegion]
+    static_assert(kRanks <= 2, "CTA 0's one peer pushes (push_u32)");
     if constexpr (kRanks > 1) cluster_wait();  // (arrived after the first batch: every CTA has started)
-    // Entries of list[0, n) whose digit reaches d into out[] (slots from *count).
-    auto compact = [&](const unsigned long long* list, int n, uint32_t d, unsigned long long* out, int* count) {
+    // Entries of list[0, n) whose digit reaches d, to store(slot, entry) (slots from *count).
+    auto compact = [&](const unsigned long long* list, int n, uint32_t d, int* count, auto store) {
         for (int i = tid; i - lane < n; i += kThreads) {
             const unsigned long long entry = i < n ? list[i] : 0ull;
             const bool take = i < n && (candidate_key(entry) >> digit_shift(0)) >= d;
             const int at = warp_slot(take, count);
-            if (take) out[at] = entry;
+            if (take) store(at, entry);
         }
     };
     static_assert(kWarps <= dsv4::kWarpSize, "a lane per warp");
@@ -1272,46 +1338,53 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     uint32_t d = 0, pushed = 0;
     const bool found = kth_digit_near(top, k, [&](int b) { return b >= 0 ? sh.ex[0].hist[0][b] : 0u; }, d, pushed);
     const bool fits = n_kept <= kKeptCapacity && found && pushed <= kRegion;
-    if (fits) compact(kept, n_kept, d, cluster.map_shared_rank(regions, 0) + rank * kRegion, &sh.count);
-    if (warp == 0) {
-        Shared* leader = cluster.map_shared_rank(&sh, 0);
-        leader->region_window[rank][lane] = static_cast<int>(top) - lane >= 0 ? sh.ex[0].hist[0][top - lane] : 0u;
-        const bool bad = __any_sync(0xFFFFFFFFu, lane < kWarps && sh.warp_bad[lane]);
-        if (lane == 0) {
-            leader->region_count[rank] = static_cast<int>(pushed);
-            leader->region_top[rank] = top;
-            leader->region_max[rank] = key_to_float(max_key);
+    const bool ok = fits && !__any_sync(0xFFFFFFFFu, lane < kWarps && sh.warp_bad[lane]);
+    // (every warp holds the same d, pushed, top and flag: CTA 0 needs no CTA barrier before the wait)
+    auto window = [&](int b) { return b >= 0 && top - b < dsv4::kWarpSize ? sh.ex[0].hist[0][b] : 0u; };
+    if constexpr (kRanks > 1) {
+        const uint32_t peer_bar = peer_address(&sh.push_bar, 1 - rank);
+        if (rank == 0 && tid == 0) {  // its flag into CTA 1
+            push_u32(peer_address(&sh.peer_region.ok, 1), ok, peer_bar);
+            arrive_pushed(peer_bar, sizeof(int));
         }
-        if (lane < kRanks) cluster.map_shared_rank(&sh, lane)->region_ok[rank] = fits && !bad;
+        if (rank == 1) {  // its region and PeerRegion into CTA 0
+            if (fits) {
+                const uint32_t region = peer_address(regions + kRegion, 0);
+                compact(kept, n_kept, d, &sh.count,
+                        [&](int at, unsigned long long e) { push_u64(region + 8u * at, e, peer_bar); });
+            }
+            if (warp == 0) {
+                PeerRegion& to = sh.peer_region;
+                push_u32(peer_address(&to.window[lane], 0), window(static_cast<int>(top) - lane), peer_bar);
+                if (lane == 0) {
+                    push_u32(peer_address(&to.count, 0), pushed, peer_bar);
+                    push_u32(peer_address(&to.top, 0), top, peer_bar);
+                    push_u32(peer_address(&to.max, 0), __float_as_uint(key_to_float(max_key)), peer_bar);
+                    push_u32(peer_address(&to.ok, 0), ok, peer_bar);
+                }
+            }
+            __syncthreads();  // sh.count: the entries pushed (`pushed`, unless the counts are wrong: no hang then)
+            if (tid == 0) arrive_pushed(peer_bar, 8u * sh.count + sizeof(PeerRegion));
+        }
+        wait_pushed(&sh.push_bar);  // CTA 0: the peer's region and PeerRegion; CTA 1: CTA 0's flag
     }
-    __syncthreads();
-    if (tid == 0) fence_cluster();  // (cumulative: the CTA's pushes before the barrier)
-    cluster_arrive_relaxed();
-    cluster_wait();  // every region, count and flag has arrived
-    bool all_ok = true;
-#pragma unroll
-    for (int r = 0; r < kRanks; ++r) all_ok &= sh.region_ok[r] != 0;
-    if (!all_ok) {
+    if (!ok || (kRanks > 1 && !sh.peer_region.ok)) {  // (the same on every thread of the cluster)
         if (tid == 0) sh.count = 0;  // (the fallback's push counts from 0: its cluster barrier comes first)
         return false;
     }
     if (rank != 0) return true;
 
-    uint32_t row_top = 0;
-    float zmax = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kRanks; ++r) row_top = max(row_top, sh.region_top[r]), zmax = fmaxf(zmax, sh.region_max[r]);
+    const PeerRegion* peer = kRanks > 1 ? &sh.peer_region : nullptr;
+    const uint32_t row_top = peer ? max(top, peer->top) : top;
+    const float zmax = fmaxf(key_to_float(max_key), peer ? peer->max : -INFINITY);
     uint32_t d0 = 0, above = 0;
     kth_digit_near(row_top, k, [&](int b) {
-        uint32_t c = 0;
-#pragma unroll
-        for (int r = 0; r < kRanks; ++r) {
-            const uint32_t below_top = sh.region_top[r] - static_cast<uint32_t>(b);
-            c += below_top < dsv4::kWarpSize ? sh.region_window[r][below_top] : 0u;
-        }
-        return c;
+        const uint32_t below_peer_top = peer ? peer->top - static_cast<uint32_t>(b) : UINT32_MAX;
+        return window(b) + (below_peer_top < dsv4::kWarpSize ? peer->window[below_peer_top] : 0u);
     }, d0, above);
-    for (int r = 0; r < kRanks; ++r) compact(regions + r * kRegion, sh.region_count[r], d0, scratch, &sh.gathered);
+    auto gather = [&](int at, unsigned long long e) { scratch[at] = e; };
+    compact(kept, n_kept, d0, &sh.gathered, gather);  // (d0 >= d: the row's k-th largest is at least this CTA's)
+    if (peer) compact(regions + kRegion, peer->count, d0, &sh.gathered, gather);
     __syncthreads();
     const int n = sh.gathered;
     const int token = finish_top_k(scratch, scratch + kMaxCandidates, n, Weights{row, a, zmax}, sh);
@@ -1319,14 +1392,16 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     return true;
 }
 
-// Unstaged top-p fast path (top-p without top-k, kRanks <= 2 CTAs a row, nothing staged), in one cluster barrier and
-// CTA 0 alone. Called right after the load pass: kept[0, sh.kept) holds every z of this CTA's slice at or above its
-// floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed), and sh.warp_value / warp_index / warp_bad /
-// warp_tail hold its warps' max z, invalid z and tail mass: the mass of the rest of the slice (z below the floor
-// keep_min) that the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min log2(e)), the max not
-// being known yet. CTA 1 copies its list into CTA 0's exchange buffers (4096 entries: the whole of kKeptCapacity; the
-// arrival at the cluster barrier after the first batch, whose wait comes first here, says they are free) with its max,
-// floor and tail, and waits for CTA 0's verdict. CTA 0, given the row's max:
+// Unstaged top-p fast path (top-p without top-k, kRanks <= 2 CTAs a row, nothing staged), by CTA 0 alone, with no
+// cluster barrier after the load pass. Called right after the load pass: kept[0, sh.kept) holds every z of this CTA's
+// slice at or above its floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed), and sh.warp_value /
+// warp_index / warp_bad / warp_tail hold its warps' max z, invalid z and tail mass: the mass of the rest of the slice
+// (z below the floor keep_min) that the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min
+// log2(e)), the max not being known yet. CTA 1 pushes (push_u32) its list into CTA 0's exchange buffers (4096 entries:
+// the whole of kKeptCapacity; the arrival at the cluster barrier after the first batch, whose wait comes first here,
+// says they are free) with its max, floor and tail as a PeerList, and waits for CTA 0's verdict, pushed back. Pushes in
+// place of the cluster barriers for the list and the verdict: T,p at 32 / 48 / 64 rows 27.91 / 27.70 / 28.70 -> 27.45
+// / 27.38 / 28.35 us. CTA 0, given the row's max:
 //  - adds the fixed-point masses of both lists and of the tails (rescaled by exp(keep_min - zmax) 2^31), and
 //    histograms the masses of the entries at or above the row's floor (the larger; above it, each list holds every z of
 //    its slice) by zmax - z, as crossing_mass_bin does;
@@ -1345,7 +1420,8 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // The path it replaced ran the max exchange and three more cluster barriers (every CTA's masses and bins, the crossing
 // bin's entries pushed to every CTA, the CTAs' best scores), ~12.8 us of a 64-row launch from the end of the lists;
 // an earlier try at one barrier had every CTA copy its list into every other CTA's ex[1] (2048 entries: the bench's
-// rows overflowed it, 64 rows 105 us on the radix path) and work on both lists. A 64-row T,p launch here (%globaltimer,
+// rows overflowed it, 64 rows 105 us on the radix path) and work on both lists. A 64-row T,p launch here before the
+// pushes (%globaltimer,
 // medians over CTA 0s, us after the wait; clock64 cycles at 1.98 GHz): lists done 14.9, the peer's list in 16.6, the
 // masses and bins 17.9 (2600 cycles), the crossing bin 19.2 (2300), the verdict's fence 19.7 (1100), the crossing
 // bin's entries gathered with the sure entries' bounds 22.3 (5600), the cut 23.6 (2500), the crossing bin's bounds
@@ -1386,21 +1462,25 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     const float own_floor = sh.list_floor;
     if constexpr (kRanks > 1) {
         cluster_wait();  // (arrived after the first batch: CTA 0's exchange buffers are free)
-        if (cluster.block_rank() != 0) {
-            Shared* leader = cluster.map_shared_rank(&sh, 0);
-            if (!own_bad) {
-                const uint4* from = reinterpret_cast<const uint4*>(kept);  // two entries a vector
-                for (int p = tid; 2 * p < own_n; p += kThreads)
-                    reinterpret_cast<uint4*>(leader->ex[2 * p / kMaxCandidates].hist)[p % (kMaxCandidates / 2)] =
-                        from[p];
+        if (cluster.block_rank() != 0) {  // its list and PeerList into CTA 0 (push_u32), then the verdict
+            const uint32_t leader_bar = peer_address(&sh.push_bar, 0);
+            const int vectors = own_bad ? 0 : max(0, (own_n + 1) / 2);  // two entries a vector
+            const uint4* from = reinterpret_cast<const uint4*>(kept);
+            for (int p = tid; p < vectors; p += kThreads)
+                push_v4(peer_address(reinterpret_cast<uint4*>(sh.ex[2 * p / kMaxCandidates].hist) +
+                                         p % (kMaxCandidates / 2), 0),
+                        from[p], leader_bar);
+            if (tid == 0) {
+                const PeerList list{own_max, own_index, own_bad, own_n, own_floor, own_tail};
+                static_assert(sizeof(PeerList) % sizeof(uint32_t) == 0, "pushed a word at a time");
+                const uint32_t* words = reinterpret_cast<const uint32_t*>(&list);
+                const uint32_t peer = peer_address(&sh.peer, 0);
+#pragma unroll
+                for (int w = 0; w < int(sizeof(PeerList) / sizeof(uint32_t)); ++w)
+                    push_u32(peer + 4u * w, words[w], leader_bar);
+                arrive_pushed(leader_bar, vectors * sizeof(uint4) + sizeof(PeerList));
             }
-            if (tid == 0) leader->peer = PeerList{own_max, own_index, own_bad, own_n, own_floor, own_tail};
-            __syncthreads();
-            if (tid == 0) fence_cluster();  // (cumulative: the CTA's writes before the barrier)
-            cluster_arrive_relaxed();
-            cluster_wait();  // the list has arrived
-            cluster_arrive_relaxed();
-            cluster_wait();  // CTA 0's verdict has arrived
+            wait_pushed(&sh.push_bar);  // CTA 0's verdict has arrived
             return sh.verdict != 0;
         }
     }
@@ -1416,8 +1496,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
     __syncthreads();  // the bins are clear
     if constexpr (kRanks > 1) {
-        cluster_arrive_relaxed();
-        cluster_wait();  // the peer's list has arrived
+        wait_pushed(&sh.push_bar);  // the peer's list has arrived
         peer = sh.peer;
     }
     float zmax = own_max;
@@ -1515,14 +1594,12 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         crossing_bin = static_cast<int>(sh.digit);
         mass_above = sh.above;
     }
-    if constexpr (kRanks > 1) {
-        if (tid == 0) cluster.map_shared_rank(&sh, 1)->verdict = fast, fence_cluster();
-        cluster_arrive_relaxed();  // (its wait comes before this CTA's next barrier, or its exit)
+    if (kRanks > 1 && tid == 0) {
+        const uint32_t peer_bar = peer_address(&sh.push_bar, 1);
+        push_u32(peer_address(&sh.verdict, 1), fast, peer_bar);
+        arrive_pushed(peer_bar, sizeof(int));
     }
-    if (!fast) {
-        if constexpr (kRanks > 1) cluster_wait();
-        return false;
-    }
+    if (!fast) return false;
     // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: every entry's Philox word and
     // close bounds on its score (no double logs); the entries whose upper bound reaches the largest lower bound
     // contend.
@@ -1614,7 +1691,6 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         for (int w = 0; w < kWarps; ++w) take_better(v, token, sh.warp_value[w], sh.warp_index[w]);
     }
     if (tid == 0) a.tokens[row] = token;
-    if constexpr (kRanks > 1) cluster_wait();
     return true;
 }
 
@@ -1888,7 +1964,9 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 // Its CTAs start in block order (a 64-row trace: blocks 0-7 waited ~17.6 us, 8-55 4.4-6.2 us and ended their loops at
 // ~11.2, 56-127 under 4.2 and ended at ~12.6), but sixteenths by block (the first 16th of the grid 9, the rest of its
 // first half 16, the second half 6) took 18.15 / 18.7 / 18.9 against 17.4 / 18.0 / 19.2 (first half 12, second 6:
-// 17.65 / 18.4 / 19.4; 16 and 9: 18.65 / 19.15 / 19.3).
+// 17.65 / 18.4 / 19.4; 16 and 9: 18.65 / 19.15 / 19.3). Again with the pushes that shortened the finish
+// (unstaged_top_k), T,k,p's 7 / 8 / 9 / 10 / 11 sixteenths at 32 / 48 / 64 rows: 17.1 / 17.95 / 19.25, 17.1 / 17.85 /
+// 19.2, 17.1 / 17.65 / 18.85, 17.4 / 17.65 / 19.1, 17.9 / 17.95 / 19.25.
 constexpr int kPrefetchWhole = 16;
 __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice& slice, int sixteenths) {
     constexpr int64_t kPiece = 4096;
@@ -2036,6 +2114,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         if (tid == 0) {
             sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
             for (int r = 0; r < kMaxFloorRaises; ++r) sh.raise_count[r] = 0u;
+            if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar);
         }
         __syncthreads();
     }
