@@ -570,8 +570,8 @@ struct SliceZ {
     }
 };
 
-// The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight, in whole batches:
-// the tail of the last vector past n_local is -inf (finish_partial).
+// The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight, in whole batches
+// (the vector the slice ends inside: visit_partial).
 template <int kLoadBatch>
 struct SliceLogits {
     static constexpr int kBatch = kLoadBatch;
@@ -580,9 +580,23 @@ struct SliceLogits {
     int n_local;
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
     __device__ __forceinline__ float4 finish(float4 x, int) const { return x; }
-    __device__ __forceinline__ float4 finish_partial(float4 x, int v) const {
-        return make_float4(x.x, 4 * v + 1 < n_local ? x.y : -INFINITY, 4 * v + 2 < n_local ? x.z : -INFINITY,
-                           -INFINITY);
+    // After for_each_z, the vector the slice ends inside (n_local % 4 != 0), if any: visit(its logits, its index) by
+    // every lane of its thread's warp, the others with a vector of -inf (the warp converged: a visitor's warp-uniform
+    // state, such as the list loop's count, is whole again only after the loop, as lanes past the last whole vector
+    // leave a batch early; a lone thread's visit with its own stale count took slots the others had filled). Against
+    // that lone visit, T,k,p at 48 / 64 rows 17.61 / 18.84 -> 17.66 / 18.87 us, T,p 27.13 / 28.10 -> 27.30 / 28.31.
+    template <typename Visit>
+    __device__ __forceinline__ void visit_partial(Visit visit) const {
+        const int whole = n_local / 4, owner = whole % kThreads;
+        if (n_local % 4 == 0 || threadIdx.x / dsv4::kWarpSize != owner / dsv4::kWarpSize) return;
+        float4 x = make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+        if (threadIdx.x == owner) {
+            x = load(whole);
+            x = make_float4(x.x, 4 * whole + 1 < n_local ? x.y : -INFINITY, 4 * whole + 2 < n_local ? x.z : -INFINITY,
+                            -INFINITY);
+        }
+        __syncwarp();
+        visit(x, whole);
     }
 };
 
@@ -591,8 +605,8 @@ struct NoBatchEnd {
 };
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
 // Vector v goes to thread v % kThreads. With Z::kWholeBatches, the vectors wholly inside the slice come in batches with
-// no bound checks (a lane past the last loads it again and skips it), and the vector the slice ends inside, if any,
-// comes last, alone (the unstaged list loop only). The list loop took ~89 instructions a vector at
+// no bound checks (a lane past the last loads it again and skips it); the vector the slice ends inside, if any, is the
+// caller's (SliceLogits::visit_partial: the unstaged list loop only). The list loop took ~89 instructions a vector at
 // 64 rows (ncu source counters, T,k,p): ~10 of them the bound checks, the zeroed registers and the predicated loads of
 // a batch's vectors. Without them, and with the listing's slots from three ballots (filtered_sample), the one-CTA-an-SM
 // kernel holds 92 registers against 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 /
@@ -615,7 +629,6 @@ __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd bat
             }
             batch_end();
         }
-        if (z.n_local % 4 != 0 && threadIdx.x == whole % kThreads) visit(z.finish_partial(z.load(whole), whole), whole);
     } else {
         for (int first = threadIdx.x; 4 * first < z.n_local; first += Z::kBatch * kThreads) {
             float4 loaded[Z::kBatch];
@@ -2314,6 +2327,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 for_each_z(slice_logits, list_reaching, raise_floor);
             else
                 for_each_z(slice_logits, list_reaching);
+            n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
+            slice_logits.visit_partial(list_reaching);
             n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
             raised = __reduce_max_sync(0xFFFFFFFFu, raised);
             if (n_reached > kWarpReached) {

@@ -336,6 +336,26 @@ def test_overflowing_lists_recompute_the_max(rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_lists_of_a_slice_ending_inside_a_vector(fillers, rng, stream):
+    """Unstaged, the vector a slice ends inside is listed after the loop by its thread's warp. That thread (lane 31 of
+    warp 8 of CTA 1 at vocab 129279: the slice holds 64639 tokens, 16159 whole vectors) leaves the loop's last round
+    early, while lanes 0-30 list vectors 16128-16158 in it, so its own count of the warp's list is stale until the warp
+    reduces it. Listed alone with that count, its tokens took the slot of the round's first entry: here the row's
+    winner, 129272, lost to 129276 (racecheck saw the two writes to one slot)."""
+    vocab = VOCAB - 1
+    logits = random_logits(rng, 1 + fillers, vocab, 2.0)
+    logits[0, 129152:129272] = -10.0  # vectors 16128-16157 of CTA 1 list nothing: 129272 comes first in the round
+    logits[0, 129272] = 40.0          # (vector 16158) the winner whatever the noise
+    logits[0, 129276] = 30.0          # the first token of the vector the slice ends inside
+    ledger = MismatchLedger()
+    for top_k, top_p in [(5, 1.0), (0, 0.9)]:
+        gpu = run_sample(logits, stream, 0.5, top_k, top_p, seed=5, step=2, stride=vocab + 1)
+        assert gpu[0] == 129272
+        ledger.compare(logits, gpu, 0.5, top_k, top_p, 5, 2)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_p_close_scores(fillers, rng, stream):
     """Top-p without top-k bounds the kept z's scores within ~4e-5 and forms exact scores only where two bounds
     overlap: rows 1-3 plant two z whose exact scores tie (row 1) or differ by an ulp (rows 2 and 3) near 30, their z
