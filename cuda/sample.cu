@@ -125,7 +125,8 @@ constexpr int kLoadBatch = 8;                    // 16-byte logit loads per thre
 constexpr int kSampleLoadBatch = 4;              // sampling: with the division's registers, 8 would spill
 // The unstaged filtered kernel while its rows' clusters fit the device at one CTA an SM (launch_sample): up to 128
 // registers, so its load pass keeps 8 vectors in flight a thread. With a leading part of each slice prefetched
-// (prefetch_slice), 6 took T,k,p at 48 / 64 rows 18.8 / 20.05 us against 18.1 / 19.25.
+// (prefetch_slice), 6 took T,k,p at 48 / 64 rows 18.8 / 20.05 us against 18.1 / 19.25; with the pushes
+// (unstaged_top_k), 10 took T,k,p 18.6 / 19.9 against 17.75 / 18.95, T,p 28.0 / 29.0 against 27.5 / 28.5.
 constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
@@ -168,7 +169,8 @@ constexpr int kWarpReached = 256;
 // 21.4 / 22.0, T,p 28.4 / 30.7 -> 29.7 / 32.4; stamps (64 rows, us after the wait): the first batch's digit 3.2 -> 4.1,
 // the loop's end 12.0 -> 13.3. With a leading part of each slice prefetched (prefetch_slice), 4 vectors and 1 took
 // T,k,p at 48 / 64 rows 19.55 / 20.0 and 19.1 / 19.7 against 18.1 / 19.25, T,p 28.5 / 29.9 and 27.65 / 28.55 against
-// 27.7 / 28.75.
+// 27.7 / 28.75; with the pushes (unstaged_top_k), 3 vectors took T,k,p 18.1 / 19.3 against 17.75 / 18.95, T,p 27.9 /
+// 28.8 against 27.5 / 28.5.
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
