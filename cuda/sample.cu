@@ -93,6 +93,8 @@
 // The unstaged paths' exchanges after the load pass now go one way as st.async pushes counted on the receiver's
 // mbarrier (push_u32), with no cluster barrier or fence after the load pass: T,k,p at 32 / 48 / 64 rows 17.43 / 18.01 /
 // 19.19 -> 17.20 / 17.73 / 18.87 us, T,p 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 (H100, the bench's timing).
+// At one CTA an SM the load pass lists the logits reaching its floor in each lane's own slots, with no vote (kLaneLists
+// in filtered_sample): T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 -> 25.24 / 26.62.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -155,11 +157,16 @@ struct alignas(16) Exchange {
 };
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
-// Unstaged top-k fast path (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB),
-// and each warp's logits that reach the floor (32 KB).
+// Unstaged fast paths (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB), and
+// the logits that reach the floor: at two CTAs an SM in each warp's list (32 KB), at one in each lane's (96 KB).
 constexpr int kKeptCapacity = 4096;
 constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims to keep (the digits are coarse)
 constexpr int kWarpReached = 256;
+constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
+constexpr size_t unstaged_smem(int ctas_per_sm) {
+    return kKeptCapacity * sizeof(unsigned long long) +
+           (ctas_per_sm == 1 ? size_t(kLaneSlots) * kThreads : size_t(kWarps) * kWarpReached) * sizeof(uint2);
+}
 // The unstaged fast paths' first batch: 16-byte vectors a thread (4096 z a CTA). Flash vocab on the H100, 64 rows: 4
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
 // bench's rows then overflow the warps' lists of T,k,p, which takes the radix path. With the rising floor, 1 vector
@@ -174,7 +181,6 @@ constexpr int kWarpReached = 256;
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
-constexpr size_t kUnstagedSmem = kKeptCapacity * sizeof(unsigned long long) + kWarps * kWarpReached * sizeof(uint2);
 
 constexpr int kPhiloxRounds = 10;
 
@@ -1326,7 +1332,7 @@ __device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long 
 // Measured and not kept: the kept lists' digits counted in the pass that keeps them (no pass over the kept list, one
 // CTA barrier fewer) with CTA 0 staging the keys and masses as it gathers (no staging pass), 20.60 -> 20.69-20.75 us at
 // 64 rows: the stamps of the steps did not move (the kept lists done 13.4 -> 13.6 us after the wait).
-// scratch: [2 kMaxCandidates] entries, free (the warps' reached lists).
+// scratch: [2 kMaxCandidates] entries, free (the load pass's reached lists).
 template <int kRanks>
 __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
                                const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
@@ -1458,7 +1464,7 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries: the max
 // exchange and the radix path follow (its levels clear the exchange buffers they use).
-// scratch: the warps' reached lists, free (32 KB).
+// scratch: the load pass's reached lists, free (32 KB or more).
 template <int kRanks>
 __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
                                const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
@@ -2088,6 +2094,7 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 template <int kRanks, int kCtasPerSm>
 __device__ void filtered_sample(const SampleArgs& a) {
     constexpr bool kStaged = kRanks == kCluster;
+    constexpr bool kLaneLists = !kStaged && kCtasPerSm == 1;  // the load pass's lists: each lane's own (see below)
     __shared__ Shared sh;
     extern __shared__ float4 z4[];  // kStaged: [slice / 4], this CTA's z
     cg::cluster_group cluster = cg::this_cluster();
@@ -2158,6 +2165,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // keep_digit) and, where a lane's vector reaches it, a ballot per element: the logits that reach it go on the
     // warp's list as they are (no division in the loop, no divergence: N(0, 3^2) logits, T 0.8, k 50: 1.7% of the
     // logits reach the floor, so 89% of a warp's vectors hold one), and the warp divides and keeps them after the loop.
+    // At one CTA an SM (kLaneLists), each lane lists its own: kLaneSlots slots a thread (96 KB), and per logit a
+    // compare, a predicated store and an address step, no vote; after the loop, each lane's slot j in step j. A lane
+    // with more than kLaneSlots sends the row to the radix path, as an overflowing warp's list does. Against the warps'
+    // lists (H100, the bench's timing), T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 ->
+    // 25.24 / 26.62 (87 registers against 94).
     // The floor rises (top-k): at the end of each batch of loads (for_each_z) every warp counts the logits its list
     // took in the batch that reach raise_at, the bound above which z lies in the digit over the floor's, into the CTA's
     // count for its floor (raise_count[raised], an atomic a warp), and reads back the total: once k logits are counted,
@@ -2176,22 +2188,23 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // loop for both filters with the floor's code skipped at run time for top-p (T,p 33.0: so the kernel at one CTA an
     // SM has a loop of each, while at two, where 64 registers spill more with two loops, T,p at 96 / 128 / 256 rows
     // measured 60.1 / 49.8 / 97.4).
-    // Measured and not kept: lists of each lane's own (no vote, no ballot: a compare, a store and an address step a
-    // logit; NaN listed, found by the listing), Flash vocab on the H100, 48 / 64 rows, us. 16 slots a lane in 64 KB
-    // more shared memory: T,k,p 19.15 / 20.87 -> 17.84 / 19.58, but T,p 28.4 / 30.8 -> 47.2 / 67.8 (a lane of a CTA
-    // whose floor is one digit lower lists ~14: the overflow takes the radix path); 24 slots (96 KB more): T,k,p 17.8 /
-    // 20.0, T,p 26.5 / 29.2. Slots shared by lanes l and l + 16 (one fills up, one down; 20 rows in the same 64 KB, the
-    // kept list cut to 3072) with top-p's floor at a 256th of a digit (a list of ~1000 a CTA, as the pairs need): T,k,p
-    // 17.9 / 19.8, but T,p 80 / 110: a row whose nucleus reaches below the larger of its CTAs' floors (each from 4096
-    // z) takes the radix path, ~3x a fast row, and 1-2 of the bench's 64 rows do; budgets of 1280 / 1408 trade those
-    // for pair overflows. Pairs for top-k only (warps' lists for top-p, 72 KB): T,k,p 28.8 / 28.3; and lists of each
-    // lane's own for top-k only (15 slots and a sink a lane, 96 KB; a lane that reaches the sink lists its vectors
-    // again from L2; tests passed, with a planted overflow whose mutant without the re-listing failed), warps' lists
-    // for top-p: T,k,p 28.9 / 28.0. Its stamps (64 rows, us after the wait): warp 0's loop ends at 14.3 median, 16.9
-    // p90, 20.4 max, against 12.0 / 12.8 / 13.5. Not the shared memory: the same 96 KB with warps' lists alone took
-    // 19.0 / 20.7, as HEAD. In that kernel's SASS the one loop with a batch of 8 loads is top-p's; loads as volatile
-    // asm (kept in order with the stores) left it as it was. So with a loop of its own the lane listing loses what
-    // the fast variant (all modes in one loop) gained; why the compiler builds it so is not known.
+    // Lists of each lane's own measured before (as kLaneLists but for both kernels' loops, NaN listed), Flash vocab on
+    // the H100, 48 / 64 rows, us. 16 slots a lane in 64 KB more shared memory: T,k,p 19.15 / 20.87 -> 17.84 / 19.58,
+    // but T,p 28.4 / 30.8 -> 47.2 / 67.8 (a lane of a CTA whose floor is one digit lower lists ~14: the overflow takes
+    // the radix path); 24 slots (96 KB more): T,k,p 17.8 / 20.0, T,p 26.5 / 29.2. Slots shared by lanes l and l + 16
+    // (one fills up, one down; 20 rows in the same 64 KB, the kept list cut to 3072) with top-p's floor at a 256th of a
+    // digit (a list of ~1000 a CTA, as the pairs need): T,k,p 17.9 / 19.8, but T,p 80 / 110: a row whose nucleus
+    // reaches below the larger of its CTAs' floors (each from 4096 z) takes the radix path, ~3x a fast row, and 1-2 of
+    // the bench's 64 rows do; budgets of 1280 / 1408 trade those for pair overflows. Pairs for top-k only (warps' lists
+    // for top-p, 72 KB): T,k,p 28.8 / 28.3; and lists of each lane's own for top-k only (15 slots and a sink a lane, 96
+    // KB; a lane that reaches the sink lists its vectors again from L2; tests passed, with a planted overflow whose
+    // mutant without the re-listing failed), warps' lists for top-p: T,k,p 28.9 / 28.0. Its stamps (64 rows, us after
+    // the wait): warp 0's loop ends at 14.3 median, 16.9 p90, 20.4 max, against 12.0 / 12.8 / 13.5. Not the shared
+    // memory: the same 96 KB with warps' lists alone took 19.0 / 20.7, as HEAD. In that kernel's SASS the one loop with
+    // a batch of 8 loads is top-p's; loads as volatile asm (kept in order with the stores) left it as it was. So with a
+    // loop of its own the lane listing loses what the fast variant (all modes in one loop) gained; why the compiler
+    // builds it so is not known. (kLaneLists lists each lane's own in both loops of the one-CTA-an-SM kernel, top-k's
+    // and top-p's.)
     // Measured and not kept: cheaper passes that only mark the vectors reaching the floor and list their logits after
     // the loop. Against this one before the rising floor and store_shared (Flash vocab, H100, us): T,k,p at 48 / 64
     // rows 23.2 / 24.1, T,p 31.5 / 33.9; at 96 / 128 / 256 rows T,k,p 33.8 / 36.7 / 74.0, T,p 58.6 / 47.4 / 94.5.
@@ -2268,6 +2281,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
             const uint32_t reached_at = static_cast<uint32_t>(__cvta_generic_to_shared(reached));
+            // kLaneLists: slot j of this thread at lane_slots[j kThreads] (x, token); n_mine logits reached the floor,
+            // the first kLaneSlots of them listed, the next at slot_at.
+            const uint2* lane_slots = reinterpret_cast<const uint2*>(kept + kKeptCapacity) + tid;
+            int n_mine = 0;
+            uint32_t slot_at = shared_address(lane_slots);
             // Top-k: the warp's floor rises from keep_digit to keep_digit + raised (see above).
             const unsigned long long k = static_cast<unsigned long long>(a.top_k);
             uint32_t raised = 0;  // the same on the warp's lanes still in the loop
@@ -2284,6 +2302,18 @@ __device__ void filtered_sample(const SampleArgs& a) {
                                  tail_term(xv.y, logit_floor, mass_slope, mass_offset);
                     tail_mass += tail_term(xv.z, logit_floor, mass_slope, mass_offset) +
                                  tail_term(xv.w, logit_floor, mass_slope, mass_offset);
+                }
+                if constexpr (kLaneLists) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const float x = c == 0 ? xv.x : c == 1 ? xv.y : c == 2 ? xv.z : xv.w;
+                        const bool take = x >= logit_floor;
+                        const uint32_t token = static_cast<uint32_t>(begin + 4 * v + c);
+                        if (take && n_mine < kLaneSlots) store_shared(slot_at, make_uint2(__float_as_uint(x), token));
+                        slot_at += take ? 8u * kThreads : 0u;
+                        n_mine += take;
+                    }
+                    return;
                 }
                 const uint32_t lanes = __activemask();  // (past the slice's end, lanes leave the loop)
                 if (!__any_sync(lanes, x_max >= logit_floor)) return;  // the usual case for a lane
@@ -2309,12 +2339,19 @@ __device__ void filtered_sample(const SampleArgs& a) {
             auto raise_floor = [&] {  // at a batch's end
                 if (!raising) return;
                 const uint32_t lanes = __activemask();
-                __syncwarp(lanes);  // the lanes' list entries are visible
-                const int listed = min(n_reached, kWarpReached);
                 uint32_t mine = 0;
-                for (int i = counted + lane; i < listed; i += dsv4::kWarpSize)
-                    mine += __uint_as_float(reached[i].x) >= raise_at;
-                counted = listed;
+                if constexpr (kLaneLists) {
+                    const int listed = min(n_mine, kLaneSlots);
+                    for (int j = counted; j < listed; ++j)
+                        mine += __uint_as_float(lane_slots[j * kThreads].x) >= raise_at;
+                    counted = listed;
+                } else {
+                    __syncwarp(lanes);  // the lanes' list entries are visible
+                    const int listed = min(n_reached, kWarpReached);
+                    for (int i = counted + lane; i < listed; i += dsv4::kWarpSize)
+                        mine += __uint_as_float(reached[i].x) >= raise_at;
+                    counted = listed;
+                }
                 const uint32_t above = __reduce_add_sync(lanes, mine);
                 const int leader = __ffs(lanes) - 1;
                 uint32_t seen = 0;
@@ -2333,7 +2370,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             slice_logits.visit_partial(list_reaching);
             n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
             raised = __reduce_max_sync(0xFFFFFFFFu, raised);
-            if (n_reached > kWarpReached) {
+            if (kLaneLists ? __any_sync(0xFFFFFFFFu, n_mine > kLaneSlots) : n_reached > kWarpReached) {
                 // Overflow: the list lost z, perhaps the max, a NaN or a +inf, which the max exchange and the radix
                 // path after it need: the warp's threads take them from their vectors again (from L2).
                 if (lane == 0) atomicAdd(&sh.kept, kKeptCapacity + 1);
@@ -2346,9 +2383,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     }
                 });
             }
-            for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize) {
-                const bool valid = i < n_reached;
-                const uint2 entry = valid ? reached[i] : make_uint2(0u, 0u);
+            // Each listed logit divided, and kept when its digit reaches the warp's floor (else, top-p, its mass off
+            // the list): every lane calls (warp_slot).
+            auto divide_and_keep = [&](uint2 entry, bool valid) {
                 const float zz = valid ? divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t)
                                        : -INFINITY;
                 bad |= !(zz < INFINITY);
@@ -2359,6 +2396,15 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
                 if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,
                                                                                 -mass_offset));
+            };
+            if constexpr (kLaneLists) {  // slot j of every lane in step j
+                const int listed = min(n_mine, kLaneSlots);
+                const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
+                for (int j = 0; j < steps; ++j)
+                    divide_and_keep(j < listed ? lane_slots[j * kThreads] : make_uint2(0u, 0u), j < listed);
+            } else {
+                for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize)
+                    divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
             }
             __syncthreads();
             // The kept z crowd a few bins: one atomic a warp per distinct digit.
@@ -2387,7 +2433,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     }
     __syncthreads();
     if constexpr (!kStaged) {
-        unsigned long long* scratch = kept + kKeptCapacity;  // the warps' reached lists, done with
+        unsigned long long* scratch = kept + kKeptCapacity;  // the reached lists (warps' or lanes'), done with
         if (fast_top_k && unstaged_top_k<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
         if (list_top_p && unstaged_top_p<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
     }
@@ -2580,10 +2626,12 @@ int raise_smem_limit() {
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                            sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
                             sample_kernel<Mode::kFiltered, kThreads, 1, 2>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(kUnstagedSmem)));
+                                                 static_cast<int>(unstaged_smem(2))));
+        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(unstaged_smem(1))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
     return DSV4_OK;
@@ -2626,7 +2674,7 @@ template <int kRanks, int kCtasPerSm>
 int unstaged_rows_resident(int& rows) {
     static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
     return clusters_resident(cache, sample_kernel<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>, kRanks,
-                             kUnstagedSmem, rows);
+                             unstaged_smem(kCtasPerSm), rows);
 }
 
 // Tokens per CTA with `ranks` CTAs a row: a multiple of 4 (16-byte aligned slices).
@@ -2732,7 +2780,7 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
                                            : sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>;
     args.slice = slice_of(args.vocab, ranks);
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
-                                          kThreads, kUnstagedSmem, stream, args));
+                                          kThreads, unstaged_smem(batch <= one_per_sm_rows ? 1 : 2), stream, args));
     return DSV4_OK;
 }
 

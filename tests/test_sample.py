@@ -356,6 +356,23 @@ def test_lists_of_a_slice_ending_inside_a_vector(fillers, rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_a_lane_whose_list_overflows(fillers, rng, stream):
+    """Unstaged at one CTA an SM, each lane lists the logits of its own vectors that reach the floor, in 24 slots:
+    thread 5 of CTA 0 (vectors 5, 517, ..., 3589: tokens 20-23, 2068-2071, ...) holds 32 such logits here, the row's
+    winner the last of them, so its list overflows and the row must leave the fast path rather than lose the winner."""
+    logits = random_logits(rng, 1 + fillers, VOCAB, 2.0)
+    tokens = (4 * (5 + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
+    logits[0, tokens] = np.linspace(20.0, 30.0, tokens.size, dtype=np.float32)
+    logits[0, tokens[-1]] = 40.0
+    ledger = MismatchLedger()
+    for top_k, top_p in [(50, 1.0), (50, 0.9), (0, 0.9)]:
+        gpu = run_sample(logits, stream, 0.5, top_k, top_p, seed=7, step=3)
+        assert gpu[0] == tokens[-1] == 14359
+        ledger.compare(logits, gpu, 0.5, top_k, top_p, 7, 3)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_p_close_scores(fillers, rng, stream):
     """Top-p without top-k bounds the kept z's scores within ~4e-5 and forms exact scores only where two bounds
     overlap: rows 1-3 plant two z whose exact scores tie (row 1) or differ by an ulp (rows 2 and 3) near 30, their z
