@@ -325,6 +325,11 @@ __device__ __forceinline__ void await_previous_kernel() {
 __device__ __forceinline__ void wait_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void allow_next_kernel() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// The 32-bit shared-window address of p (a generic pointer into this CTA's shared memory), for inline PTX.
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // The one exception to the rule above: before await_previous_kernel() a kernel may warm L2 for loads it makes after
 // it. L2 is the device's point of coherence, so a prefetch into it never makes a later load stale, whatever the
 // previous kernel writes there meanwhile.

@@ -172,10 +172,6 @@ struct MixSlot {
     float4 fn[8 * kNTiles][kFnStepVecs + 1];      // fp32 fn[row, k0 .. k0 + 31], then padding
 };
 
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // 16 bytes; size 0 fills zeros. kL2Block256: the L2 fetches the whole 256-byte block around them, for a row read once
 // a step at a time (kernel 1's X), so that the row's next steps hit L2. Otherwise each block's 128 rows, 64 bytes a
 // step, open a DRAM page per row per step (a microbenchmark of that pattern over V4-Pro x 4096: 2104 GB/s, 2907 with
@@ -183,17 +179,17 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 template <bool kL2Block256 = false>
 __device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
     if constexpr (kL2Block256)
-        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dsv4::shared_address(smem)),
                      "l"(global), "r"(valid ? 16 : 0)
                      : "memory");
     else
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)), "l"(global),
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dsv4::shared_address(smem)), "l"(global),
                      "r"(valid ? 16 : 0)
                      : "memory");
 }
 // 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
 __device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_address(smem)), "l"(global),
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dsv4::shared_address(smem)), "l"(global),
                  "r"(valid ? 4 : 0)
                  : "memory");
 }
@@ -971,10 +967,11 @@ size_t post_mix_smem_bytes(int n_tiles) {
 
 // mbarriers in shared memory: each phase completes when `count` threads have arrived (release / acquire at CTA scope).
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(dsv4::shared_address(bar)), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
-    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}" ::"r"(smem_address(bar))
+    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}"
+                 ::"r"(dsv4::shared_address(bar))
                  : "memory");
 }
 // Waits for the completion of the phase with this parity (use u of a barrier completed once per use: parity u & 1).
@@ -984,7 +981,7 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
         asm volatile(
             "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
             : "=r"(done)
-            : "r"(smem_address(bar)), "r"(parity)
+            : "r"(dsv4::shared_address(bar)), "r"(parity)
             : "memory");
     } while (!done);
 }

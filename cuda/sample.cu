@@ -262,17 +262,14 @@ __device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cl
 // (acquire at cluster scope) then sees every pushed byte. The barrier is initialised before the arrival at the
 // cluster barrier after the first batch, whose wait comes before any push (fence.mbarrier_init makes the initialisation
 // visible to the cluster). One phase a launch: the first.
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 // The shared::cluster address in CTA `rank` of what p points to in this CTA's shared memory.
 __device__ __forceinline__ uint32_t peer_address(const void* p, uint32_t rank) {
     uint32_t address;
-    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(shared_address(p)), "r"(rank));
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(dsv4::shared_address(p)), "r"(rank));
     return address;
 }
 __device__ __forceinline__ void init_push_barrier(unsigned long long* bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(dsv4::shared_address(bar)) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 __device__ __forceinline__ void push_u32(uint32_t address, uint32_t value, uint32_t bar) {
@@ -303,7 +300,7 @@ __device__ __forceinline__ void wait_pushed(const unsigned long long* bar) {
             "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
             " selp.u32 %0, 1, 0, p;\n}"
             : "=r"(done)
-            : "r"(shared_address(bar))
+            : "r"(dsv4::shared_address(bar))
             : "memory");
     } while (!done);
 }
@@ -2280,12 +2277,12 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;  // recounted from the list below
             uint2* reached = reinterpret_cast<uint2*>(kept + kKeptCapacity) + warp * kWarpReached;  // (x, token)
             int n_reached = 0;  // the same on the warp's lanes still in the loop
-            const uint32_t reached_at = static_cast<uint32_t>(__cvta_generic_to_shared(reached));
+            const uint32_t reached_at = dsv4::shared_address(reached);
             // kLaneLists: slot j of this thread at lane_slots[j kThreads] (x, token); n_mine logits reached the floor,
             // the first kLaneSlots of them listed, the next at slot_at.
             const uint2* lane_slots = reinterpret_cast<const uint2*>(kept + kKeptCapacity) + tid;
             int n_mine = 0;
-            uint32_t slot_at = shared_address(lane_slots);
+            uint32_t slot_at = dsv4::shared_address(lane_slots);
             // Top-k: the warp's floor rises from keep_digit to keep_digit + raised (see above).
             const unsigned long long k = static_cast<unsigned long long>(a.top_k);
             uint32_t raised = 0;  // the same on the warp's lanes still in the loop
