@@ -95,6 +95,9 @@
 // 19.19 -> 17.20 / 17.73 / 18.87 us, T,p 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 (H100, the bench's timing).
 // At one CTA an SM the load pass lists the logits reaching its floor in each lane's own slots, with no vote (kLaneLists
 // in filtered_sample): T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 -> 25.24 / 26.62.
+// There, both CTAs of the unstaged top-p path form the close Gumbels of their own kept lists (CTA 1 pushes them)
+// instead of CTA 0 forming every Philox block in its finish (unstaged_top_p): T,p at 32 / 48 / 64 rows 25.29 / 25.22 /
+// 26.57 -> 23.44 / 23.60 / 25.75 us.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -163,9 +166,12 @@ constexpr int kKeptCapacity = 4096;
 constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims to keep (the digits are coarse)
 constexpr int kWarpReached = 256;
 constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
+// At one CTA an SM the unstaged top-p path also keeps the close Gumbels of both CTAs' kept lists (unstaged_top_p),
+// after the lanes' lists: this CTA's [kKeptCapacity], then (CTA 0) its peer's [kKeptCapacity].
 constexpr size_t unstaged_smem(int ctas_per_sm) {
     return kKeptCapacity * sizeof(unsigned long long) +
-           (ctas_per_sm == 1 ? size_t(kLaneSlots) * kThreads : size_t(kWarps) * kWarpReached) * sizeof(uint2);
+           (ctas_per_sm == 1 ? size_t(kLaneSlots) * kThreads * sizeof(uint2) + 2 * kKeptCapacity * sizeof(float)
+                             : size_t(kWarps) * kWarpReached * sizeof(uint2));
 }
 // The unstaged fast paths' first batch: 16-byte vectors a thread (4096 z a CTA). Flash vocab on the H100, 64 rows: 4
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
@@ -444,9 +450,13 @@ __device__ __forceinline__ float close_slack(float s) { return fmaf(fabsf(s), 0x
 struct ScoreBounds {
     float lower, upper;
 };
-__device__ __forceinline__ ScoreBounds close_score_bounds(float z, uint32_t x) {
-    const float s = z + close_gumbel(x);
+// From g = close_gumbel(x), formed ahead.
+__device__ __forceinline__ ScoreBounds bounds_of_close_gumbel(float z, float g) {
+    const float s = z + g;
     return {s - close_slack(s), s + close_slack(s)};
+}
+__device__ __forceinline__ ScoreBounds close_score_bounds(float z, uint32_t x) {
+    return bounds_of_close_gumbel(z, close_gumbel(x));
 }
 
 // (v, i) becomes the better of itself and (ov, oi): larger value, then lower id.
@@ -524,6 +534,7 @@ struct alignas(16) Shared {
     PeerList peer;
     int verdict;
     unsigned long long push_bar;  // unstaged paths, two CTAs a row: counts what the peer pushes (push_u32)
+    unsigned long long gumbel_bar;  // unstaged top-p path at one CTA an SM, CTA 0: counts the peer's close Gumbels
 };
 
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
@@ -1410,6 +1421,22 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
     return true;
 }
 
+// Unstaged top-p fast path: the close Gumbels (close_gumbel of their Philox words) of list[0, n), 4 entries a thread
+// (so that their Philox chains overlap), to sink(i4, g) for entries 4 i4 .. 4 i4 + 3 (those past n: another entry's).
+template <typename Sink>
+__device__ __forceinline__ void form_close_gumbels(const unsigned long long* list, int n, uint32_t row,
+                                                   const SampleArgs& a, Sink sink) {
+    for (int i4 = threadIdx.x; 4 * i4 < n; i4 += kThreads) {
+        float g[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int token = candidate_token(list[min(4 * i4 + k, n - 1)]);
+            g[k] = close_gumbel(word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
+        }
+        sink(i4, make_float4(g[0], g[1], g[2], g[3]));
+    }
+}
+
 // Unstaged top-p fast path (top-p without top-k, kRanks <= 2 CTAs a row, nothing staged), by CTA 0 alone, with no
 // cluster barrier after the load pass. Called right after the load pass: kept[0, sh.kept) holds every z of this CTA's
 // slice at or above its floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed), and sh.warp_value /
@@ -1427,9 +1454,17 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 //    the bin where the mass first reaches ceil(top_p * the row's mass): a z below the floor never comes first in that
 //    walk, so the cut is the one a walk over the whole row finds. The crossing bin's entries give the cut
 //    (crossing_cut);
-//  - takes the Gumbel-max over the entries at or above the cut as finish_top_k does: every entry's Philox word and
-//    close bounds on its score (close_score_bounds, no double logs), the entries whose upper bound reaches the largest
-//    lower bound contend, and double logs only when more than one does.
+//  - takes the Gumbel-max over the entries at or above the cut as finish_top_k does: close bounds on every entry's
+//    score (close_score_bounds, no double logs), the entries whose upper bound reaches the largest lower bound
+//    contend, and double logs only when more than one does.
+// At one CTA an SM (kKeptGumbels) those bounds come from close Gumbels formed ahead: each CTA forms those of its own
+// list after its load pass (form_close_gumbels; CTA 0 while the peer's list is on its way, CTA 1 after pushing its
+// list, then pushing them on a barrier of their own, Shared::gumbel_bar, as CTA 0 needs them only after the crossing
+// bin), so CTA 0's finish forms Philox blocks only for the crossing bin's entries and for double logs. H100, Flash
+// vocab, the bench's timing: T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p
+// unchanged, 16.28 / 16.75 / 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
+// Measured and not kept: a list budget of 768 (kListBudget) on top of it, 22.09 / 22.31 / 24.75 us: the bench's rows
+// (a nucleus of ~900) still fit, but a row whose nucleus reaches below the higher floor takes the radix path (~3x).
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
 // and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order)
 // within ~1e-5 of it: the total is off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's
@@ -1462,10 +1497,15 @@ __device__ bool unstaged_top_k(const unsigned long long* kept, unsigned long lon
 // invalid, the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries: the max
 // exchange and the radix path follow (its levels clear the exchange buffers they use).
 // scratch: the load pass's reached lists, free (32 KB or more).
-template <int kRanks>
+template <int kRanks, int kCtasPerSm>
 __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
                                const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
     static_assert(kRanks <= 2, "one peer list fits CTA 0's exchange buffers");
+    constexpr bool kKeptGumbels = kCtasPerSm == 1;  // the lists' close Gumbels formed ahead (see above)
+    static_assert(!kKeptGumbels || kRanks == 2, "one CTA an SM runs pairs");
+    // kKeptGumbels: this CTA's [kKeptCapacity] and CTA 0's copy of its peer's, after the lane lists (unstaged_smem).
+    float* own_gumbels = reinterpret_cast<float*>(scratch + size_t(kLaneSlots) * kThreads);
+    float* peer_gumbels = own_gumbels + kKeptCapacity;
     static_assert(2 * kMaxCandidates == kKeptCapacity, "the exchange buffers hold a whole kept list");
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
     float own_max = -INFINITY, own_tail = 0.0f;
@@ -1498,6 +1538,17 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
                     push_u32(peer + 4u * w, words[w], leader_bar);
                 arrive_pushed(leader_bar, vectors * sizeof(uint4) + sizeof(PeerList));
             }
+            if constexpr (kKeptGumbels) {  // then its close Gumbels, which CTA 0 needs only after the cut's bin
+                const uint32_t gumbel_bar = peer_address(&sh.gumbel_bar, 0);
+                const int n = own_bad ? 0 : max(own_n, 0);
+                form_close_gumbels(kept, n, row, a, [&](int i4, float4 g) {
+                    push_v4(peer_address(peer_gumbels + 4 * i4, 0),
+                            make_uint4(__float_as_uint(g.x), __float_as_uint(g.y), __float_as_uint(g.z),
+                                       __float_as_uint(g.w)),
+                            gumbel_bar);
+                });
+                if (tid == 0) arrive_pushed(gumbel_bar, (n + 3) / 4 * sizeof(float4));
+            }
             wait_pushed(&sh.push_bar);  // CTA 0's verdict has arrived
             return sh.verdict != 0;
         }
@@ -1512,7 +1563,10 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     bins.clear();
     if (tid == 0) sh.count = 0, sh.contenders = 0, sh.crossing_count = UINT32_MAX;
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
-    __syncthreads();  // the bins are clear
+    if constexpr (kKeptGumbels)  // (usually while the peer's list is still on its way)
+        form_close_gumbels(kept, own_bad ? 0 : max(own_n, 0), row, a,
+                           [&](int i4, float4 g) { reinterpret_cast<float4*>(own_gumbels)[i4] = g; });
+    __syncthreads();  // the bins are clear (and this CTA's close Gumbels formed)
     if constexpr (kRanks > 1) {
         wait_pushed(&sh.push_bar);  // the peer's list has arrived
         peer = sh.peer;
@@ -1529,27 +1583,28 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         return j < 0 ? kept[i]
                      : reinterpret_cast<const unsigned long long*>(sh.ex[j / kMaxCandidates].hist)[j % kMaxCandidates];
     };
-    // Entries i = tid + kThreads k of [0, n), kChunk a thread at a time, loaded first: visit(e, valid), warp-uniform
+    // Entries i = tid + kThreads k of [0, n), kChunk a thread at a time, loaded first: visit(e, valid, i), warp-uniform
     // trips.
     constexpr int kChunk = 4;
     auto for_each_entry = [&](auto visit) {
         for (int first = tid - lane; first < n; first += kChunk * kThreads) {
             unsigned long long e[kChunk];
             bool valid[kChunk];
+            int at[kChunk];
 #pragma unroll
             for (int k = 0; k < kChunk; ++k) {
-                const int i = first + lane + k * kThreads;
-                valid[k] = i < n;
-                e[k] = valid[k] ? entry(i) : 0ull;
+                at[k] = first + lane + k * kThreads;
+                valid[k] = at[k] < n;
+                e[k] = valid[k] ? entry(at[k]) : 0ull;
             }
-            visit(e, valid);
+            visit(e, valid, at);
         }
     };
     unsigned long long target = 0, mass_above = 0;
     int crossing_bin = 0;
     if (fast) {
         unsigned long long mass = 0;
-        for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {  // finite z only
+        for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&)[kChunk]) {
 #pragma unroll
             for (int k = 0; k < kChunk; ++k) {
                 const uint32_t key = candidate_key(e[k]);
@@ -1617,28 +1672,32 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         push_u32(peer_address(&sh.verdict, 1), fast, peer_bar);
         arrive_pushed(peer_bar, sizeof(int));
     }
+    if (kKeptGumbels) wait_pushed(&sh.gumbel_bar);  // the peer's close Gumbels (nothing may be on its way at exit)
     if (!fast) return false;
-    // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: every entry's Philox word and
-    // close bounds on its score (no double logs); the entries whose upper bound reaches the largest lower bound
-    // contend.
+    // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: close bounds on every entry's
+    // score (close_score_bounds, no double logs; kKeptGumbels: from the Gumbels formed ahead, else from its Philox
+    // word); the entries whose upper bound reaches the largest lower bound contend.
     // The entries of the bins before the crossing bin are kept whatever the cut: their bounds come in the pass that
     // gathers the crossing bin's entries for crossing_cut, and those of the crossing bin's entries it keeps after it.
     // upper_sure: the largest upper bound of this thread's entries in bins before the crossing bin; upper_crossing: of
     // its crossing bin's entries kept (thread t: gathered[t], ...).
     float floor_max = -INFINITY, upper_sure = -INFINITY, upper_crossing = -INFINITY;
-    auto bound = [&](unsigned long long e, uint32_t& x) {
+    auto bound = [&](unsigned long long e) {  // (a crossing bin's entry: gathered[] has no index of it)
         const int token = candidate_token(e);
-        x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
+        const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
         return close_score_bounds(key_to_float(candidate_key(e)), x);
     };
-    auto take_bounds = [&](unsigned long long e, float& upper_max) {
-        uint32_t x;
-        const ScoreBounds b = bound(e, x);
+    auto bound_at = [&](unsigned long long e, int i) {  // entry i
+        if constexpr (!kKeptGumbels) return bound(e);
+        return bounds_of_close_gumbel(key_to_float(candidate_key(e)),
+                                      i < n_own ? own_gumbels[i] : peer_gumbels[i - n_own]);
+    };
+    auto take_bounds = [&](const ScoreBounds& b, float& upper_max) {
         floor_max = fmaxf(floor_max, b.lower);
         upper_max = fmaxf(upper_max, b.upper);
     };
     const uint32_t below = (1u << lane) - 1u;
-    for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
+    for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&at_)[kChunk]) {
         uint32_t takers[kChunk];
         int taken = 0;
 #pragma unroll
@@ -1647,7 +1706,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             const int b = mass_bin(key_to_float(key), zmax);
             takers[k] = __ballot_sync(0xFFFFFFFFu, valid[k] && key >= floor_key && b == crossing_bin);
             taken += __popc(takers[k]);
-            if (valid[k] && b < crossing_bin) take_bounds(e[k], upper_sure);
+            if (valid[k] && b < crossing_bin) take_bounds(bound_at(e[k], at_[k]), upper_sure);
         }
         int at = 0;
         if (lane == 0 && taken > 0) at = atomicAdd(&sh.count, taken);
@@ -1662,7 +1721,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     const int n_crossing = sh.count;
     const uint32_t cut = crossing_cut(gathered, cut_room, n_crossing, zmax, mass_above, target, sh);
     for (int i = tid; i < n_crossing; i += kThreads)  // (sorted in place by crossing_cut when many)
-        if (candidate_key(gathered[i]) >= cut) take_bounds(gathered[i], upper_crossing);
+        if (candidate_key(gathered[i]) >= cut) take_bounds(bound(gathered[i]), upper_crossing);
     const uint32_t warp_floor = __reduce_max_sync(0xFFFFFFFFu, float_to_key(floor_max));
     if (lane == 0) sh.warp_bound[warp] = warp_floor;  // (crossing_cut's last reads are of warp_floor)
     __syncthreads();
@@ -1674,22 +1733,21 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     const bool holds_sure = float_to_key(upper_sure) >= best_floor;
     const bool holds_crossing = float_to_key(upper_crossing) >= best_floor;
     auto for_each_contender = [&](auto visit) {
-        auto visit_if_contender = [&](unsigned long long e) {
-            uint32_t x;
-            if (float_to_key(bound(e, x).upper) >= best_floor) visit(e, x);
-        };
         if (__any_sync(0xFFFFFFFFu, holds_sure)) {
-            for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk]) {
+            for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk],
+                               const int (&at_)[kChunk]) {
 #pragma unroll
                 for (int k = 0; k < kChunk; ++k)
-                    if (holds_sure && valid[k] && mass_bin(key_to_float(candidate_key(e[k])), zmax) < crossing_bin)
-                        visit_if_contender(e[k]);
+                    if (holds_sure && valid[k] && mass_bin(key_to_float(candidate_key(e[k])), zmax) < crossing_bin &&
+                        float_to_key(bound_at(e[k], at_[k]).upper) >= best_floor)
+                        visit(e[k]);
             });
         }
         for (int i = tid; holds_crossing && i < n_crossing; i += kThreads)
-            if (candidate_key(gathered[i]) >= cut) visit_if_contender(gathered[i]);
+            if (candidate_key(gathered[i]) >= cut && float_to_key(bound(gathered[i]).upper) >= best_floor)
+                visit(gathered[i]);
     };
-    for_each_contender([&](unsigned long long e, uint32_t) {
+    for_each_contender([&](unsigned long long e) {
         if (atomicAdd(&sh.contenders, 1) == 0) sh.sole = candidate_token(e);
     });
     __syncthreads();
@@ -1698,8 +1756,8 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         token = INT_MAX;
         float best = -INFINITY;
         int best_i = INT_MAX;
-        for_each_contender([&](unsigned long long e, uint32_t x) {
-            take_better(best, best_i, __fadd_rn(key_to_float(candidate_key(e)), gumbel_of_word(x)),
+        for_each_contender([&](unsigned long long e) {
+            take_better(best, best_i, __fadd_rn(key_to_float(candidate_key(e)), gumbel(candidate_token(e), row, a)),
                         candidate_token(e));
         });
         warp_best(best, best_i);
@@ -2133,7 +2191,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         if (tid == 0) {
             sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
             for (int r = 0; r < kMaxFloorRaises; ++r) sh.raise_count[r] = 0u;
-            if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar);
+            if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar), init_push_barrier(&sh.gumbel_bar);
         }
         __syncthreads();
     }
@@ -2432,7 +2490,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
     if constexpr (!kStaged) {
         unsigned long long* scratch = kept + kKeptCapacity;  // the reached lists (warps' or lanes'), done with
         if (fast_top_k && unstaged_top_k<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
-        if (list_top_p && unstaged_top_p<kRanks>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh)) return;
+        if (list_top_p &&
+            unstaged_top_p<kRanks, kCtasPerSm>(kept, scratch, static_cast<uint32_t>(row), a, cluster, sh))
+            return;
     }
     if (tid == 0) {
         Exchange& mine = sh.ex[phase & 1];
