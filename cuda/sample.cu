@@ -97,7 +97,7 @@
 // in filtered_sample): T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 -> 25.24 / 26.62.
 // There, both CTAs of the unstaged top-p path form the close Gumbels of their own kept lists (CTA 1 pushes them)
 // instead of CTA 0 forming every Philox block in its finish (unstaged_top_p): T,p at 32 / 48 / 64 rows 25.29 / 25.22 /
-// 26.57 -> 23.44 / 23.60 / 25.75 us.
+// 26.57 -> 23.44 / 23.60 / 25.75 us; and the token without a pass to count the contenders, 22.86 / 22.91 / 25.03.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -1465,6 +1465,13 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // unchanged, 16.28 / 16.75 / 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
 // Measured and not kept: a list budget of 768 (kListBudget) on top of it, 22.09 / 22.31 / 24.75 us: the bench's rows
 // (a nucleus of ~900) still fit, but a row whose nucleus reaches below the higher floor takes the radix path (~3x).
+// The token without a pass over the entries to count the contenders: the entry of the largest lower bound is one, and
+// each thread's two largest upper bounds count (up to 2) those it holds, so a total of 1 names the token: 23.62 /
+// 23.61 / 25.79 -> 22.86 / 22.91 / 25.03 us (a mutant that always took that entry failed test_top_p_close_scores).
+// Measured and not kept on top of it: the cut of a crossing bin of at most 32 entries by warp 0 alone (shuffles, no
+// barrier), 22.34 / 22.87 / 25.51. Early exits from this finish (a token written at once, 64 rows, us): after the load
+// pass 18.7, the peer's list in 20.0, the crossing bin 21.9, the gather 22.6, the cut 24.1, the best lower bound 24.8,
+// the whole 25.8; T,k,p after its load pass 17.0 (its whole 18.1).
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
 // and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order)
 // within ~1e-5 of it: the total is off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's
@@ -1680,8 +1687,12 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     // The entries of the bins before the crossing bin are kept whatever the cut: their bounds come in the pass that
     // gathers the crossing bin's entries for crossing_cut, and those of the crossing bin's entries it keeps after it.
     // upper_sure: the largest upper bound of this thread's entries in bins before the crossing bin; upper_crossing: of
-    // its crossing bin's entries kept (thread t: gathered[t], ...).
+    // its crossing bin's entries kept (thread t: gathered[t], ...). floor_max: the largest lower bound of its kept
+    // entries, floor_token that entry's token; upper_first, upper_second: the two largest upper bounds of its kept
+    // entries.
     float floor_max = -INFINITY, upper_sure = -INFINITY, upper_crossing = -INFINITY;
+    float upper_first = -INFINITY, upper_second = -INFINITY;
+    int floor_token = INT_MAX;
     auto bound = [&](unsigned long long e) {  // (a crossing bin's entry: gathered[] has no index of it)
         const int token = candidate_token(e);
         const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
@@ -1692,9 +1703,11 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         return bounds_of_close_gumbel(key_to_float(candidate_key(e)),
                                       i < n_own ? own_gumbels[i] : peer_gumbels[i - n_own]);
     };
-    auto take_bounds = [&](const ScoreBounds& b, float& upper_max) {
-        floor_max = fmaxf(floor_max, b.lower);
+    auto take_bounds = [&](unsigned long long e, const ScoreBounds& b, float& upper_max) {
+        if (b.lower > floor_max) floor_max = b.lower, floor_token = candidate_token(e);
         upper_max = fmaxf(upper_max, b.upper);
+        upper_second = fmaxf(upper_second, fminf(upper_first, b.upper));
+        upper_first = fmaxf(upper_first, b.upper);
     };
     const uint32_t below = (1u << lane) - 1u;
     for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&at_)[kChunk]) {
@@ -1706,7 +1719,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             const int b = mass_bin(key_to_float(key), zmax);
             takers[k] = __ballot_sync(0xFFFFFFFFu, valid[k] && key >= floor_key && b == crossing_bin);
             taken += __popc(takers[k]);
-            if (valid[k] && b < crossing_bin) take_bounds(bound_at(e[k], at_[k]), upper_sure);
+            if (valid[k] && b < crossing_bin) take_bounds(e[k], bound_at(e[k], at_[k]), upper_sure);
         }
         int at = 0;
         if (lane == 0 && taken > 0) at = atomicAdd(&sh.count, taken);
@@ -1721,15 +1734,17 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     const int n_crossing = sh.count;
     const uint32_t cut = crossing_cut(gathered, cut_room, n_crossing, zmax, mass_above, target, sh);
     for (int i = tid; i < n_crossing; i += kThreads)  // (sorted in place by crossing_cut when many)
-        if (candidate_key(gathered[i]) >= cut) take_bounds(bound(gathered[i]), upper_crossing);
+        if (candidate_key(gathered[i]) >= cut) take_bounds(gathered[i], bound(gathered[i]), upper_crossing);
     const uint32_t warp_floor = __reduce_max_sync(0xFFFFFFFFu, float_to_key(floor_max));
     if (lane == 0) sh.warp_bound[warp] = warp_floor;  // (crossing_cut's last reads are of warp_floor)
     __syncthreads();
     uint32_t best_floor = 0;
 #pragma unroll 4
     for (int w = 0; w < kWarps; ++w) best_floor = max(best_floor, sh.warp_bound[w]);
-    // The contenders: kept entries whose upper bound reaches best_floor, visited by the threads that bounded them
-    // (whose largest upper bounds tell whether they hold one).
+    // The contenders: kept entries whose upper bound reaches best_floor. The entry of the largest lower bound is one;
+    // when each thread's two largest upper bounds tell that no other entry reaches it (the usual case), it is the
+    // token, found without another pass. Otherwise the threads that bounded them (whose largest upper bounds tell
+    // whether they hold one) visit them again, and their exact scores decide.
     const bool holds_sure = float_to_key(upper_sure) >= best_floor;
     const bool holds_crossing = float_to_key(upper_crossing) >= best_floor;
     auto for_each_contender = [&](auto visit) {
@@ -1747,9 +1762,10 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             if (candidate_key(gathered[i]) >= cut && float_to_key(bound(gathered[i]).upper) >= best_floor)
                 visit(gathered[i]);
     };
-    for_each_contender([&](unsigned long long e) {
-        if (atomicAdd(&sh.contenders, 1) == 0) sh.sole = candidate_token(e);
-    });
+    const uint32_t held = (float_to_key(upper_first) >= best_floor) + (float_to_key(upper_second) >= best_floor);
+    const uint32_t warp_held = __reduce_add_sync(0xFFFFFFFFu, held);
+    if (float_to_key(floor_max) == best_floor) sh.sole = floor_token;  // (several writers: as many contenders)
+    if (lane == 0 && warp_held > 0) atomicAdd(&sh.contenders, static_cast<int>(warp_held));
     __syncthreads();
     int token = sh.sole;
     if (sh.contenders > 1) {  // the contenders' exact scores RN(z + g): the largest, then the lowest id
