@@ -97,7 +97,8 @@
 // in filtered_sample): T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 -> 25.24 / 26.62.
 // There, both CTAs of the unstaged top-p path form the close Gumbels of their own kept lists (CTA 1 pushes them)
 // instead of CTA 0 forming every Philox block in its finish (unstaged_top_p): T,p at 32 / 48 / 64 rows 25.29 / 25.22 /
-// 26.57 -> 23.44 / 23.60 / 25.75 us; and the token without a pass to count the contenders, 22.86 / 22.91 / 25.03.
+// 26.57 -> 23.44 / 23.60 / 25.75 us; the token without a pass to count the contenders, 22.86 / 22.91 / 25.03; the
+// listed logits kept in one range a warp (filtered_sample), 21.90 / 21.96 / 24.26.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -1439,14 +1440,14 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 
 // Unstaged top-p fast path (top-p without top-k, kRanks <= 2 CTAs a row, nothing staged), by CTA 0 alone, with no
 // cluster barrier after the load pass. Called right after the load pass: kept[0, sh.kept) holds every z of this CTA's
-// slice at or above its floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed), and sh.warp_value /
-// warp_index / warp_bad / warp_tail hold its warps' max z, invalid z and tail mass: the mass of the rest of the slice
-// (z below the floor keep_min) that the load pass summed as fp32 exp(z - keep_min) = exp2(x log2(e) / T - keep_min
-// log2(e)), the max not being known yet. CTA 1 pushes (push_u32) its list into CTA 0's exchange buffers (4096 entries:
-// the whole of kKeptCapacity; the arrival at the cluster barrier after the first batch, whose wait comes first here,
-// says they are free) with its max, floor and tail as a PeerList, and waits for CTA 0's verdict, pushed back. Pushes in
-// place of the cluster barriers for the list and the verdict: T,p at 32 / 48 / 64 rows 27.91 / 27.70 / 28.70 -> 27.45
-// / 27.38 / 28.35 us. CTA 0, given the row's max:
+// slice at or above its floor sh.list_floor (sh.kept > kKeptCapacity: the list overflowed; at one CTA an SM, maybe a
+// few just below it), and sh.warp_value / warp_index / warp_bad / warp_tail hold its warps' max z, invalid z and tail
+// mass: the mass of the rest of the slice (z below the floor keep_min, off the list) that the load pass summed as fp32
+// exp(z - keep_min) = exp2(x log2(e) / T - keep_min log2(e)), the max not being known yet. CTA 1 pushes (push_u32) its
+// list into CTA 0's exchange buffers (4096 entries: the whole of kKeptCapacity; the arrival at the cluster barrier
+// after the first batch, whose wait comes first here, says they are free) with its max, floor and tail as a PeerList,
+// and waits for CTA 0's verdict, pushed back. Pushes in place of the cluster barriers for the list and the verdict: T,p
+// at 32 / 48 / 64 rows 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 us. CTA 0, given the row's max:
 //  - adds the fixed-point masses of both lists and of the tails (rescaled by exp(keep_min - zmax) 2^31), and
 //    histograms the masses of the entries at or above the row's floor (the larger; above it, each list holds every z of
 //    its slice) by zmax - z, as crossing_mass_bin does;
@@ -1568,7 +1569,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     unsigned long long* cut_room = reinterpret_cast<unsigned long long*>(bin_count + 3 * kMassBins);
     static_assert(kMaxCandidates + 3 * kMassBins / 2 + kThreads <= kWarps * kWarpReached, "scratch holds them");
     bins.clear();
-    if (tid == 0) sh.count = 0, sh.contenders = 0, sh.crossing_count = UINT32_MAX;
+    if (tid == 0) sh.count = 0, sh.contenders = 0, sh.sole = INT_MAX, sh.crossing_count = UINT32_MAX;
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
     if constexpr (kKeptGumbels)  // (usually while the peer's list is still on its way)
         form_close_gumbels(kept, own_bad ? 0 : max(own_n, 0), row, a,
@@ -1764,7 +1765,8 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     };
     const uint32_t held = (float_to_key(upper_first) >= best_floor) + (float_to_key(upper_second) >= best_floor);
     const uint32_t warp_held = __reduce_add_sync(0xFFFFFFFFu, held);
-    if (float_to_key(floor_max) == best_floor) sh.sole = floor_token;  // (several writers: as many contenders)
+    // (An atomic: several writers hold as many contenders, and a plain store would race, harmless as it is.)
+    if (float_to_key(floor_max) == best_floor) atomicMin(&sh.sole, floor_token);
     if (lane == 0 && warp_held > 0) atomicAdd(&sh.contenders, static_cast<int>(warp_held));
     __syncthreads();
     int token = sh.sole;
@@ -2468,11 +2470,37 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,
                                                                                 -mass_offset));
             };
-            if constexpr (kLaneLists) {  // slot j of every lane in step j
+            if constexpr (kLaneLists) {
                 const int listed = min(n_mine, kLaneSlots);
-                const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
-                for (int j = 0; j < steps; ++j)
-                    divide_and_keep(j < listed ? lane_slots[j * kThreads] : make_uint2(0u, 0u), j < listed);
+                if (list_top_p) {
+                    // Top-p keeps every logit listed, each lane's at its offset in one range a warp (one atomic): a z
+                    // listed below keep_min (within the rounding that logit_floor allows) adds its fixed-point mass
+                    // to the row's in unstaged_top_p instead of its term to the tail, and lies below every floor
+                    // there. Against divide_and_keep a step (a vote and an atomic each): T,p at 32 / 48 / 64 rows
+                    // 22.73 / 22.74 / 24.91 -> 21.90 / 21.96 / 24.26 us.
+                    int before = listed;  // the warp's lanes' listed logits before this lane's
+#pragma unroll
+                    for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
+                        const int y = __shfl_up_sync(0xFFFFFFFFu, before, offset);
+                        if (lane >= offset) before += y;
+                    }
+                    const int warp_listed = __shfl_sync(0xFFFFFFFFu, before, dsv4::kWarpSize - 1);
+                    before -= listed;
+                    int at = 0;
+                    if (lane == 0 && warp_listed > 0) at = atomicAdd(&sh.kept, warp_listed);
+                    at = __shfl_sync(0xFFFFFFFFu, at, 0) + before;
+                    for (int j = 0; j < listed; ++j, ++at) {
+                        const uint2 entry = lane_slots[j * kThreads];
+                        const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
+                        bad |= !(zz < INFINITY);
+                        take_better(best, best_i, zz, static_cast<int>(entry.y));
+                        if (at < kKeptCapacity) kept[at] = candidate(float_to_key(zz), entry.y);
+                    }
+                } else {  // slot j of every lane in step j
+                    const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
+                    for (int j = 0; j < steps; ++j)
+                        divide_and_keep(j < listed ? lane_slots[j * kThreads] : make_uint2(0u, 0u), j < listed);
+                }
             } else {
                 for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize)
                     divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
