@@ -2242,7 +2242,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // compare, a predicated store and an address step, no vote; after the loop, each lane's slot j in step j. A lane
     // with more than kLaneSlots sends the row to the radix path, as an overflowing warp's list does. Against the warps'
     // lists (H100, the bench's timing), T,k,p at 48 / 64 rows 17.82 / 19.07 -> 16.78 / 18.04 us, T,p 27.52 / 28.55 ->
-    // 25.24 / 26.62 (87 registers against 94).
+    // 25.24 / 26.62 (87 registers against 94). Measured and not kept: every logit stored, unpredicated, to the lane's
+    // next free slot (a sink slot past the last, where an overflowing lane's later logits land), T,k,p at 32 / 48 / 64
+    // rows 16.21 / 16.86 / 18.01 -> 16.55 / 17.25 / 18.53 us, T,p 21.78 / 21.87 / 24.14 -> 21.63 / 21.90 / 24.26.
     // The floor rises (top-k): at the end of each batch of loads (for_each_z) every warp counts the logits its list
     // took in the batch that reach raise_at, the bound above which z lies in the digit over the floor's, into the CTA's
     // count for its floor (raise_count[raised], an atomic a warp), and reads back the total: once k logits are counted,
