@@ -133,6 +133,9 @@ constexpr int kSampleLoadBatch = 4;              // sampling: with the division'
 // registers, so its load pass keeps 8 vectors in flight a thread. With a leading part of each slice prefetched
 // (prefetch_slice), 6 took T,k,p at 48 / 64 rows 18.8 / 20.05 us against 18.1 / 19.25; with the pushes
 // (unstaged_top_k), 10 took T,k,p 18.6 / 19.9 against 17.75 / 18.95, T,p 28.0 / 29.0 against 27.5 / 28.5.
+// That depends on the compiler issuing a batch's 8 loads together: a build without top-p's tail terms (timing only)
+// issued them one by one (SASS from cuobjdump -sass) and its load pass (a token written right after it) took 24.1 us
+// at 64 rows for T,k,p against 17.0, 25.0 for T,p against 20.1. Check the SASS of a load-pass variant before its time.
 constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
