@@ -541,15 +541,23 @@ struct alignas(16) Shared {
     unsigned long long gumbel_bar;  // unstaged top-p path at one CTA an SM, CTA 0: counts the peer's close Gumbels
 };
 
+// The sum of x over lanes 0 .. this one of the warp (every lane calls).
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_sum(T x) {
+    const int lane = threadIdx.x % dsv4::kWarpSize;
+#pragma unroll
+    for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
+        const T y = __shfl_up_sync(0xFFFFFFFFu, x, offset);
+        if (lane >= offset) x += y;
+    }
+    return x;
+}
+
 // Inclusive scan of one u64 per thread in thread order; also returns the block total.
 __device__ __forceinline__ unsigned long long block_scan(unsigned long long x, unsigned long long& total,
                                                          Shared& sh) {
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
-#pragma unroll
-    for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
-        const unsigned long long y = __shfl_up_sync(0xFFFFFFFFu, x, offset);
-        if (lane >= offset) x += y;
-    }
+    x = warp_inclusive_sum(x);
     if (lane == dsv4::kWarpSize - 1) sh.warp_scan[warp] = x;
     __syncthreads();
     unsigned long long base = 0;
@@ -1003,12 +1011,7 @@ __device__ int finish_candidates(const unsigned long long* all, const float* sco
         unsigned long long mine = 0;
         for (int i = first; i < end; ++i)
             if (candidate_key(all[i]) >= cut) mine += mass[i];
-        unsigned long long inclusive = mine;
-#pragma unroll
-        for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
-            const unsigned long long y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
-            if (lane >= offset) inclusive += y;
-        }
+        const unsigned long long inclusive = warp_inclusive_sum(mine);
         const unsigned long long total = __shfl_sync(0xFFFFFFFFu, inclusive, dsv4::kWarpSize - 1);
         const unsigned long long target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(total)));
         // Exactly one entry crosses (the sums are exact integers and the max's mass is 2^31 >= target > 0).
@@ -1302,12 +1305,7 @@ __device__ __forceinline__ bool kth_digit_near(uint32_t top, unsigned long long 
                                                uint32_t& above) {
     const int lane = threadIdx.x % dsv4::kWarpSize;
     const uint32_t mine = counts(static_cast<int>(top) - lane);
-    uint32_t inclusive = mine;  // over the lanes, from the top digit down
-#pragma unroll
-    for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
-        const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
-        if (lane >= offset) inclusive += y;
-    }
+    const uint32_t inclusive = warp_inclusive_sum(mine);  // over the lanes, from the top digit down
     const uint32_t reached = __ballot_sync(0xFFFFFFFFu, inclusive >= k);
     if (reached == 0u) return false;
     const int at = __ffs(reached) - 1;
@@ -2483,7 +2481,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     // to the row's in unstaged_top_p instead of its term to the tail, and lies below every floor
                     // there. Against divide_and_keep a step (a vote and an atomic each): T,p at 32 / 48 / 64 rows
                     // 22.73 / 22.74 / 24.91 -> 21.90 / 21.96 / 24.26 us.
-                    int before = listed;  // the warp's lanes' listed logits before this lane's
+                    // The warp's lanes' listed logits before this lane's. (Written out: through warp_inclusive_sum the
+                    // compiler schedules this kernel otherwise, not timed; as it is, its PTX is that measured.)
+                    int before = listed;
 #pragma unroll
                     for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
                         const int y = __shfl_up_sync(0xFFFFFFFFu, before, offset);
