@@ -136,6 +136,9 @@ constexpr int kSampleLoadBatch = 4;              // sampling: with the division'
 // That depends on the compiler issuing a batch's 8 loads together: a build without top-p's tail terms (timing only)
 // issued them one by one (SASS from cuobjdump -sass) and its load pass (a token written right after it) took 24.1 us
 // at 64 rows for T,k,p against 17.0, 25.0 for T,p against 20.1. Check the SASS of a load-pass variant before its time.
+// Measured and not kept: the next batch's 8 loads issued before the current batch's visits (two register buffers in
+// turn, 112 registers, no spill), T,k,p at 32 / 48 / 64 rows 16.29 / 16.88 / 18.02 -> 16.86 / 18.50 / 19.26 us, T,p
+// 21.85 / 21.99 / 24.31 -> 21.81 / 23.11 / 24.91.
 constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
@@ -167,7 +170,13 @@ constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long lon
 // Unstaged fast paths (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB), and
 // the logits that reach the floor: at two CTAs an SM in each warp's list (32 KB), at one in each lane's (96 KB).
 constexpr int kKeptCapacity = 4096;
-constexpr int kListBudget = 1024;  // unstaged top-p: about as many z a CTA aims to keep (the digits are coarse)
+// Unstaged top-p: about as many z a CTA aims to keep (the digits are coarse: a pair's CTA keeps z >= 8 or z >= 7 of
+// N(0, 3.75^2) z, ~1060 or ~2000). A row whose nucleus reaches below the higher floor takes the radix path: in NumPy,
+// 3 of 1500 such rows at top_p 0.9 (nuclei of 1137 z at the median, 2175 at most), and one of the bench's 96-row sets
+// (set 4, row 86: cut 7.97, both floors 8), which makes its T,p time 54.4 us against 42.1 at 128 rows. A budget of 1536
+// (floors at 7: no such row in 1500) took T,p at 32 / 48 / 64 / 96 / 128 rows 21.47 / 21.95 / 24.09 / 54.12 / 41.87 ->
+// 22.38 / 22.68 / 24.69 / 40.87 / 43.63 us (H100): the longer lists cost the finish where no row leaves the path.
+constexpr int kListBudget = 1024;
 constexpr int kWarpReached = 256;
 constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
 // At one CTA an SM the unstaged top-p path also keeps the close Gumbels of both CTAs' kept lists (unstaged_top_p),
@@ -238,10 +247,14 @@ __device__ __forceinline__ float ex2_approx(float x) {
     return y;
 }
 
-// Unstaged top-p fast path: exp(z - keep_min) of a logit x below logit_floor (z = x / T < keep_min, so that it is
-// off the kept list), else 0; slope = log2(e) / T, offset = keep_min log2(e) (see unstaged_top_p).
-__device__ __forceinline__ float tail_term(float x, float logit_floor, float slope, float offset) {
-    return x < logit_floor ? ex2_approx(fmaf(x, slope, -offset)) : 0.0f;
+// Unstaged top-p fast path: exp(min(z - keep_min, 0)) of a logit x, as exp2 of x log2(e) / T - keep_min log2(e):
+// slope = log2(e) / T, offset = keep_min log2(e) (see unstaged_top_p). The load pass adds every logit's, with no
+// select (a listed logit's is 1 or, within logit_floor's rounding below keep_min, just below it), and the lists' are
+// taken back after it. Against a select of 0 for the logits at or above logit_floor (H100, the bench's timing), T,p
+// at 32 / 48 / 64 rows 21.91 / 22.02 / 24.19 -> 21.47 / 21.95 / 24.09 us (another run: 21.85 / 21.99 / 24.31 ->
+// 21.45 / 21.89 / 24.16); T,k,p unchanged.
+__device__ __forceinline__ float tail_term(float x, float slope, float offset) {
+    return ex2_approx(fminf(fmaf(x, slope, -offset), 0.0f));
 }
 
 // Top-p fast path: the bin of a finite z <= zmax, non-increasing in z (each step rounds monotonically).
@@ -1475,10 +1488,11 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // pass 18.7, the peer's list in 20.0, the crossing bin 21.9, the gather 22.6, the cut 24.1, the best lower bound 24.8,
 // the whole 25.8; T,k,p after its load pass 17.0 (its whole 18.1).
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
-// and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order)
-// within ~1e-5 of it: the total is off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's
-// mass) of every fixed-point term and the CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second
-// pass over the logits (from L2): T,p at 64 rows 47.3 us against 35.6.
+// and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order;
+// the listed logits' terms, at most 1 each, added and taken back by the same thread) within ~1e-5 of it: the total is
+// off by less than ~1e-5 of the tail's part of it, against the 2^-32 (of the max's mass) of every fixed-point term and
+// the CPU's fp32 walk. Exact fixed-point masses of the whole slice took a second pass over the logits (from L2): T,p
+// at 64 rows 47.3 us against 35.6.
 // The path it replaced ran the max exchange and three more cluster barriers (every CTA's masses and bins, the crossing
 // bin's entries pushed to every CTA, the CTAs' best scores), ~12.8 us of a 64-row launch from the end of the lists;
 // an earlier try at one barrier had every CTA copy its list into every other CTA's ex[1] (2048 entries: the bench's
@@ -2374,10 +2388,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
                 bad |= x_max != x_max;
                 if (list_top_p) {
-                    tail_mass += tail_term(xv.x, logit_floor, mass_slope, mass_offset) +
-                                 tail_term(xv.y, logit_floor, mass_slope, mass_offset);
-                    tail_mass += tail_term(xv.z, logit_floor, mass_slope, mass_offset) +
-                                 tail_term(xv.w, logit_floor, mass_slope, mass_offset);
+                    tail_mass += tail_term(xv.x, mass_slope, mass_offset) + tail_term(xv.y, mass_slope, mass_offset);
+                    tail_mass += tail_term(xv.z, mass_slope, mass_offset) + tail_term(xv.w, mass_slope, mass_offset);
                 }
                 if constexpr (kLaneLists) {
 #pragma unroll
@@ -2470,8 +2482,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit + raised;
                 const int at = warp_slot(keep, &sh.kept);
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
-                if (list_top_p && valid && !keep) tail_mass += ex2_approx(fmaf(__uint_as_float(entry.x), mass_slope,
-                                                                                -mass_offset));
+                if (list_top_p && keep) tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
             };
             if constexpr (kLaneLists) {
                 const int listed = min(n_mine, kLaneSlots);
@@ -2496,6 +2507,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     at = __shfl_sync(0xFFFFFFFFu, at, 0) + before;
                     for (int j = 0; j < listed; ++j, ++at) {
                         const uint2 entry = lane_slots[j * kThreads];
+                        tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
                         const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
                         bad |= !(zz < INFINITY);
                         take_better(best, best_i, zz, static_cast<int>(entry.y));
@@ -2875,6 +2887,9 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6 / 227.1
     // / 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 / 129.7 /
     // 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9 / 33.1).
+    // T,p at a CTA a row from 67 rows on: 80 / 112 / 128 rows 39.7 / 40.4 / 42.3 -> 36.3 / 37.8 / 38.8 us, but the
+    // bench's 96-row set with a row off the fast path (kListBudget) 54.8 -> 74.3: one CTA takes the radix path over the
+    // whole row, and a CTA a row cannot list more (floors at 7 would keep ~4000 z of a row, kKeptCapacity): not kept.
     int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0;
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 1>(one_per_sm_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 2>(two_per_sm_rows)));
