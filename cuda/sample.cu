@@ -653,7 +653,10 @@ struct NoBatchEnd {
 // kernel holds 92 registers against 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 /
 // 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a warp-uniform
 // loop (lanes past the slice visit a stale vector, marked dead) so that the listing's votes take a full mask with no
-// divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us.
+// divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us. Also measured slower: the batches wholly
+// inside the slice for every thread in a loop of their own with no per-vector check (the one-CTA-an-SM kernel only),
+// T,k,p at 32 / 48 / 64 rows 15.67 / 16.37 / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99 -> 20.75 /
+// 21.89 / 23.84; and (no change) a running max.NaN over the listing's vectors in place of a NaN test a vector.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     if constexpr (Z::kWholeBatches) {
