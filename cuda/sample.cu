@@ -98,7 +98,9 @@
 // There, both CTAs of the unstaged top-p path form the close Gumbels of their own kept lists (CTA 1 pushes them)
 // instead of CTA 0 forming every Philox block in its finish (unstaged_top_p): T,p at 32 / 48 / 64 rows 25.29 / 25.22 /
 // 26.57 -> 23.44 / 23.60 / 25.75 us; the token without a pass to count the contenders, 22.86 / 22.91 / 25.03; the
-// listed logits kept in one range a warp (filtered_sample), 21.90 / 21.96 / 24.26.
+// listed logits kept in one range a warp (filtered_sample), 21.90 / 21.96 / 24.26; the tail's terms without a select
+// (tail_term) and the lane lists counted by their slot address alone (filtered_sample), 20.98 / 21.97 / 23.94 (T,k,p
+// 15.70 / 16.39 / 17.79).
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
