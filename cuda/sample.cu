@@ -199,6 +199,25 @@ constexpr size_t unstaged_smem(int ctas_per_sm) {
 // T,k,p at 48 / 64 rows 19.55 / 20.0 and 19.1 / 19.7 against 18.1 / 19.25, T,p 28.5 / 29.9 and 27.65 / 28.55 against
 // 27.7 / 28.75; with the pushes (unstaged_top_k), 3 vectors took T,k,p 18.1 / 19.3 against 17.75 / 18.95, T,p 27.9 /
 // 28.8 against 27.5 / 28.5.
+// What the first batch costs top-p at one CTA an SM (H100, the bench's timing, 64 rows; probes that fix the floor at z
+// = 8, for timing only): no first batch 21.37 us; its loads and divisions alone 21.71; with its histogram 22.03; with
+// local_kth_digit too (floor max(8, its digit)) 23.10; HEAD 23.88. So local_kth_digit's barriers, whose first waits
+// for the slowest warp's loads, cost ~1.1 us, and the floor's noise ~0.8: the first batch's kListBudget-scaled rank
+// (the 65th largest of 4096 z of N(0, 3.75^2)) lies within ~0.2 of the digit boundary 8, so ~40% of CTAs take floor 7
+// and list ~2000 z instead of ~1060. Measured and not kept:
+//  - each warp's own floor, with no first batch and no barrier: the list loop's first batch (8 vectors a lane, the
+//    loop running on from the next) counted by its vectors' maxima, from the digit of the warp's largest z down to
+//    the one reaching kListBudget 1024 / n_local; the CTA's floor the highest of its warps' and each warp's tail
+//    rescaled to it in unstaged_top_p (parity-correct: test_sample 85 passed). T,p at 32 / 48 / 64 rows 20.97 / 22.12
+//    / 23.91 -> 22.19 / 23.43 / 24.23 us, T,k,p 0.3 us slower: in NumPy 53% of the warps take floor 7, so the lists
+//    grow (~1560 z); those below the CTA's floor dropped after the loop (one more barrier), 22.47 / 23.70 / 24.72. With
+//    that loop as an instance of its own, ptxas issued its 8 loads one at a time (T,p 27.7 us at 64 rows). From 2
+//    vectors a lane (256 z a warp) the highest warp floor is too noisy: in NumPy 4.7% of CTAs land on 10, above the
+//    bench's nuclei, which then take the radix path;
+//  - local_kth_digit with one barrier, every warp finding the digit itself (a warp sum per 128 bins, then the crossing
+//    group's bins): T,p at 32 / 48 / 64 / 128 rows 20.75 / 22.02 / 23.75 / 41.74 -> 21.19 / 22.60 / 24.17 / 42.19 us,
+//    T,k,p 15.56 / 16.31 / 17.66 / 32.08 -> 16.05 / 16.74 / 18.12 / 32.94 (with 64 contiguous bins a lane, 32-way bank
+//    conflicts: 4 us slower).
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
@@ -1489,7 +1508,10 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // each thread's two largest upper bounds count (up to 2) those it holds, so a total of 1 names the token: 23.62 /
 // 23.61 / 25.79 -> 22.86 / 22.91 / 25.03 us (a mutant that always took that entry failed test_top_p_close_scores).
 // Measured and not kept on top of it: the cut of a crossing bin of at most 32 entries by warp 0 alone (shuffles, no
-// barrier), 22.34 / 22.87 / 25.51. Early exits from this finish (a token written at once, 64 rows, us): after the load
+// barrier), 22.34 / 22.87 / 25.51. At 5778f68 (64 rows): a token written right after the load pass 17.35 us against
+// 23.87 for the whole, so this finish costs ~6.5 us; that load pass without the first batch (the floor fixed at z = 8,
+// timing only) 16.35, and without the listing's stores as well 15.31. Early exits from this finish (a token written
+// at once, 64 rows, us) at that time: after the load
 // pass 18.7, the peer's list in 20.0, the crossing bin 21.9, the gather 22.6, the cut 24.1, the best lower bound 24.8,
 // the whole 25.8; T,k,p after its load pass 17.0 (its whole 18.1).
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
