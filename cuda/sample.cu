@@ -100,7 +100,8 @@
 // 26.57 -> 23.44 / 23.60 / 25.75 us; the token without a pass to count the contenders, 22.86 / 22.91 / 25.03; the
 // listed logits kept in one range a warp (filtered_sample), 21.90 / 21.96 / 24.26; the tail's terms without a select
 // (tail_term) and the lane lists counted by their slot address alone (filtered_sample), 20.98 / 21.97 / 23.94 (T,k,p
-// 15.70 / 16.39 / 17.79).
+// 15.70 / 16.39 / 17.79); CTA 0's cut and Gumbel-max from the frontier of its entries by z (unstaged_top_p), 20.52 /
+// 21.90 / 23.32.
 // The row walk of top-p in the CPU definition sums sorted probabilities one by one in fp32; here the masses are
 // exact integer sums of fixed-point values (but for the unstaged top-p fast path's mass off its lists, a sum of
 // fp32 exponentials within ~1e-5 of that part of the total), so a row whose cumulative mass crosses top_p within
@@ -179,6 +180,9 @@ constexpr int kKeptCapacity = 4096;
 // (floors at 7: no such row in 1500) took T,p at 32 / 48 / 64 / 96 / 128 rows 21.47 / 21.95 / 24.09 / 54.12 / 41.87 ->
 // 22.38 / 22.68 / 24.69 / 40.87 / 43.63 us (H100): the longer lists cost the finish where no row leaves the path.
 constexpr int kListBudget = 1024;
+// Unstaged top-p: the entries CTA 0's finish gathers from the bins that hold the frontier (unstaged_top_p; ~8 for the
+// bench's rows, ~200 for flat ones).
+constexpr int kGatherCapacity = 512;
 constexpr int kWarpReached = 256;
 constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
 // At one CTA an SM the unstaged top-p path also keeps the close Gumbels of both CTAs' kept lists (unstaged_top_p),
@@ -572,7 +576,6 @@ struct alignas(16) Shared {
     PeerList peer;
     int verdict;
     unsigned long long push_bar;  // unstaged paths, two CTAs a row: counts what the peer pushes (push_u32)
-    unsigned long long gumbel_bar;  // unstaged top-p path at one CTA an SM, CTA 0: counts the peer's close Gumbels
 };
 
 // The sum of x over lanes 0 .. this one of the warp (every lane calls).
@@ -1485,23 +1488,25 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // list into CTA 0's exchange buffers (4096 entries: the whole of kKeptCapacity; the arrival at the cluster barrier
 // after the first batch, whose wait comes first here, says they are free) with its max, floor and tail as a PeerList,
 // and waits for CTA 0's verdict, pushed back. Pushes in place of the cluster barriers for the list and the verdict: T,p
-// at 32 / 48 / 64 rows 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 us. CTA 0, given the row's max:
-//  - adds the fixed-point masses of both lists and of the tails (rescaled by exp(keep_min - zmax) 2^31), and
-//    histograms the masses of the entries at or above the row's floor (the larger; above it, each list holds every z of
-//    its slice) by zmax - z, as crossing_mass_bin does;
-//  - walks the bins from the max, up to the one holding the row's floor (counted from its part above the floor), to
-//    the bin where the mass first reaches ceil(top_p * the row's mass): a z below the floor never comes first in that
-//    walk, so the cut is the one a walk over the whole row finds. The crossing bin's entries give the cut
-//    (crossing_cut);
-//  - takes the Gumbel-max over the entries at or above the cut as finish_top_k does: close bounds on every entry's
-//    score (close_score_bounds, no double logs), the entries whose upper bound reaches the largest lower bound
-//    contend, and double logs only when more than one does.
+// at 32 / 48 / 64 rows 27.91 / 27.70 / 28.70 -> 27.45 / 27.38 / 28.35 us. CTA 0, given the row's max, adds the
+// fixed-point masses of both lists and of the tails (rescaled by exp(keep_min - zmax) 2^31) and keeps the entries at
+// or above the row's floor (the larger; above it, each list holds every z of its slice) whose greater z leave the mass
+// short of ceil(top_p * the row's mass): a z below the floor never comes first in a walk from the max, so the cut is
+// the one a walk over the whole row finds. The token is the best kept score, found from the frontier of the entries by
+// z (see the finish below) with close bounds on every entry's score (no double logs), the entries whose upper bound
+// reaches the largest kept lower bound contending, and double logs only when more than one does.
 // At one CTA an SM (kKeptGumbels) those bounds come from close Gumbels formed ahead: each CTA forms those of its own
-// list after its load pass (form_close_gumbels; CTA 0 while the peer's list is on its way, CTA 1 after pushing its
-// list, then pushing them on a barrier of their own, Shared::gumbel_bar, as CTA 0 needs them only after the crossing
-// bin), so CTA 0's finish forms Philox blocks only for the crossing bin's entries and for double logs. H100, Flash
-// vocab, the bench's timing: T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p
-// unchanged, 16.28 / 16.75 / 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
+// list after its load pass (form_close_gumbels; CTA 0 while the peer's list is on its way, CTA 1 before pushing them
+// with its list), so CTA 0's finish forms Philox blocks only for double logs. H100, Flash vocab, the bench's timing:
+// T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p unchanged, 16.28 / 16.75 /
+// 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
+// The frontier finish replaced a walk of the mass bins to the crossing bin, whose entries gave the cut (crossing_cut),
+// then the bounds of the entries above it and a pass for the contenders (four more CTA barriers): T,p at 32 / 48 / 64 /
+// 96 / 128 / 256 rows 20.93 / 22.13 / 23.91 / 54.46 / 42.05 / 67.34 -> 20.52 / 21.90 / 23.32 / 53.72 / 40.77 / 67.73
+// us (T,k,p and 1 row unchanged). Its steps at 64 rows (early exits, a token written at once, us): the peer's list and
+// Gumbels in 18.74, pass A 20.31, the scan and pass B 22.52, the whole 23.32 (the bins' masses as one 64-bit shared
+// atomic, a compare-and-swap loop in SASS, ATOMS.CAST.SPIN.64: pass A 3.6 us, the whole 27.2). The walk it replaced
+// had passed the crossing bin at 20.67 of 23.85.
 // Measured and not kept: a list budget of 768 (kListBudget) on top of it, 22.09 / 22.31 / 24.75 us: the bench's rows
 // (a nucleus of ~900) still fit, but a row whose nucleus reaches below the higher floor takes the radix path (~3x).
 // The token without a pass over the entries to count the contenders: the entry of the largest lower bound is one, and
@@ -1544,8 +1549,8 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // the finish's code is cold, run once a launch), against 3% over the kernel's lines after this function, the load
 // pass's among them.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
-// invalid, the walk does not cross above the floor or the crossing bin holds more than kMaxCandidates entries: the max
-// exchange and the radix path follow (its levels clear the exchange buffers they use).
+// invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
+// kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
 // scratch: the load pass's reached lists, free (32 KB or more).
 template <int kRanks, int kCtasPerSm>
 __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
@@ -1573,6 +1578,15 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         if (cluster.block_rank() != 0) {  // its list and PeerList into CTA 0 (push_u32), then the verdict
             const uint32_t leader_bar = peer_address(&sh.push_bar, 0);
             const int vectors = own_bad ? 0 : max(0, (own_n + 1) / 2);  // two entries a vector
+            const int gumbel_vectors = kKeptGumbels && !own_bad ? (max(own_n, 0) + 3) / 4 : 0;
+            if constexpr (kKeptGumbels)  // its close Gumbels first: CTA 0 forms its own meanwhile
+                form_close_gumbels(kept, own_bad ? 0 : max(own_n, 0), row, a,
+                                   [&](int i4, float4 g) {
+                                       push_v4(peer_address(peer_gumbels + 4 * i4, 0),
+                                               make_uint4(__float_as_uint(g.x), __float_as_uint(g.y),
+                                                          __float_as_uint(g.z), __float_as_uint(g.w)),
+                                               leader_bar);
+                                   });
             const uint4* from = reinterpret_cast<const uint4*>(kept);
             for (int p = tid; p < vectors; p += kThreads)
                 push_v4(peer_address(reinterpret_cast<uint4*>(sh.ex[2 * p / kMaxCandidates].hist) +
@@ -1586,39 +1600,34 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
 #pragma unroll
                 for (int w = 0; w < int(sizeof(PeerList) / sizeof(uint32_t)); ++w)
                     push_u32(peer + 4u * w, words[w], leader_bar);
-                arrive_pushed(leader_bar, vectors * sizeof(uint4) + sizeof(PeerList));
-            }
-            if constexpr (kKeptGumbels) {  // then its close Gumbels, which CTA 0 needs only after the cut's bin
-                const uint32_t gumbel_bar = peer_address(&sh.gumbel_bar, 0);
-                const int n = own_bad ? 0 : max(own_n, 0);
-                form_close_gumbels(kept, n, row, a, [&](int i4, float4 g) {
-                    push_v4(peer_address(peer_gumbels + 4 * i4, 0),
-                            make_uint4(__float_as_uint(g.x), __float_as_uint(g.y), __float_as_uint(g.z),
-                                       __float_as_uint(g.w)),
-                            gumbel_bar);
-                });
-                if (tid == 0) arrive_pushed(gumbel_bar, (n + 3) / 4 * sizeof(float4));
+                arrive_pushed(leader_bar, (vectors + gumbel_vectors) * sizeof(uint4) + sizeof(PeerList));
             }
             wait_pushed(&sh.push_bar);  // CTA 0's verdict has arrived
             return sh.verdict != 0;
         }
     }
-    // CTA 0. scratch: the crossing bin's entries [kMaxCandidates], the mass bins (count, high and low 16 bits of the
-    // mass, [kMassBins] each), crossing_cut's room [kThreads].
-    unsigned long long* gathered = scratch;
-    uint32_t* bin_count = reinterpret_cast<uint32_t*>(scratch + kMaxCandidates);
+    // CTA 0. scratch: the gathered entries [kGatherCapacity] (key, index, fixed-point mass, bin), the mass bins
+    // [kMassBins] (count, mass; then the mass of the bins before, as high and low words), and their largest lower
+    // bounds (keys, then the largest of the bins before) and upper bounds (keys, then whether gathered): see the finish
+    // below.
+    uint4* gathered = reinterpret_cast<uint4*>(scratch);                           // [kGatherCapacity]
+    uint32_t* bin_count = reinterpret_cast<uint32_t*>(gathered + kGatherCapacity);  // [kMassBins] x 3
     const MassBins bins{bin_count, bin_count + kMassBins, bin_count + 2 * kMassBins};
-    unsigned long long* cut_room = reinterpret_cast<unsigned long long*>(bin_count + 3 * kMassBins);
-    static_assert(kMaxCandidates + 3 * kMassBins / 2 + kThreads <= kWarps * kWarpReached, "scratch holds them");
+    uint32_t* bin_lower = bin_count + 3 * kMassBins;                               // [kMassBins]
+    uint32_t* bin_upper = bin_lower + kMassBins;                                   // [kMassBins]
+    static_assert(kGatherCapacity * sizeof(uint4) + 5 * kMassBins * sizeof(uint32_t) <=
+                      kWarps * kWarpReached * sizeof(uint2),
+                  "scratch holds them");
     bins.clear();
-    if (tid == 0) sh.count = 0, sh.contenders = 0, sh.sole = INT_MAX, sh.crossing_count = UINT32_MAX;
+    for (int b = tid; b < kMassBins; b += kThreads) bin_lower[b] = 0u, bin_upper[b] = 0u;
+    if (tid == 0) sh.count = 0;
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
     if constexpr (kKeptGumbels)  // (usually while the peer's list is still on its way)
         form_close_gumbels(kept, own_bad ? 0 : max(own_n, 0), row, a,
                            [&](int i4, float4 g) { reinterpret_cast<float4*>(own_gumbels)[i4] = g; });
     __syncthreads();  // the bins are clear (and this CTA's close Gumbels formed)
     if constexpr (kRanks > 1) {
-        wait_pushed(&sh.push_bar);  // the peer's list has arrived
+        wait_pushed(&sh.push_bar);  // the peer's list (and its close Gumbels) has arrived
         peer = sh.peer;
     }
     float zmax = own_max;
@@ -1650,183 +1659,179 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             visit(e, valid, at);
         }
     };
-    unsigned long long target = 0, mass_above = 0;
-    int crossing_bin = 0;
+    // The kept entries are those at or above the row's floor whose greater z leave the mass short of the target:
+    // M(> z) < ceil(top_p * the row's mass), the cut that crossing_cut finds. The token is the kept entry of the best
+    // score, which lies on the frontier of the entries ordered by z: no entry of a larger z scores more. Pass A adds
+    // the masses and, per mass bin (by zmax - z, as crossing_mass_bin; non-increasing in z), the masses, counts and the
+    // largest lower and upper bounds on a score (close bounds, bound_at); a scan gives each bin
+    // the mass of the bins before it and the largest lower bound there. An entry whose upper bound stays below that
+    // bound cannot be the token (an entry of a larger z, so kept if it is, scores more): a bin whose largest upper
+    // bound reaches it holds the frontier's entries, which pass B gathers with their bin-mates (a few bins, ~8 entries
+    // for the bench's rows). Warp 0 then finds each frontier entry's M(> z) from its bin's prefix and its bin-mates,
+    // and the best kept score as finish_top_k does: the entries whose upper bound reaches the largest kept lower bound
+    // contend, and double logs only when more than one does.
+    // Close bounds on the score of entry i, e (kKeptGumbels: from the Gumbels formed ahead, else its Philox word).
+    auto bound_at = [&](unsigned long long e, int i) {
+        const float z = key_to_float(candidate_key(e));
+        if constexpr (kKeptGumbels)
+            return bounds_of_close_gumbel(z, i < n_own ? own_gumbels[i] : peer_gumbels[i - n_own]);
+        const int token = candidate_token(e);
+        return close_score_bounds(z, word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
+    };
+    unsigned long long target = 0;
+    int n_gathered = 0;
     if (fast) {
         unsigned long long mass = 0;
-        for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&)[kChunk]) {
+        for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk],
+                           const int (&at)[kChunk]) {
 #pragma unroll
             for (int k = 0; k < kChunk; ++k) {
                 const uint32_t key = candidate_key(e[k]);
                 const float v = key_to_float(key);
                 const uint32_t m = valid[k] ? fixed_mass(v, zmax) : 0u;
                 mass += m;
-                if (valid[k] && key >= floor_key) bins.add(mass_bin(v, zmax), m);
+                if (valid[k] && key >= floor_key) {
+                    const int b = mass_bin(v, zmax);
+                    const ScoreBounds s = bound_at(e[k], at[k]);
+                    bins.add(b, m);
+                    atomicMax(&bin_lower[b], float_to_key(s.lower));
+                    atomicMax(&bin_upper[b], float_to_key(s.upper));
+                }
             }
         });
         __syncthreads();  // the bins are complete
-        // mass_bin is non-increasing in z: bins past the floor's hold only z below it. Thread t walks bins
-        // kBinsEach t, ... (from the max down).
-        const int last_bin = mass_bin(row_floor, zmax);
+        // Thread t scans bins kBinsEach t, ... (from the max down): the warps' inclusive scans of the masses and of
+        // the lower bounds, and their sums of the lists' masses, under one barrier.
         constexpr int kBinsEach = kMassBins / kThreads;
-        unsigned long long bin_mass[kBinsEach], mine = 0;
-        uint32_t count[kBinsEach];
+        unsigned long long own_mass[kBinsEach], inclusive = 0;
+        uint32_t own_count[kBinsEach], own_lower[kBinsEach], inclusive_lower = 0;
 #pragma unroll
         for (int j = 0; j < kBinsEach; ++j) {
             const int b = kBinsEach * tid + j;
-            const bool listed = b <= last_bin;
-            bin_mass[j] = listed ? (static_cast<unsigned long long>(bins.high[b]) << 16) + bins.low[b] : 0ull;
-            count[j] = listed ? bins.count[b] : 0u;
-            mine += bin_mass[j];
+            own_mass[j] = (static_cast<unsigned long long>(bins.high[b]) << 16) + bins.low[b];
+            own_count[j] = bins.count[b], own_lower[j] = bin_lower[b];
+            inclusive += own_mass[j], inclusive_lower = max(inclusive_lower, own_lower[j]);
         }
-        // One barrier for both: the warps' inclusive scans of the bins' masses and sums of the lists' masses.
-        unsigned long long inclusive = mine;
+        const unsigned long long mine = inclusive;
 #pragma unroll
         for (int offset = 1; offset < dsv4::kWarpSize; offset <<= 1) {
             const unsigned long long y = __shfl_up_sync(0xFFFFFFFFu, inclusive, offset);
-            if (lane >= offset) inclusive += y;
+            const uint32_t y_lower = __shfl_up_sync(0xFFFFFFFFu, inclusive_lower, offset);
+            if (lane >= offset) inclusive += y, inclusive_lower = max(inclusive_lower, y_lower);
             mass += __shfl_xor_sync(0xFFFFFFFFu, mass, offset);
         }
-        if (lane == dsv4::kWarpSize - 1) sh.warp_scan[warp] = inclusive, sh.warp_top[warp] = mass;
+        uint32_t lower_before = __shfl_up_sync(0xFFFFFFFFu, inclusive_lower, 1);
+        if (lane == 0) lower_before = 0u;
+        if (lane == dsv4::kWarpSize - 1)
+            sh.warp_scan[warp] = inclusive, sh.warp_bound[warp] = inclusive_lower, sh.warp_top[warp] = mass;
         __syncthreads();
-        unsigned long long listed_mass = 0, row_mass = 0;
+        unsigned long long mass_before = inclusive - mine, listed_mass = 0, row_mass = 0;
 #pragma unroll 4
         for (int w = 0; w < kWarps; ++w) {
-            inclusive += w < warp ? sh.warp_scan[w] : 0ull;
+            if (w < warp) mass_before += sh.warp_scan[w], lower_before = max(lower_before, sh.warp_bound[w]);
             listed_mass += sh.warp_scan[w], row_mass += sh.warp_top[w];
         }
+        uint32_t gathered_here = 0;
+#pragma unroll
+        for (int j = 0; j < kBinsEach; ++j) {
+            const int b = kBinsEach * tid + j;
+            const bool frontier = bin_upper[b] >= lower_before;
+            gathered_here += frontier ? own_count[j] : 0u;
+            bins.high[b] = static_cast<uint32_t>(mass_before >> 32), bins.low[b] = static_cast<uint32_t>(mass_before);
+            bin_lower[b] = lower_before, bin_upper[b] = frontier;
+            mass_before += own_mass[j], lower_before = max(lower_before, own_lower[j]);
+        }
+        const uint32_t warp_gathered = __reduce_add_sync(0xFFFFFFFFu, gathered_here);
+        if (lane == 0) sh.warp_floor[warp] = warp_gathered;
         // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
         row_mass += __float2ull_rn(own_tail * (expf(own_floor - zmax) * kMassScale));
         if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
         target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
-        if (inclusive >= target && inclusive - mine < target) {  // exactly one bin crosses (target >= 1)
-            unsigned long long c = inclusive - mine;
-#pragma unroll
-            for (int j = 0; j < kBinsEach; ++j) {
-                if (c + bin_mass[j] >= target) {
-                    sh.digit = static_cast<uint32_t>(kBinsEach * tid + j);
-                    sh.above = c;
-                    sh.crossing_count = count[j];
-                    break;
-                }
-                c += bin_mass[j];
-            }
-        }
         __syncthreads();
-        fast = listed_mass >= target && sh.crossing_count <= kMaxCandidates;
-        crossing_bin = static_cast<int>(sh.digit);
-        mass_above = sh.above;
+#pragma unroll 4
+        for (int w = 0; w < kWarps; ++w) n_gathered += static_cast<int>(sh.warp_floor[w]);
+        fast = listed_mass >= target && n_gathered <= kGatherCapacity;
     }
     if (kRanks > 1 && tid == 0) {
         const uint32_t peer_bar = peer_address(&sh.push_bar, 1);
         push_u32(peer_address(&sh.verdict, 1), fast, peer_bar);
         arrive_pushed(peer_bar, sizeof(int));
     }
-    if (kKeptGumbels) wait_pushed(&sh.gumbel_bar);  // the peer's close Gumbels (nothing may be on its way at exit)
     if (!fast) return false;
-    // The Gumbel-max over the entries at or above the cut, as finish_top_k takes it: close bounds on every entry's
-    // score (close_score_bounds, no double logs; kKeptGumbels: from the Gumbels formed ahead, else from its Philox
-    // word); the entries whose upper bound reaches the largest lower bound contend.
-    // The entries of the bins before the crossing bin are kept whatever the cut: their bounds come in the pass that
-    // gathers the crossing bin's entries for crossing_cut, and those of the crossing bin's entries it keeps after it.
-    // upper_sure: the largest upper bound of this thread's entries in bins before the crossing bin; upper_crossing: of
-    // its crossing bin's entries kept (thread t: gathered[t], ...). floor_max: the largest lower bound of its kept
-    // entries, floor_token that entry's token; upper_first, upper_second: the two largest upper bounds of its kept
-    // entries.
-    float floor_max = -INFINITY, upper_sure = -INFINITY, upper_crossing = -INFINITY;
-    float upper_first = -INFINITY, upper_second = -INFINITY;
-    int floor_token = INT_MAX;
-    auto bound = [&](unsigned long long e) {  // (a crossing bin's entry: gathered[] has no index of it)
-        const int token = candidate_token(e);
-        const uint32_t x = word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4);
-        return close_score_bounds(key_to_float(candidate_key(e)), x);
-    };
-    auto bound_at = [&](unsigned long long e, int i) {  // entry i
-        if constexpr (!kKeptGumbels) return bound(e);
-        return bounds_of_close_gumbel(key_to_float(candidate_key(e)),
-                                      i < n_own ? own_gumbels[i] : peer_gumbels[i - n_own]);
-    };
-    auto take_bounds = [&](unsigned long long e, const ScoreBounds& b, float& upper_max) {
-        if (b.lower > floor_max) floor_max = b.lower, floor_token = candidate_token(e);
-        upper_max = fmaxf(upper_max, b.upper);
-        upper_second = fmaxf(upper_second, fminf(upper_first, b.upper));
-        upper_first = fmaxf(upper_first, b.upper);
-    };
+    // Pass B: the entries of the bins that hold the frontier, as (key, index), with their masses and bins.
     const uint32_t below = (1u << lane) - 1u;
-    for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&at_)[kChunk]) {
+    for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk], const int (&at)[kChunk]) {
         uint32_t takers[kChunk];
-        int taken = 0;
-#pragma unroll
-        for (int k = 0; k < kChunk; ++k) {  // (z below the row's floor lie in bins >= the crossing bin)
-            const uint32_t key = candidate_key(e[k]);
-            const int b = mass_bin(key_to_float(key), zmax);
-            takers[k] = __ballot_sync(0xFFFFFFFFu, valid[k] && key >= floor_key && b == crossing_bin);
-            taken += __popc(takers[k]);
-            if (valid[k] && b < crossing_bin) take_bounds(e[k], bound_at(e[k], at_[k]), upper_sure);
-        }
-        int at = 0;
-        if (lane == 0 && taken > 0) at = atomicAdd(&sh.count, taken);
-        at = __shfl_sync(0xFFFFFFFFu, at, 0);
+        int bin[kChunk], taken = 0;
 #pragma unroll
         for (int k = 0; k < kChunk; ++k) {
-            if ((takers[k] >> lane) & 1u) gathered[at + __popc(takers[k] & below)] = e[k];
-            at += __popc(takers[k]);
+            const uint32_t key = candidate_key(e[k]);
+            bin[k] = mass_bin(key_to_float(key), zmax);
+            takers[k] = __ballot_sync(0xFFFFFFFFu, valid[k] && key >= floor_key && bin_upper[bin[k]] != 0u);
+            taken += __popc(takers[k]);
+        }
+        int slot = 0;
+        if (lane == 0 && taken > 0) slot = atomicAdd(&sh.count, taken);
+        slot = __shfl_sync(0xFFFFFFFFu, slot, 0);
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k) {
+            if ((takers[k] >> lane) & 1u) {
+                const int i = slot + __popc(takers[k] & below);
+                const uint32_t key = candidate_key(e[k]);
+                gathered[i] = make_uint4(key, static_cast<uint32_t>(at[k]), fixed_mass(key_to_float(key), zmax),
+                                         static_cast<uint32_t>(bin[k]));
+            }
+            slot += __popc(takers[k]);
         }
     });
     __syncthreads();
-    const int n_crossing = sh.count;
-    const uint32_t cut = crossing_cut(gathered, cut_room, n_crossing, zmax, mass_above, target, sh);
-    for (int i = tid; i < n_crossing; i += kThreads)  // (sorted in place by crossing_cut when many)
-        if (candidate_key(gathered[i]) >= cut) take_bounds(gathered[i], bound(gathered[i]), upper_crossing);
-    const uint32_t warp_floor = __reduce_max_sync(0xFFFFFFFFu, float_to_key(floor_max));
-    if (lane == 0) sh.warp_bound[warp] = warp_floor;  // (crossing_cut's last reads are of warp_floor)
-    __syncthreads();
-    uint32_t best_floor = 0;
+    if (warp != 0) return true;
+    // Warp 0: lane l takes gathered entries l, l + 32, ... (at most kGatherCapacity / 32). frontier_kept: bit j of
+    // its entry l + 32 j, a frontier entry that top-p keeps. best_lower: the largest lower bound of its kept entries
+    // (a key), best_token that entry's token; upper_first, upper_second: the two largest upper bounds (keys).
+    uint32_t frontier_kept = 0u, best_lower = 0u, upper_first = 0u, upper_second = 0u;
+    int best_token = INT_MAX;
+    for (int i = lane, j = 0; i < n_gathered; i += dsv4::kWarpSize, ++j) {
+        const uint4 own = gathered[i];
+        const uint32_t key = own.x, b = own.w;
+        const int index = static_cast<int>(own.y);
+        const unsigned long long e = entry(index);
+        const ScoreBounds s = bound_at(e, index);
+        const uint32_t lower = float_to_key(s.lower), upper = float_to_key(s.upper);
+        if (upper < bin_lower[b]) continue;  // an entry of a larger z scores more
+        unsigned long long above = (static_cast<unsigned long long>(bins.high[b]) << 32) | bins.low[b];
 #pragma unroll 4
-    for (int w = 0; w < kWarps; ++w) best_floor = max(best_floor, sh.warp_bound[w]);
-    // The contenders: kept entries whose upper bound reaches best_floor. The entry of the largest lower bound is one;
-    // when each thread's two largest upper bounds tell that no other entry reaches it (the usual case), it is the
-    // token, found without another pass. Otherwise the threads that bounded them (whose largest upper bounds tell
-    // whether they hold one) visit them again, and their exact scores decide.
-    const bool holds_sure = float_to_key(upper_sure) >= best_floor;
-    const bool holds_crossing = float_to_key(upper_crossing) >= best_floor;
-    auto for_each_contender = [&](auto visit) {
-        if (__any_sync(0xFFFFFFFFu, holds_sure)) {
-            for_each_entry([&](const unsigned long long (&e)[kChunk], const bool (&valid)[kChunk],
-                               const int (&at_)[kChunk]) {
-#pragma unroll
-                for (int k = 0; k < kChunk; ++k)
-                    if (holds_sure && valid[k] && mass_bin(key_to_float(candidate_key(e[k])), zmax) < crossing_bin &&
-                        float_to_key(bound_at(e[k], at_[k]).upper) >= best_floor)
-                        visit(e[k]);
-            });
+        for (int m = 0; m < n_gathered; ++m) {  // its bin-mates of greater z
+            const uint4 other = gathered[m];
+            above += other.w == b && other.x > key ? other.z : 0u;
         }
-        for (int i = tid; holds_crossing && i < n_crossing; i += kThreads)
-            if (candidate_key(gathered[i]) >= cut && float_to_key(bound(gathered[i]).upper) >= best_floor)
-                visit(gathered[i]);
-    };
-    const uint32_t held = (float_to_key(upper_first) >= best_floor) + (float_to_key(upper_second) >= best_floor);
-    const uint32_t warp_held = __reduce_add_sync(0xFFFFFFFFu, held);
-    // (An atomic: several writers hold as many contenders, and a plain store would race, harmless as it is.)
-    if (float_to_key(floor_max) == best_floor) atomicMin(&sh.sole, floor_token);
-    if (lane == 0 && warp_held > 0) atomicAdd(&sh.contenders, static_cast<int>(warp_held));
-    __syncthreads();
-    int token = sh.sole;
-    if (sh.contenders > 1) {  // the contenders' exact scores RN(z + g): the largest, then the lowest id
-        token = INT_MAX;
+        if (above >= target) continue;  // below the cut
+        frontier_kept |= 1u << j;
+        if (lower > best_lower || (lower == best_lower && candidate_token(e) < best_token))
+            best_lower = lower, best_token = candidate_token(e);
+        upper_second = max(upper_second, min(upper_first, upper));
+        upper_first = max(upper_first, upper);
+    }
+    const uint32_t best_floor = __reduce_max_sync(0xFFFFFFFFu, best_lower);
+    const uint32_t held = (upper_first >= best_floor) + (upper_second >= best_floor);
+    int token = static_cast<int>(__reduce_min_sync(0xFFFFFFFFu, best_lower == best_floor
+                                                                     ? static_cast<uint32_t>(best_token)
+                                                                     : static_cast<uint32_t>(INT_MAX)));
+    if (__reduce_add_sync(0xFFFFFFFFu, held) > 1) {  // the contenders' exact scores RN(z + g): the largest, lowest id
         float best = -INFINITY;
         int best_i = INT_MAX;
-        for_each_contender([&](unsigned long long e) {
-            take_better(best, best_i, __fadd_rn(key_to_float(candidate_key(e)), gumbel(candidate_token(e), row, a)),
-                        candidate_token(e));
-        });
+        for (int i = lane, j = 0; i < n_gathered; i += dsv4::kWarpSize, ++j) {
+            if (!((frontier_kept >> j) & 1u)) continue;
+            const int index = static_cast<int>(gathered[i].y);
+            const unsigned long long e = entry(index);
+            const float z = key_to_float(candidate_key(e));
+            if (float_to_key(bound_at(e, index).upper) >= best_floor)
+                take_better(best, best_i, __fadd_rn(z, gumbel(candidate_token(e), row, a)), candidate_token(e));
+        }
         warp_best(best, best_i);
-        if (lane == 0) sh.warp_value[warp] = best, sh.warp_index[warp] = best_i;
-        __syncthreads();
-        float v = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) take_better(v, token, sh.warp_value[w], sh.warp_index[w]);
+        token = best_i;
     }
-    if (tid == 0) a.tokens[row] = token;
+    if (lane == 0) a.tokens[row] = token;
     return true;
 }
 
@@ -2251,7 +2256,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         if (tid == 0) {
             sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
             for (int r = 0; r < kMaxFloorRaises; ++r) sh.raise_count[r] = 0u;
-            if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar), init_push_barrier(&sh.gumbel_bar);
+            if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar);
         }
         __syncthreads();
     }

@@ -395,6 +395,33 @@ def test_top_p_close_scores(fillers, rng, stream):
 
 
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
+def test_top_p_cut_inside_a_frontier_bin(fillers, rng, stream):
+    """Unstaged (with fillers), top-p without top-k keeps a candidate for the token only when the mass of the z above
+    it, from the mass bins before its own and from its bin-mates of greater z, stays short of the target. Rows 0-3:
+    z = 10 once, then c at 9.010 and w at 9.005 (one mass bin: a bin spans 1/46), the rest N(-10, 1) (no fixed-point
+    mass). At top_p 0.7 the target (0.7 of 1.742) lies between the mass above w without c (1) and with it (1.372): c is
+    kept and w is not. w takes the row's largest Gumbel noise, so its score beats every kept one: a finish that left
+    out w's bin-mates would return w."""
+    seed, step, top_p = 53, 5, 0.7
+    logits = np.concatenate([random_logits(rng, 4, VOCAB, 1.0) - 10.0, random_logits(rng, fillers, VOCAB, 3.0)])
+    noise = gumbel_noise(seed, step, np.arange(4), VOCAB)
+    planted = []
+    for row in range(4):
+        order = np.argsort(noise[row])
+        high, c = (int(t) for t in rng.choice(order[: VOCAB // 2], 2, replace=False))  # noise below the median
+        w = int(order[-1])
+        logits[row, [high, c, w]] = [10.0, 9.010, 9.005]
+        planted.append((high, c, w))
+    gpu = run_sample(logits, stream, 1.0, 0, top_p, seed=seed, step=step)
+    cpu = Sampler(1.0, 0, top_p, seed).sample(logits, step)
+    for row, (high, c, w) in enumerate(planted):
+        assert cpu[row] in (high, c) and gpu[row] == cpu[row], (row, gpu[row], cpu[row], (high, c, w))
+    ledger = MismatchLedger()
+    ledger.compare(logits, gpu, 1.0, 0, top_p, seed, step)
+    ledger.assert_rare()
+
+
+@pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
