@@ -1678,7 +1678,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         const int token = candidate_token(e);
         return close_score_bounds(z, word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
     };
-    unsigned long long target = 0;
+    unsigned long long target = 0, listed_mass = 0;
     int n_gathered = 0;
     if (fast) {
         unsigned long long mass = 0;
@@ -1725,7 +1725,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         if (lane == dsv4::kWarpSize - 1)
             sh.warp_scan[warp] = inclusive, sh.warp_bound[warp] = inclusive_lower, sh.warp_top[warp] = mass;
         __syncthreads();
-        unsigned long long mass_before = inclusive - mine, listed_mass = 0, row_mass = 0;
+        unsigned long long mass_before = inclusive - mine, row_mass = 0;
 #pragma unroll 4
         for (int w = 0; w < kWarps; ++w) {
             if (w < warp) mass_before += sh.warp_scan[w], lower_before = max(lower_before, sh.warp_bound[w]);
@@ -1799,13 +1799,23 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         const ScoreBounds s = bound_at(e, index);
         const uint32_t lower = float_to_key(s.lower), upper = float_to_key(s.upper);
         if (upper < bin_lower[b]) continue;  // an entry of a larger z scores more
-        unsigned long long above = (static_cast<unsigned long long>(bins.high[b]) << 32) | bins.low[b];
-#pragma unroll 4
-        for (int m = 0; m < n_gathered; ++m) {  // its bin-mates of greater z
-            const uint4 other = gathered[m];
-            above += other.w == b && other.x > key ? other.z : 0u;
-        }
+        // M(> z) lies between the mass of the bins before b and of those up to b, less its own; only a bin that holds
+        // the cut needs its bin-mates of greater z.
+        auto mass_before_bin = [&](uint32_t bin) {
+            return bin < kMassBins ? (static_cast<unsigned long long>(bins.high[bin]) << 32) | bins.low[bin]
+                                   : listed_mass;
+        };
+        unsigned long long above = mass_before_bin(b);
+        const unsigned long long through = mass_before_bin(b + 1);
         if (above >= target) continue;  // below the cut
+        if (through - own.z >= target) {
+#pragma unroll 4
+            for (int m = 0; m < n_gathered; ++m) {
+                const uint4 other = gathered[m];
+                above += other.w == b && other.x > key ? other.z : 0u;
+            }
+            if (above >= target) continue;
+        }
         frontier_kept |= 1u << j;
         if (lower > best_lower || (lower == best_lower && candidate_token(e) < best_token))
             best_lower = lower, best_token = candidate_token(e);
