@@ -1506,7 +1506,14 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // us (T,k,p and 1 row unchanged). Its steps at 64 rows (early exits, a token written at once, us): the peer's list and
 // Gumbels in 18.74, pass A 20.31, the scan and pass B 22.52, the whole 23.32 (the bins' masses as one 64-bit shared
 // atomic, a compare-and-swap loop in SASS, ATOMS.CAST.SPIN.64: pass A 3.6 us, the whole 27.2). The walk it replaced
-// had passed the crossing bin at 20.67 of 23.85.
+// had passed the crossing bin at 20.67 of 23.85. Only a frontier entry in the bin that holds the cut sums its
+// bin-mates (the others are decided by the bins' prefixes): 20.60 / 21.99 / 23.37 / 40.70 -> 20.04 / 21.22 / 22.87 /
+// 40.36 at 32 / 48 / 64 / 128 rows. Warp 0's decision run twice (timing only) took 1.7 us more at 64 rows, as did pass
+// B twice. Measured and not kept (us at 32 / 48 / 64 / 128 rows, against 20.02 / 21.18 / 22.82 / 40.51 in the same
+// run): the candidates listed in pass A, those whose upper bound reaches the max's lower bound (every bin after the
+// max's follows it) or in the max's bin, with pass B only when one of them lies in the bin of the cut, 19.84 / 21.24
+// / 22.68 / 40.66 (mutants of it failed 2 and 6 tests); the bins' largest bounds taken only from such entries (two
+// atomics an entry fewer), 20.39 / 21.48 / 23.15 / 40.72 against 20.07 / 21.25 / 22.91 / 40.34.
 // Measured and not kept: a list budget of 768 (kListBudget) on top of it, 22.09 / 22.31 / 24.75 us: the bench's rows
 // (a nucleus of ~900) still fit, but a row whose nucleus reaches below the higher floor takes the radix path (~3x).
 // The token without a pass over the entries to count the contenders: the entry of the largest lower bound is one, and
