@@ -565,11 +565,12 @@ struct alignas(16) Shared {
     int gathered;
     // finish_top_k: each warp's largest lower bound on a kept score (as a key) and best contender (score key, ~token),
     // how many candidates contend, and one of them (the winner when it is alone); crossing_cut: each warp's least key
-    // kept and mass
+    // kept and mass; unstaged_top_p: each warp's entries in the frontier's bins (warp_floor) and sum of the lists'
+    // masses (warp_top)
     uint32_t warp_floor[kWarps];
     unsigned long long warp_top[kWarps];
     int contenders, sole;
-    // Unstaged top-p fast path (unstaged_top_p): each warp's tail mass and largest lower bound on a kept score (a key);
+    // Unstaged top-p fast path (unstaged_top_p): each warp's tail mass and largest lower bound on a score in its bins;
     // CTA 0: what CTA 1 pushed with its list; CTA 1: CTA 0's verdict (nonzero: the row's token is written)
     float warp_tail[kWarps];
     uint32_t warp_bound[kWarps];
