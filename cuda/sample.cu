@@ -1797,6 +1797,9 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     // Warp 0: lane l takes gathered entries l, l + 32, ... (at most kGatherCapacity / 32). frontier_kept: bit j of
     // its entry l + 32 j, a frontier entry that top-p keeps. best_lower: the largest lower bound of its kept entries
     // (a key), best_token that entry's token; upper_first, upper_second: the two largest upper bounds (keys).
+    auto mass_before_bin = [&](uint32_t bin) {  // (listed_mass past the last bin)
+        return bin < kMassBins ? (static_cast<unsigned long long>(bins.high[bin]) << 32) | bins.low[bin] : listed_mass;
+    };
     uint32_t frontier_kept = 0u, best_lower = 0u, upper_first = 0u, upper_second = 0u;
     int best_token = INT_MAX;
     for (int i = lane, j = 0; i < n_gathered; i += dsv4::kWarpSize, ++j) {
@@ -1809,10 +1812,6 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         if (upper < bin_lower[b]) continue;  // an entry of a larger z scores more
         // M(> z) lies between the mass of the bins before b and of those up to b, less its own; only a bin that holds
         // the cut needs its bin-mates of greater z.
-        auto mass_before_bin = [&](uint32_t bin) {
-            return bin < kMassBins ? (static_cast<unsigned long long>(bins.high[bin]) << 32) | bins.low[bin]
-                                   : listed_mass;
-        };
         unsigned long long above = mass_before_bin(b);
         const unsigned long long through = mass_before_bin(b + 1);
         if (above >= target) continue;  // below the cut

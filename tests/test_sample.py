@@ -431,8 +431,9 @@ def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     batches hold almost only the background), takes the radix path; in row 8 the floor is 5.0, exactly the cut's z,
     and the crossing bin also holds z of 4.99 below it, which no list holds. Unstaged, the finish gathers the bins that
     hold the frontier of the scores by z instead (at most 512 entries): rows 2 and 3, whose ties fill the max's bin,
-    take the radix path. Row 9 crosses inside 300 ties of a bin (all kept, the cut their z). Row 10 holds 3000 z in [9, 9.4) in the second CTA's slice: unstaged, that CTA's
-    list fills both exchange buffers it is copied into (2048 entries each) for the first CTA, which finishes the row."""
+    take the radix path. Row 9 crosses inside 300 ties of a bin (all kept, the cut their z). Row 10 holds 3000 z in
+    [9, 9.4) in the second CTA's slice: unstaged, that CTA's list fills both exchange buffers it is copied into (2048
+    entries each) for the first CTA, which finishes the row."""
     logits = random_logits(rng, 11 + fillers, VOCAB, 3.0)        # nucleus of a few hundred z: bins of range 0
     logits[1, :] = 0.25                                          # flat: the nucleus is most of the row
     logits[1, 9] = 0.5
