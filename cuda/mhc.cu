@@ -97,6 +97,36 @@
 // kernel 1's own copy pattern (the cp.async ring with the L2::256B hint) the launch took 198-268 us and read 400 MB.
 // An L2 hit is not much cheaper for these warps than a DRAM read: re-reading 512 tokens' rows (29 MB) already in L2
 // took 18.9 us with the same 1056 warps, against 19.8 us from DRAM (15.3 us with twice the warps).
+// Also built and not kept: a single-read hc_pre / hc_head for large batches, one resident launch without clusters.
+// CTA (c, g), one an SM, owned dims 128c .. 128c + 127 of the 4 copies (fn's 24 x 512 slice in shared memory) for the
+// 32-token windows g, g + groups, ... (56 x 2 CTAs at V4-Pro). The CTAs of a window agreed through counters in the
+// workspace (zeroed by a memset before the launch; release = fence + atomic add, acquire = a polled ld.acquire.gpu).
+// Its warps had fixed roles, 15 warps in all:
+//  - a loader warp;
+//  - 4 MMA warps forming the chunk's partial rows, post_mix's layout;
+//  - 2 finalize warps, each summing one token's 56 rows, then publishing pre, then running the Sinkhorn;
+//  - 2 output groups of 4 warps forming y, exchanging the sums of y^2, and quantizing.
+// Parity-correct (the hc_pre / hc_head tests at 1024-2048 tokens passed), but slower. V4-Pro x 4096 on the H100,
+// hc_pre / hc_head in us, against 223 / 185 for the two kernels:
+//  - X held in shared memory from its load to y (4 slots), 128 cp.async.bulk copies of 256 bytes per window:
+//    451 / 312. At 1024 tokens 130.5 / 90.9; V4-Flash x 4096 233.5 / 164.2.
+//    %globaltimer stamps per window: each window's copies took ~5 us to land and the next were issued ~5 us later,
+//    so the TMA unit moved these small copies at ~6.5 GB/s an SM.
+//  - One 3-D tensor-map box (32 KB) per window, 5 slots each freed after the MMA, the output warps re-reading X from
+//    L2, loads at most 8 windows ahead of the outputs: 473 / 327. The loads then ran ahead as intended; the stages
+//    became the limit. Per window:
+//      - MMA warps: 6-7 us (1.3 us with the MMAs left out). Each warp held one m16 tile, so its HMMAs formed
+//        dependent chains, one warp per scheduler; cvt.rna.tf32 is ~4 SASS instructions. Kernel 1 runs the same
+//        MMAs with 2 m tiles x 2 warps a scheduler in ~83 us.
+//      - an output group: 8-10 us, of which each cross-CTA hop (pre, then the sums of y^2) took 1.5-3 us under load;
+//      - a finalize warp: 6-8 us.
+//    Variants, us, to the last stamp of one launch (this build: 454 / 322):
+//      - 3 / 4 output groups: 489 / 281 and 525 / 308 (register spills);
+//      - the loads' lead of 6 / 12 / 16 windows: unchanged (bench timing);
+//      - the fence dropped (timing only): 429 / 267;
+//      - the MMAs dropped: 362 / 302.
+// To reach 0.8 (~170 / ~150 us), every stage would need about 2.3 us a window: more independent MMAs per warp, and
+// each cross-CTA hop overlapped across several windows in flight rather than walked once per window.
 // Also measured and not kept (V4-Pro x 4096): kernel 1's L2::256B hint on post_mix's copies (214.6 -> 220.7 us) or
 // on finalize_warp_kernel's X loads (hc_pre 223.4 either way); a copy with post_mix's 64-byte-per-row pattern runs
 // at 2581 GB/s against 2749 contiguous, so the pattern costs ~6%; post_mix + finalize (or hc_pre) in token chunks
