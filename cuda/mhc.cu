@@ -121,7 +121,7 @@
 //      - an output group: 8-10 us, of which each cross-CTA hop (pre, then the sums of y^2) took 1.5-3 us under load;
 //      - a finalize warp: 6-8 us.
 //    Variants, us, to the last stamp of one launch (this build: 454 / 322):
-//      - 3 / 4 output groups: 489 / 281 and 525 / 308 (register spills);
+//      - 3 / 4 output groups: 489 / 281 and 525 / 308 (both builds spilled: 68 / 200 bytes);
 //      - the loads' lead of 6 / 12 / 16 windows: unchanged (bench timing);
 //      - the fence dropped (timing only): 429 / 267;
 //      - the MMAs dropped: 362 / 302.
