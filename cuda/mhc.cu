@@ -1,7 +1,8 @@
 // Manifold-constrained hyper-connections (SPEC sections 4 and 9): hc_pre fused with the RMSNorm and FP8
 // quantization that follow it, hc_post, and hc_head. The residual stream X is bf16 [n, hc = 4, d].
 //
-// hc_pre / hc_head are two kernels:
+// hc_pre / hc_head are two kernels (hc_head of large batches at widths where 3 CTAs per 128 dims fit the SMs: one
+// launch reading X once, resident_head_kernel):
 //  1. mix partials, a split-K product on the tensor cores: partial[t, s, c] = sum over K-split s of
 //     flat(X)[t, k] * fn[c, k] (c < 24 for hc_pre, c < 4 for hc_head) and, in slot 31, sum of flat(X)[t, k]^2.
 //     A block takes a tile of 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles) as the
@@ -97,7 +98,9 @@
 // kernel 1's own copy pattern (the cp.async ring with the L2::256B hint) the launch took 198-268 us and read 400 MB.
 // An L2 hit is not much cheaper for these warps than a DRAM read: re-reading 512 tokens' rows (29 MB) already in L2
 // took 18.9 us with the same 1056 warps, against 19.8 us from DRAM (15.3 us with twice the warps).
-// Also built and not kept: a single-read hc_pre / hc_head for large batches, one resident launch without clusters.
+// Also built and not kept: a single-read hc_pre / hc_head for large batches, one resident launch without clusters
+// (warps with fixed roles; resident_head_kernel, which kept its layout but gives every phase to all warps, replaced
+// it for hc_head).
 // CTA (c, g), one an SM, owned dims 128c .. 128c + 127 of the 4 copies (fn's 24 x 512 slice in shared memory) for the
 // 32-token windows g, g + groups, ... (56 x 2 CTAs at V4-Pro). The CTAs of a window agreed through counters in the
 // workspace (zeroed by a memset before the launch; release = fence + atomic add, acquire = a polled ld.acquire.gpu).
@@ -883,6 +886,371 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
     }
 }
 
+// ---- single read (large batches): one resident launch --------------------------------------------------------------
+
+// hc_head with X read once, for large batches: CTA (c, g) owns dims 128c .. 128c + 127 of the 4 copies and walks the
+// 32-token windows g, g + groups, ... in a software pipeline. Iteration j loads window j + kResLead, forms window j's
+// mix sums over its dims, forms y of window j - kResMixSkew from the pre weights, and finishes window j - kResMixSkew -
+// kResNormSkew (RMSNorm) from the sums of y^2. The CTAs of a window meet through counters in the workspace, zeroed
+// before the launch: a CTA adds 1 once its part is written (release) and waits until every chunk's part is in
+// (acquire). Every CTA sums the chunks' parts itself, in the same order, so no CTA gathers for the others and no
+// hop is added. The skews let a window's parts arrive while the CTA works on other windows.
+// The 16 worker warps take every phase (a barrier apart). A 17th warp publishes the parts the workers wrote in the
+// previous iteration (its fence waits for their stores) and polls the counters of the next iteration's parts.
+// The mix runs on the tensor cores: bf16 X times fn split into 3 bf16 terms (24 significant bits, B fragments held
+// in registers for the whole launch), and the sums of X^2 from X times its own transpose.
+// Every CTA must be resident at once: one per SM (203 KB of shared memory), groups x chunks <= the SM count.
+// Used where at least kResMinGroups CTAs per chunk fit: on the H100 (132 SMs), hc_head at V4-Flash (32 chunks, 4
+// groups) 1024 / 2048 / 4096 tokens 37.1 / 68.1 / 127.0 -> 33.4 / 57.2 / 102.9 us, while V4-Pro (56 chunks, 2
+// groups: 64 windows a CTA) is slower, 54.2 / 106.9 / 201.7 -> 61.0 / 112.8 / 215.3 us (each iteration ~3.2 us).
+// Measured on the way (V4-Pro x 4096, us): every lane's fp32 fma mix, the parts summed by loops of dependent loads,
+// the signal role on worker thread 0 (its fences stalled the mix): 477; a signal warp, the parts' loads batched: 285;
+// the parts' loads issued before the mix: 247; fn's smem rows without 2-way bank conflicts and a reduce-scatter of
+// the mix sums: 226; the mix on the tensor cores: 254 with 4 sigmoids a lane, 217 with one; loads 1 window ahead
+// and skews of 3: 212.5. Without the counters' waits (timing only) 229 against 255, without the parts' loads 188,
+// loads alone 83: the per-window phases, not X's stream, set the time.
+constexpr int kResTokens = 32;                         // tokens per window
+constexpr int kResWorkers = 512;                       // 16 warps: 2 K steps each for the mix, 16 lanes a token else
+constexpr int kResThreads = kResWorkers + dsv4::kWarpSize;
+constexpr int kResWorkerWarps = kResWorkers / dsv4::kWarpSize;
+constexpr int kResChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a copy's 128 dims
+constexpr int kResMaxChunkLoads = (kMaxDim / kPostMixDims + kResChunkVecs - 1) / kResChunkVecs;  // parts a lane sums
+constexpr int kResLead = 1;       // windows loaded ahead of the mix
+constexpr int kResMixSkew = 3;    // iterations from a window's mix to its y: its parts are published at the next one
+constexpr int kResNormSkew = 3;   // iterations from a window's y to its outputs, likewise
+constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives from its load to its y
+constexpr int kResYSlots = kResNormSkew + 1;           // y of a window lives from its y to its outputs
+constexpr int64_t kResMinTokens = 1024;
+constexpr int kResMinGroups = 3;
+static_assert(kResWorkerWarps * 2 * 16 == kHc * kPostMixDims && kResWorkers == kResTokens * kResChunkVecs,
+              "thread roles: 2 K steps of 16 a warp; 16 lanes a token");
+static_assert(kResMixSkew >= 2 && kResNormSkew >= 2, "parts are published an iteration after they are written");
+
+struct ResidentArgs {
+    FinalizeArgs fin;      // outputs, x and the weights' constants (fin.partial unused)
+    const float4* fn;      // [num_mix, hc * dim / 4] fp32
+    float4* mix_part;      // [windows, kResTokens, chunks] mix sums 0..3 of a token over a chunk
+    float* sq_part;        // [windows, kResTokens, chunks] sum of X^2 of a token over a chunk
+    float* ysq_part;       // [windows, kResTokens, chunks] sum of y^2 of a token over a chunk
+    int* mix_done;         // [windows] chunks whose mix parts are written
+    int* y_done;           // [windows] chunks whose y^2 parts are written
+    int chunks;            // dim / 128
+    int groups;            // CTAs per chunk
+    int windows;           // ceil(n_tokens / kResTokens)
+};
+
+struct ResidentSmem {
+    Vec16 x[kResXSlots][kResTokens][kHc][kResChunkVecs];  // bf16 X of a window over the CTA's dims, vector v of
+                                                          // token t at v ^ (t % 8) (ldmatrix without bank conflicts)
+    Vec16 y[kResYSlots][kResTokens][kResChunkVecs];       // bf16 y of a window, until its outputs
+    float red[kHeadMix + 1][kResTokens][kResWorkerWarps + 1];  // each warp's mix sums and sum of X^2 of a window
+};
+
+// c += a * b for one m16n8k16 tile: bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ int load_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void wait_count(const int* p, int target) {
+    while (load_acquire(p) < target) __nanosleep(32);
+}
+
+// Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
+__device__ __forceinline__ float group16_sum(float v) {
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    return v;
+}
+
+__global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const ResidentArgs args) {
+    extern __shared__ __align__(16) unsigned char res_smem_raw[];
+    ResidentSmem& s = *reinterpret_cast<ResidentSmem*>(res_smem_raw);
+    const FinalizeArgs& fin = args.fin;
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    const int c = blockIdx.x % args.chunks, g = blockIdx.x / args.chunks;
+    const int n_local = g < args.windows ? (args.windows - 1 - g) / args.groups + 1 : 0;
+    const int64_t vecs = fin.vecs;
+    const int64_t chunk_vec = int64_t(c) * kResChunkVecs;
+    const bool norm = fin.norm_weight != nullptr;
+    const int iterations = n_local + kResMixSkew + kResNormSkew;
+    auto window_of = [&](int j) { return g + j * args.groups; };
+    auto part_index = [&](int window, int token) { return (int64_t(window) * kResTokens + token) * args.chunks; };
+
+    const float hc_scale = __ldg(fin.hc_scale);  // constants: no global stores precede them
+    float base[kHc];
+#pragma unroll
+    for (int i = 0; i < kHc; ++i) base[i] = __ldg(fin.hc_base + i);
+    dsv4::await_previous_kernel();
+
+    if (warp == kResWorkerWarps) {  // the signal warp
+#pragma unroll 1
+        for (int j = 0; j < iterations; ++j) {
+            const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
+            if (lane == 0) {  // the parts iteration j reads, published an iteration ago
+                if (jy >= 0 && jy < n_local) wait_count(args.mix_done + window_of(jy), args.chunks);
+                if (norm && jo >= 0 && jo < n_local) wait_count(args.y_done + window_of(jo), args.chunks);
+            }
+            __syncwarp();
+            __syncthreads();  // the workers' stores of iteration j - 1 are done
+            if (lane == 0) {
+                const bool mix_written = j - 1 >= 0 && j - 1 < n_local;
+                const bool y_written = norm && jy - 1 >= 0 && jy - 1 < n_local;
+                if (mix_written || y_written) __threadfence();
+                if (mix_written) atomicAdd(args.mix_done + window_of(j - 1), 1);
+                if (y_written) atomicAdd(args.y_done + window_of(jy - 1), 1);
+            }
+        }
+        return;
+    }
+
+    // Warp w's part of the mix product: K steps 2w, 2w + 1 of 32 (copy w / 4, dims 32 (w % 4) .. + 31 of the chunk) on
+    // the tensor cores, bf16 x bf16 -> fp32, fn (fp32) as 3 bf16 terms hi + mid + lo (24 significant bits). Lane (g,
+    // q)'s B fragments: fn row g (rows 4..7 zero), k 2q, 2q + 1 and 2q + 8, 2q + 9 of each step, for the whole launch.
+    const int mma_g = lane / 4, mma_q = lane % 4;
+    uint32_t fn_frag[2][3][2];  // [step][term][k half]
+#pragma unroll
+    for (int st = 0; st < 2; ++st) {
+        const int ks = 2 * warp + st, copy = ks / 8;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float f[2] = {0.0f, 0.0f};
+            if (mma_g < kHeadMix) {
+                const float* row = reinterpret_cast<const float*>(args.fn) +
+                                   (int64_t(mma_g) * kHc + copy) * (8 * vecs) + 8 * chunk_vec + 16 * (ks % 8) +
+                                   8 * half + 2 * mma_q;
+                f[0] = __ldg(row), f[1] = __ldg(row + 1);
+            }
+            __nv_bfloat16 term[3][2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float rest = f[e];
+#pragma unroll
+                for (int tm = 0; tm < 3; ++tm) {
+                    term[tm][e] = __float2bfloat16_rn(rest);
+                    rest -= __bfloat162float(term[tm][e]);
+                }
+            }
+#pragma unroll
+            for (int tm = 0; tm < 3; ++tm)
+                fn_frag[st][tm][half] = uint32_t(__bfloat16_as_ushort(term[tm][0])) |
+                                        uint32_t(__bfloat16_as_ushort(term[tm][1])) << 16;
+        }
+    }
+
+    // Window j's X into slot j % kResXSlots: worker (token tid / 16, vector tid % 16) copies its 4 copies.
+    const int row_token = tid / kResChunkVecs, row_vec = tid % kResChunkVecs;
+    auto load_window = [&](int j) {
+        if (j < n_local) {
+            const int64_t t = int64_t(window_of(j)) * kResTokens + row_token;
+            const bool valid = t < fin.n_tokens;
+            const Vec16* src = fin.x + (valid ? t : 0) * kHc * vecs + chunk_vec + row_vec;
+#pragma unroll
+            for (int i = 0; i < kHc; ++i)
+                cp_async16(&s.x[j % kResXSlots][row_token][i][row_vec ^ (row_token % 8)], src + i * vecs, valid);
+        }
+        cp_async_commit();  // one group an iteration, empty or not: wait_group counts stay uniform
+    };
+    // A token's sum over the chunks from worker (token, vector)'s parts of chunks vector, vector + 16, ...
+    auto chunk_sum = [&](const float (&v)[kResMaxChunkLoads]) {
+        float sum = v[0];
+#pragma unroll
+        for (int u = 1; u < kResMaxChunkLoads; ++u) sum += v[u];
+        return group16_sum(sum);
+    };
+
+#pragma unroll 1
+    for (int j = 0; j < kResLead; ++j) load_window(j);
+#pragma unroll 1
+    for (int j = 0; j < iterations; ++j) {
+        cp_async_wait<kResLead - 1>();  // window j's copies (this thread's)
+        __syncthreads();                // ... everyone's; the previous iteration's phases are done
+        const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
+        const bool y_phase = jy >= 0 && jy < n_local, out_phase = norm && jo >= 0 && jo < n_local;
+        // The parts this iteration's y and outputs sum (visible since the barrier), loaded before the mix.
+        float4 mix_parts[kResMaxChunkLoads];
+        float sq_parts[kResMaxChunkLoads], ysq_parts[kResMaxChunkLoads];
+        {
+            const int64_t y_first = part_index(window_of(jy), row_token);
+            const int64_t o_first = part_index(window_of(jo), row_token);
+#pragma unroll
+            for (int u = 0; u < kResMaxChunkLoads; ++u) {
+                const int cc = row_vec + u * kResChunkVecs;
+                const bool y_load = y_phase && cc < args.chunks, o_load = out_phase && cc < args.chunks;
+                mix_parts[u] = y_load ? __ldcg(args.mix_part + y_first + cc) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                sq_parts[u] = y_load ? __ldcg(args.sq_part + y_first + cc) : 0.0f;
+                ysq_parts[u] = o_load ? __ldcg(args.ysq_part + o_first + cc) : 0.0f;
+            }
+        }
+        load_window(j + kResLead);
+
+        // Mix of window j: warp w's two K steps for both m tiles (tokens 0..15, 16..31). The sums of X^2 come from
+        // the tensor cores too: X times its own transpose, whose diagonal lane (g, g / 2) holds (tokens g, g + 8).
+        if (j < n_local) {
+            float mix_acc[2][4] = {}, sq_acc[2][2][4] = {};  // [m tile][c]; [m tile][token block][c]
+#pragma unroll
+            for (int st = 0; st < 2; ++st) {
+                const int ks = 2 * warp + st, copy = ks / 8;
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    // ldmatrix.x4: matrix l / 8 = (rows +8 if odd, k +8 if >= 2), lane l gives row l % 8's address.
+                    const int row = 16 * mt + (lane / 8 % 2) * 8 + lane % 8, kv = 2 * (ks % 8) + lane / 16;
+                    uint32_t a[4];
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                                 : "r"(dsv4::shared_address(&s.x[j % kResXSlots][row][copy][kv ^ (row % 8)])));
+#pragma unroll
+                    for (int tm = 0; tm < 3; ++tm) mma_bf16(mix_acc[mt], a, fn_frag[st][tm][0], fn_frag[st][tm][1]);
+                    mma_bf16(sq_acc[mt][0], a, a[0], a[2]);
+                    mma_bf16(sq_acc[mt][1], a, a[1], a[3]);
+                }
+            }
+            // Into red[value][token][warp]: lanes q < 2 hold mix columns 2q, 2q + 1 of rows g, g + 8.
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const int t0 = 16 * mt + mma_g;
+                if (mma_q < 2) {
+                    s.red[2 * mma_q][t0][warp] = mix_acc[mt][0];
+                    s.red[2 * mma_q + 1][t0][warp] = mix_acc[mt][1];
+                    s.red[2 * mma_q][t0 + 8][warp] = mix_acc[mt][2];
+                    s.red[2 * mma_q + 1][t0 + 8][warp] = mix_acc[mt][3];
+                }
+                if (mma_q == mma_g / 2) {
+                    const bool odd = mma_g % 2;
+                    s.red[kHeadMix][t0][warp] = odd ? sq_acc[mt][0][1] : sq_acc[mt][0][0];
+                    s.red[kHeadMix][t0 + 8][warp] = odd ? sq_acc[mt][1][3] : sq_acc[mt][1][2];
+                }
+            }
+        }
+        asm volatile("bar.sync 2, %0;" ::"n"(kResWorkers) : "memory");  // the workers' red rows are in
+        if (j < n_local && tid < (kHeadMix + 1) * kResTokens) {  // value tid / 32 of token tid % 32, warps in order
+            const int value = tid / kResTokens, token = tid % kResTokens;
+            float sum = s.red[value][token][0];
+#pragma unroll
+            for (int w = 1; w < kResWorkerWarps; ++w) sum += s.red[value][token][w];
+            const int64_t at = part_index(window_of(j), token) + c;
+            if (value < kHeadMix)
+                reinterpret_cast<float*>(args.mix_part + at)[value] = sum;
+            else
+                args.sq_part[at] = sum;
+        }
+
+        // y of window jy: worker (token, vector) sums the token's chunk parts, forms pre and its 8 elements of y.
+        if (y_phase) {
+            const int64_t first = part_index(window_of(jy), row_token);
+            float4 m = mix_parts[0];
+#pragma unroll
+            for (int u = 1; u < kResMaxChunkLoads; ++u)
+                m.x += mix_parts[u].x, m.y += mix_parts[u].y, m.z += mix_parts[u].z, m.w += mix_parts[u].w;
+            // Lane i (mod 4) of the token's 16 forms pre_i; one sigmoid a lane, then every lane gathers the 4.
+            // Sums over lanes v, v ^ 4, v ^ 8, v ^ 12, then a reduce-scatter over the 4 left: lane v keeps mix v % 4.
+            const int own = row_vec % kHc;
+            float4 h4 = m;
+#pragma unroll
+            for (int offset = 8; offset >= 4; offset >>= 1) {
+                h4.x += __shfl_xor_sync(0xFFFFFFFFu, h4.x, offset), h4.y += __shfl_xor_sync(0xFFFFFFFFu, h4.y, offset);
+                h4.z += __shfl_xor_sync(0xFFFFFFFFu, h4.z, offset), h4.w += __shfl_xor_sync(0xFFFFFFFFu, h4.w, offset);
+            }
+            const bool upper_pair = own & 2, odd = own & 1;
+            const float pa = (upper_pair ? h4.z : h4.x) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? h4.x : h4.z, 2);
+            const float pb = (upper_pair ? h4.w : h4.y) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? h4.y : h4.w, 2);
+            const float own_mix = (odd ? pb : pa) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pa : pb, 1);
+            const float mix_rms = rms_scale(chunk_sum(sq_parts), fin.k, fin.mix_eps);
+            const float own_base = own == 0 ? base[0] : own == 1 ? base[1] : own == 2 ? base[2] : base[3];
+            const float own_pre =
+                __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(__fmul_rn(own_mix, mix_rms), hc_scale), own_base)), fin.hc_eps);
+            float pre[kHc];
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) pre[i] = __shfl_sync(0xFFFFFFFFu, own_pre, (lane & ~15) | i);
+            Vec16 xv[kHc];
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) xv[i] = s.x[jy % kResXSlots][row_token][i][row_vec ^ (row_token % 8)];
+            float ysq = 0.0f;
+            const Vec16 y = weighted_sum(xv, pre, ysq);
+            const int64_t t = int64_t(window_of(jy)) * kResTokens + row_token;
+            if (norm) {
+                s.y[jy % kResYSlots][row_token][row_vec] = y;
+                ysq = group16_sum(ysq);
+                if (row_vec == 0) args.ysq_part[first + c] = ysq;
+            } else if (t < fin.n_tokens) {
+                fin.y[t * vecs + chunk_vec + row_vec] = y;
+            }
+        }
+
+        // Outputs of window jo: the token's sum of y^2 over the chunks, then the RMSNorm.
+        if (out_phase) {
+            const float inv_rms = rms_scale(chunk_sum(ysq_parts), fin.dim, fin.norm_eps);
+            const int64_t t = int64_t(window_of(jo)) * kResTokens + row_token;
+            store_outputs<false, false>(fin, t, chunk_vec + row_vec, t < fin.n_tokens,
+                                        s.y[jo % kResYSlots][row_token][row_vec], true, inv_rms, fin.norm_weight);
+        }
+    }
+}
+
+// The single-read launch's counters and parts: 2 counters a window (16-byte aligned), then per (window, token, chunk)
+// a float4 of mix sums and the sums of X^2 and of y^2.
+size_t resident_counter_bytes(int64_t windows) { return static_cast<size_t>((2 * windows + 3) / 4 * 16); }
+size_t resident_workspace_bytes(int64_t n_tokens, int64_t dim) {
+    const int64_t windows = (n_tokens + kResTokens - 1) / kResTokens;
+    const int64_t rows = windows * kResTokens * (dim / kPostMixDims);
+    return resident_counter_bytes(windows) + static_cast<size_t>(rows) * (sizeof(float4) + 2 * sizeof(float));
+}
+
+bool use_resident_head(int64_t n_tokens, int64_t dim) {
+    return n_tokens >= kResMinTokens && dsv4::sm_count() / (dim / kPostMixDims) >= kResMinGroups;
+}
+
+// hc_head by resident_head_kernel (use_resident_head); p's pointers and sizes are checked by the caller but for fn
+// and the workspace.
+int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
+    DSV4_CHECK_FIELD_PTR(p, fn, 16);
+    const size_t need = resident_workspace_bytes(p.n_tokens, p.dim);
+    DSV4_CHECK_ARG(p.workspace_bytes >= need, DSV4_ERR_WORKSPACE, "workspace_bytes = %zu < %zu needed for %lld tokens",
+                   p.workspace_bytes, need, (long long)p.n_tokens);
+    DSV4_CHECK_FIELD_PTR(p, workspace, 16);
+    ResidentArgs args{};
+    args.fin.y = static_cast<Vec16*>(p.y);
+    args.fin.x = static_cast<const Vec16*>(p.x);
+    args.fin.hc_scale = p.hc_scale;
+    args.fin.hc_base = p.hc_base;
+    args.fin.norm_weight = reinterpret_cast<const float4*>(p.norm_weight);
+    args.fin.n_tokens = p.n_tokens;
+    args.fin.vecs = p.dim / kBf16PerVec;
+    args.fin.k = static_cast<float>(kHc * p.dim);
+    args.fin.dim = static_cast<float>(p.dim);
+    args.fin.hc_eps = p.hc_eps;
+    args.fin.mix_eps = p.mix_eps;
+    args.fin.norm_eps = p.norm_eps;
+    args.fn = reinterpret_cast<const float4*>(p.fn);
+    args.chunks = static_cast<int>(p.dim / kPostMixDims);
+    args.groups = dsv4::sm_count() / args.chunks;
+    args.windows = static_cast<int>((p.n_tokens + kResTokens - 1) / kResTokens);
+    char* ws = static_cast<char*>(p.workspace);
+    const size_t counters = resident_counter_bytes(args.windows);
+    const int64_t rows = int64_t(args.windows) * kResTokens * args.chunks;
+    args.mix_done = reinterpret_cast<int*>(ws);
+    args.y_done = args.mix_done + args.windows;
+    args.mix_part = reinterpret_cast<float4*>(ws + counters);
+    args.sq_part = reinterpret_cast<float*>(args.mix_part + rows);
+    args.ysq_part = args.sq_part + rows;
+    DSV4_CHECK_CUDA(cudaMemsetAsync(ws, 0, counters, stream));
+    constexpr size_t smem = sizeof(ResidentSmem);
+    DSV4_CHECK_CUDA(cudaFuncSetAttribute(resident_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, resident_head_kernel,
+                                          static_cast<unsigned>(args.groups * args.chunks), kResThreads, smem, stream,
+                                          args));
+    return DSV4_OK;
+}
+
 // ---- hc_post -----------------------------------------------------------------------------------------------------
 
 constexpr int kPostThreads = 128;
@@ -1623,7 +1991,8 @@ DSV4_API size_t dsv4_mhc_pre_workspace_bytes(int64_t n_tokens, int64_t dim) {
 }
 
 DSV4_API size_t dsv4_mhc_head_workspace_bytes(int64_t n_tokens, int64_t dim) {
-    return dsv4_mhc_pre_workspace_bytes(n_tokens, dim);
+    const size_t mix = dsv4_mhc_pre_workspace_bytes(n_tokens, dim);
+    return mix > 0 && n_tokens >= kResMinTokens ? std::max(mix, resident_workspace_bytes(n_tokens, dim)) : mix;
 }
 
 DSV4_API int dsv4_mhc_pre_bf16(const dsv4_mhc_pre_params* params, cudaStream_t stream) {
@@ -1697,6 +2066,7 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         DSV4_CHECK_FIELD_PTR(p, hc_base, 4);
         if (p.norm_weight != nullptr) DSV4_CHECK_FIELD_PTR(p, norm_weight, 16);
         const int64_t k = kHc * p.dim;
+        if (p.partials == nullptr && use_resident_head(p.n_tokens, p.dim)) return launch_resident_head(p, stream);
         const float* partial = nullptr;
         int splits = 0;
         DSV4_RETURN_IF_FAILED(mix_partials<kHeadMix / 4>(p, kHeadMix, stream, &partial, &splits));

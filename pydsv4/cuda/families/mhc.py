@@ -9,7 +9,8 @@ S = dsv4_mhc_pre_workspace_bytes(n, d) / (100 n); post_mix's partials have S = d
                 + 2 * n*S*P (partials written and read) + n*4*4 + n*16*4 (post, comb) + d*4 (norm weight)
                 [+ n*d*2 (y)] [+ n*d + n*(d/128)*4 (q, scales)]
                 with partials given: n*K*2 (x, once) + n*S*P (partials read) + the same outputs
-    head_bf16:  4*K*4 (fn) + 2 * n*K*2 (x) + 2 * n*S*P + n*d*2 (y) [+ d*4 (norm weight)]
+    head_bf16:  4*K*4 (fn) + 2 * n*K*2 (x) + 2 * n*S*P + n*d*2 (y) [+ d*4 (norm weight)]; from 1024 tokens
+                where 3 CTAs per 128 dims fit the SMs, x is read once
     post_bf16:  n*d*2 (f) + n*K*2 (x) + n*4*4 + n*16*4 (post, comb) + n*K*2 (out)
     post_mix:   post_bf16's bytes + M*K*4 (fn, read once per block) + n*S*P (partials)
 The minimum an hc_pre / hc_head must move reads x once: subtract n*K*2 and the partials for that count.
