@@ -1078,8 +1078,8 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         // The parts this iteration's y and outputs sum (visible since the barrier), loaded before the mix.
         float4 mix_parts[kResMaxChunkLoads];
         float sq_parts[kResMaxChunkLoads], ysq_parts[kResMaxChunkLoads];
+        const int64_t y_first = part_index(window_of(jy), row_token);
         {
-            const int64_t y_first = part_index(window_of(jy), row_token);
             const int64_t o_first = part_index(window_of(jo), row_token);
 #pragma unroll
             for (int u = 0; u < kResMaxChunkLoads; ++u) {
@@ -1145,7 +1145,6 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
 
         // y of window jy: worker (token, vector) sums the token's chunk parts, forms pre and its 8 elements of y.
         if (y_phase) {
-            const int64_t first = part_index(window_of(jy), row_token);
             float4 m = mix_parts[0];
 #pragma unroll
             for (int u = 1; u < kResMaxChunkLoads; ++u)
@@ -1179,7 +1178,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             if (norm) {
                 s.y[jy % kResYSlots][row_token][row_vec] = y;
                 ysq = group16_sum(ysq);
-                if (row_vec == 0) args.ysq_part[first + c] = ysq;
+                if (row_vec == 0) args.ysq_part[y_first + c] = ysq;
             } else if (t < fin.n_tokens) {
                 fin.y[t * vecs + chunk_vec + row_vec] = y;
             }
