@@ -1,8 +1,7 @@
 // Manifold-constrained hyper-connections (SPEC sections 4 and 9): hc_pre fused with the RMSNorm and FP8
 // quantization that follow it, hc_post, and hc_head. The residual stream X is bf16 [n, hc = 4, d].
 //
-// hc_pre / hc_head are two kernels (hc_head of large batches at widths where 3 CTAs per 128 dims fit the SMs: one
-// launch reading X once, resident_head_kernel):
+// hc_pre / hc_head are two kernels (hc_head of large batches: one launch reading X once, resident_head_kernel):
 //  1. mix partials, a split-K product on the tensor cores: partial[t, s, c] = sum over K-split s of
 //     flat(X)[t, k] * fn[c, k] (c < 24 for hc_pre, c < 4 for hc_head) and, in slot 31, sum of flat(X)[t, k]^2.
 //     A block takes a tile of 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles) as the
@@ -637,8 +636,8 @@ __device__ __forceinline__ Vec16 weighted_sum(const Vec16 (&x)[kHc], const float
 
 // Token t's outputs at vector idx from its bf16 y: y (normed when norm), and for hc_pre q with its scale. Every lane
 // of the warp calls it (the quantizer's group shuffles); valid = idx < vecs is uniform over each quantization group.
-// The norm weights of vector idx are at weights[2 idx], [2 idx + 1]: in global memory (args.norm_weight) or, with
-// kSmemWeights, a shared-memory copy.
+// weights points at the norm weights of vector idx (2 float4): in global memory (args.norm_weight + 2 idx) or, with
+// kSmemWeights, in a shared-memory copy.
 template <bool kPre, bool kSmemWeights>
 __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t t, int64_t idx, bool valid, Vec16 y,
                                               bool norm, float inv_rms, const float4* weights) {
@@ -647,8 +646,8 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
         dsv4::unpack_bf16x8(y, f);
         float w[8] = {};
         if (valid) {
-            const float4 w0 = kSmemWeights ? weights[2 * idx] : __ldg(weights + 2 * idx);
-            const float4 w1 = kSmemWeights ? weights[2 * idx + 1] : __ldg(weights + 2 * idx + 1);
+            const float4 w0 = kSmemWeights ? weights[0] : __ldg(weights);
+            const float4 w1 = kSmemWeights ? weights[1] : __ldg(weights + 1);
             w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
         }
 #pragma unroll
@@ -807,7 +806,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 #pragma unroll
     for (int v = 0; v < kBlockFinVecs; ++v) {
         const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
-        store_outputs<kPre, true>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms, weight_smem);
+        store_outputs<kPre, true>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms, weight_smem + 2 * idx);
     }
 }
 
@@ -882,7 +881,7 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
         const int64_t idx = first + lane;
         const bool valid = idx < args.vecs;
         store_outputs<kPre, false>(args, t, idx, valid, valid ? y_row[idx] : make_uint4(0, 0, 0, 0), true, inv_rms,
-                                   args.norm_weight);
+                                   args.norm_weight + 2 * idx);
     }
 }
 
@@ -896,45 +895,56 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // (acquire). Every CTA sums the chunks' parts itself, in the same order, so no CTA gathers for the others and no
 // hop is added. The skews let a window's parts arrive while the CTA works on other windows.
 // The 16 worker warps take every phase (a barrier apart). A 17th warp publishes the parts the workers wrote in the
-// previous iteration (its fence waits for their stores) and polls the counters of the next iteration's parts.
+// previous iteration (its fence waits for their stores) and polls the counters of the next iteration's parts (on
+// relaxed loads, then one acquiring load: an acquiring load invalidates the SM's L1, and it spins ~60 times a window).
 // The mix runs on the tensor cores: bf16 X times fn split into 3 bf16 terms (24 significant bits, B fragments held
-// in registers for the whole launch), and the sums of X^2 from X times its own transpose.
+// in registers for the whole launch), and the sums of X^2 from X times its own transpose. Indices are 32-bit and
+// advance by a stride a window (64-bit index arithmetic was ~150 of a worker warp's ~690 instructions a window), and
+// a lane loads the sums of squares of 4 chunks at once (rows padded to 4 chunks): 6 loads a lane a window, not 12.
 // Every CTA must be resident at once: one per SM (203 KB of shared memory), groups x chunks <= the SM count.
-// Used where at least kResMinGroups CTAs per chunk fit: on the H100 (132 SMs), hc_head at V4-Flash (32 chunks, 4
-// groups) 1024 / 2048 / 4096 tokens 37.1 / 68.1 / 127.0 -> 33.4 / 57.2 / 102.9 us, while V4-Pro (56 chunks, 2
-// groups: 64 windows a CTA) is slower, 54.2 / 106.9 / 201.7 -> 61.0 / 112.8 / 215.3 us (each iteration ~3.2 us).
+// On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens against the two kernels: V4-Flash (32 chunks, 4
+// groups) 31.5 / 52.5 / 93.5 against 33.3 / 57.4 / 103.0; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096
+// tokens) 56.3 / 102.0 / 191.4 against 54.2 / 107.0 / 201.9, so V4-Pro takes it from 2048 tokens.
 // Measured on the way (V4-Pro x 4096, us): every lane's fp32 fma mix, the parts summed by loops of dependent loads,
 // the signal role on worker thread 0 (its fences stalled the mix): 477; a signal warp, the parts' loads batched: 285;
 // the parts' loads issued before the mix: 247; fn's smem rows without 2-way bank conflicts and a reduce-scatter of
 // the mix sums: 226; the mix on the tensor cores: 254 with 4 sigmoids a lane, 217 with one; loads 1 window ahead
 // and skews of 3: 212.5. Without the counters' waits (timing only) 229 against 255, without the parts' loads 188,
-// loads alone 83: the per-window phases, not X's stream, set the time.
-constexpr int kResTokens = 32;                         // tokens per window
-constexpr int kResWorkers = 512;                       // 16 warps: 2 K steps each for the mix, 16 lanes a token else
+// loads alone 83: the per-window phases, not X's stream, set the time. Then (same run, 215 before): relaxed polls and
+// the norm weights in shared memory 198-201, 32-bit indices with 4-chunk loads of the sums of squares 194.
+// Tried and not kept (V4-Pro / V4-Flash x 4096, us, against 194 / 93): two CTAs an SM of 16-token windows (8 worker
+// warps, 4 groups at V4-Pro, 96 registers with a 36-byte spill) 250 / 128; skews of 2 (4 X slots) 207 / 98; pre and
+// the RMSNorm's scale formed once a token by 8 warps while the other 8 run the mix (4 K steps each) 207 / 106: the
+// weight warps wait out the parts' L2 latency with nothing to overlap it (ncu: 14% of samples at the barrier after),
+// where every warp's own parts' loads hide behind its mix.
+constexpr int kResTokens = 32;                             // tokens per window: two m16 tiles
+constexpr int kResChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a copy's 128 dims
+constexpr int kResWorkers = kResTokens * kResChunkVecs;    // 512: 16 lanes a token
 constexpr int kResThreads = kResWorkers + dsv4::kWarpSize;
 constexpr int kResWorkerWarps = kResWorkers / dsv4::kWarpSize;
-constexpr int kResChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a copy's 128 dims
-constexpr int kResMaxChunkLoads = (kMaxDim / kPostMixDims + kResChunkVecs - 1) / kResChunkVecs;  // parts a lane sums
+constexpr int kResWarpSteps = kHc * kPostMixDims / 16 / kResWorkerWarps;  // 2 K steps of 16 a warp in the mix
+constexpr int kResMixLoads = kMaxDim / kPostMixDims / kResChunkVecs;      // mix parts a lane sums: 4
 constexpr int kResLead = 1;       // windows loaded ahead of the mix
 constexpr int kResMixSkew = 3;    // iterations from a window's mix to its y: its parts are published at the next one
 constexpr int kResNormSkew = 3;   // iterations from a window's y to its outputs, likewise
 constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives from its load to its y
 constexpr int kResYSlots = kResNormSkew + 1;           // y of a window lives from its y to its outputs
-constexpr int64_t kResMinTokens = 1024;
-constexpr int kResMinGroups = 3;
-static_assert(kResWorkerWarps * 2 * 16 == kHc * kPostMixDims && kResWorkers == kResTokens * kResChunkVecs,
-              "thread roles: 2 K steps of 16 a warp; 16 lanes a token");
+constexpr int64_t kResMinTokens = 1024;  // with at least 3 CTAs per chunk; with 2 (V4-Pro on 132 SMs) from 2048
+constexpr int kResMinGroups = 2;
+static_assert(kMaxDim / kPostMixDims == kResMixLoads * kResChunkVecs && kResMixLoads * 4 == kResChunkVecs,
+              "a lane's parts: 4 chunks' mix sums, one float4 of 4 chunks' sums of squares");
 static_assert(kResMixSkew >= 2 && kResNormSkew >= 2, "parts are published an iteration after they are written");
 
 struct ResidentArgs {
     FinalizeArgs fin;      // outputs, x and the weights' constants (fin.partial unused)
     const float4* fn;      // [num_mix, hc * dim / 4] fp32
     float4* mix_part;      // [windows, kResTokens, chunks] mix sums 0..3 of a token over a chunk
-    float* sq_part;        // [windows, kResTokens, chunks] sum of X^2 of a token over a chunk
-    float* ysq_part;       // [windows, kResTokens, chunks] sum of y^2 of a token over a chunk
+    float* sq_part;        // [windows, kResTokens, sq_row] sum of X^2 of a token over a chunk (then padding)
+    float* ysq_part;       // [windows, kResTokens, sq_row] sum of y^2 of a token over a chunk (then padding)
     int* mix_done;         // [windows] chunks whose mix parts are written
     int* y_done;           // [windows] chunks whose y^2 parts are written
     int chunks;            // dim / 128
+    int sq_row;            // chunks rounded up to 4: a lane loads 4 chunks' sums of squares at once
     int groups;            // CTAs per chunk
     int windows;           // ceil(n_tokens / kResTokens)
 };
@@ -944,6 +954,7 @@ struct ResidentSmem {
                                                           // token t at v ^ (t % 8) (ldmatrix without bank conflicts)
     Vec16 y[kResYSlots][kResTokens][kResChunkVecs];       // bf16 y of a window, until its outputs
     float red[kHeadMix + 1][kResTokens][kResWorkerWarps + 1];  // each warp's mix sums and sum of X^2 of a window
+    float4 norm_weight[2 * kResChunkVecs];                // fp32 norm weights of the CTA's 128 dims
 };
 
 // c += a * b for one m16n8k16 tile: bf16 inputs, fp32 accumulators.
@@ -954,21 +965,29 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ int load_acquire(const int* p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
+// Spins on relaxed loads (an acquiring load invalidates the SM's L1 each time), then acquires once.
 __device__ __forceinline__ void wait_count(const int* p, int target) {
-    while (load_acquire(p) < target) __nanosleep(32);
+    int v;
+    for (;;) {
+        asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+        if (v >= target) break;
+        __nanosleep(32);
+    }
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
 }
 
-// Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
-__device__ __forceinline__ float group16_sum(float v) {
+// Every lane of a group of `lanes` (a power of two <= 16) gets the group's sum (the same bits on each).
+template <int kLanes>
+__device__ __forceinline__ float group_sum(float v) {
 #pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    for (int offset = kLanes / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
     return v;
+}
+
+// Lane (token, p)'s sum of 4 chunks' sums of squares from a float4 of a padded row (chunks >= `chunks` unwritten).
+__device__ __forceinline__ float sq_group_sum(float4 v, int first_chunk, int chunks) {
+    return (v.x + (first_chunk + 1 < chunks ? v.y : 0.0f)) +
+           ((first_chunk + 2 < chunks ? v.z : 0.0f) + (first_chunk + 3 < chunks ? v.w : 0.0f));
 }
 
 __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const ResidentArgs args) {
@@ -983,12 +1002,11 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     const bool norm = fin.norm_weight != nullptr;
     const int iterations = n_local + kResMixSkew + kResNormSkew;
     auto window_of = [&](int j) { return g + j * args.groups; };
-    auto part_index = [&](int window, int token) { return (int64_t(window) * kResTokens + token) * args.chunks; };
 
-    const float hc_scale = __ldg(fin.hc_scale);  // constants: no global stores precede them
-    float base[kHc];
-#pragma unroll
-    for (int i = 0; i < kHc; ++i) base[i] = __ldg(fin.hc_base + i);
+    // Constants: no global stores precede them.
+    const float hc_scale = __ldg(fin.hc_scale);
+    const float own_base = __ldg(fin.hc_base + lane % kHc);  // lane v of a token forms pre_{v % 4}
+    if (norm && tid < 2 * kResChunkVecs) s.norm_weight[tid] = __ldg(fin.norm_weight + 2 * chunk_vec + tid);
     dsv4::await_previous_kernel();
 
     if (warp == kResWorkerWarps) {  // the signal warp
@@ -1016,10 +1034,10 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     // the tensor cores, bf16 x bf16 -> fp32, fn (fp32) as 3 bf16 terms hi + mid + lo (24 significant bits). Lane (g,
     // q)'s B fragments: fn row g (rows 4..7 zero), k 2q, 2q + 1 and 2q + 8, 2q + 9 of each step, for the whole launch.
     const int mma_g = lane / 4, mma_q = lane % 4;
-    uint32_t fn_frag[2][3][2];  // [step][term][k half]
+    uint32_t fn_frag[kResWarpSteps][3][2];  // [step][term][k half]
 #pragma unroll
-    for (int st = 0; st < 2; ++st) {
-        const int ks = 2 * warp + st, copy = ks / 8;
+    for (int st = 0; st < kResWarpSteps; ++st) {
+        const int ks = kResWarpSteps * warp + st, copy = ks / 8;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float f[2] = {0.0f, 0.0f};
@@ -1046,25 +1064,44 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         }
     }
 
-    // Window j's X into slot j % kResXSlots: worker (token tid / 16, vector tid % 16) copies its 4 copies.
+    // Worker (token tid / 16, vector v = tid % 16): its X copies, y and outputs, the token's mix parts of chunks v,
+    // v + 16, ... and its sums of squares of chunks 4v .. 4v + 3. Indices are 32-bit (use_resident_head checks the
+    // sizes) and advance by a stride a window.
     const int row_token = tid / kResChunkVecs, row_vec = tid % kResChunkVecs;
+    const int token_stride = args.groups * kResTokens;  // tokens between a CTA's consecutive windows
+    const int part_stride = token_stride * args.chunks, sq_stride = token_stride * args.sq_row;
+    const int x_stride = token_stride * kHc * static_cast<int>(vecs);
+    unsigned chunk_loads = 0;  // bit u: chunk row_vec + 16 u exists
+#pragma unroll
+    for (int u = 0; u < kResMixLoads; ++u) chunk_loads |= (row_vec + u * kResChunkVecs < args.chunks) << u;
+    const bool sq_load = 4 * row_vec < args.chunks;
+    // Of window j (the load lead's, the mix's), jy (y) and jo (outputs), kept as the loop advances.
+    int load_token = g * kResTokens + row_token;  // window 0's, loaded before the loop
+    int load_x = load_token * kHc * static_cast<int>(vecs) + static_cast<int>(chunk_vec) + row_vec;
+    const int red_token = g * kResTokens + tid % kResTokens;  // red-sum thread (value tid / 32, token tid % 32)'s
+    int mix_part = red_token * args.chunks + c, mix_sq = red_token * args.sq_row + c;
+    int y_token = g * kResTokens + row_token - kResMixSkew * token_stride;
+    int y_part = y_token * args.chunks, y_sq = y_token * args.sq_row;  // the token's rows of parts
+    int x_slot = 0, load_slot = 0, y_x_slot = kResXSlots - kResMixSkew;
+    int y_slot = (kResYSlots - kResMixSkew % kResYSlots) % kResYSlots;
+    auto advance = [](int& slot, int slots) { slot = slot + 1 == slots ? 0 : slot + 1; };
+
+    // The next window's X into its slot.
     auto load_window = [&](int j) {
         if (j < n_local) {
-            const int64_t t = int64_t(window_of(j)) * kResTokens + row_token;
-            const bool valid = t < fin.n_tokens;
-            const Vec16* src = fin.x + (valid ? t : 0) * kHc * vecs + chunk_vec + row_vec;
+            const bool valid = load_token < fin.n_tokens;
+            const Vec16* src = fin.x + (valid ? load_x : 0);
 #pragma unroll
             for (int i = 0; i < kHc; ++i)
-                cp_async16(&s.x[j % kResXSlots][row_token][i][row_vec ^ (row_token % 8)], src + i * vecs, valid);
+                cp_async16(&s.x[load_slot][row_token][i][row_vec ^ (row_token % 8)], src + i * vecs, valid);
         }
         cp_async_commit();  // one group an iteration, empty or not: wait_group counts stay uniform
+        load_token += token_stride, load_x += x_stride;
+        advance(load_slot, kResXSlots);
     };
-    // A token's sum over the chunks from worker (token, vector)'s parts of chunks vector, vector + 16, ...
-    auto chunk_sum = [&](const float (&v)[kResMaxChunkLoads]) {
-        float sum = v[0];
-#pragma unroll
-        for (int u = 1; u < kResMaxChunkLoads; ++u) sum += v[u];
-        return group16_sum(sum);
+    // The token's sum of squares over the chunks, from the worker's float4 (4 chunks) of a padded row.
+    auto token_sq_sum = [&](float4 v) {
+        return group_sum<kResChunkVecs>(sq_group_sum(v, 4 * row_vec, args.chunks));
     };
 
 #pragma unroll 1
@@ -1076,20 +1113,19 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
         const bool y_phase = jy >= 0 && jy < n_local, out_phase = norm && jo >= 0 && jo < n_local;
         // The parts this iteration's y and outputs sum (visible since the barrier), loaded before the mix.
-        float4 mix_parts[kResMaxChunkLoads];
-        float sq_parts[kResMaxChunkLoads], ysq_parts[kResMaxChunkLoads];
-        const int64_t y_first = part_index(window_of(jy), row_token);
-        {
-            const int64_t o_first = part_index(window_of(jo), row_token);
+        constexpr float4 kZero4 = {0.0f, 0.0f, 0.0f, 0.0f};
+        float4 mix_parts[kResMixLoads];
 #pragma unroll
-            for (int u = 0; u < kResMaxChunkLoads; ++u) {
-                const int cc = row_vec + u * kResChunkVecs;
-                const bool y_load = y_phase && cc < args.chunks, o_load = out_phase && cc < args.chunks;
-                mix_parts[u] = y_load ? __ldcg(args.mix_part + y_first + cc) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                sq_parts[u] = y_load ? __ldcg(args.sq_part + y_first + cc) : 0.0f;
-                ysq_parts[u] = o_load ? __ldcg(args.ysq_part + o_first + cc) : 0.0f;
-            }
-        }
+        for (int u = 0; u < kResMixLoads; ++u)
+            mix_parts[u] = y_phase && (chunk_loads >> u & 1)
+                               ? __ldcg(args.mix_part + y_part + row_vec + u * kResChunkVecs)
+                               : kZero4;
+        const float4 sq_parts =
+            y_phase && sq_load ? __ldcg(reinterpret_cast<const float4*>(args.sq_part + y_sq) + row_vec) : kZero4;
+        const float4 ysq_parts = out_phase && sq_load ? __ldcg(reinterpret_cast<const float4*>(
+                                                            args.ysq_part + y_sq - kResNormSkew * sq_stride) +
+                                                        row_vec)
+                                                      : kZero4;
         load_window(j + kResLead);
 
         // Mix of window j: warp w's two K steps for both m tiles (tokens 0..15, 16..31). The sums of X^2 come from
@@ -1097,8 +1133,8 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         if (j < n_local) {
             float mix_acc[2][4] = {}, sq_acc[2][2][4] = {};  // [m tile][c]; [m tile][token block][c]
 #pragma unroll
-            for (int st = 0; st < 2; ++st) {
-                const int ks = 2 * warp + st, copy = ks / 8;
+            for (int st = 0; st < kResWarpSteps; ++st) {
+                const int ks = kResWarpSteps * warp + st, copy = ks / 8;
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     // ldmatrix.x4: matrix l / 8 = (rows +8 if odd, k +8 if >= 2), lane l gives row l % 8's address.
@@ -1106,7 +1142,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
                     uint32_t a[4];
                     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                                 : "r"(dsv4::shared_address(&s.x[j % kResXSlots][row][copy][kv ^ (row % 8)])));
+                                 : "r"(dsv4::shared_address(&s.x[x_slot][row][copy][kv ^ (row % 8)])));
 #pragma unroll
                     for (int tm = 0; tm < 3; ++tm) mma_bf16(mix_acc[mt], a, fn_frag[st][tm][0], fn_frag[st][tm][1]);
                     mma_bf16(sq_acc[mt][0], a, a[0], a[2]);
@@ -1136,34 +1172,31 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             float sum = s.red[value][token][0];
 #pragma unroll
             for (int w = 1; w < kResWorkerWarps; ++w) sum += s.red[value][token][w];
-            const int64_t at = part_index(window_of(j), token) + c;
             if (value < kHeadMix)
-                reinterpret_cast<float*>(args.mix_part + at)[value] = sum;
+                reinterpret_cast<float*>(args.mix_part + mix_part)[value] = sum;
             else
-                args.sq_part[at] = sum;
+                args.sq_part[mix_sq] = sum;
         }
 
         // y of window jy: worker (token, vector) sums the token's chunk parts, forms pre and its 8 elements of y.
         if (y_phase) {
             float4 m = mix_parts[0];
 #pragma unroll
-            for (int u = 1; u < kResMaxChunkLoads; ++u)
+            for (int u = 1; u < kResMixLoads; ++u)
                 m.x += mix_parts[u].x, m.y += mix_parts[u].y, m.z += mix_parts[u].z, m.w += mix_parts[u].w;
             // Lane i (mod 4) of the token's 16 forms pre_i; one sigmoid a lane, then every lane gathers the 4.
             // Sums over lanes v, v ^ 4, v ^ 8, v ^ 12, then a reduce-scatter over the 4 left: lane v keeps mix v % 4.
             const int own = row_vec % kHc;
-            float4 h4 = m;
 #pragma unroll
             for (int offset = 8; offset >= 4; offset >>= 1) {
-                h4.x += __shfl_xor_sync(0xFFFFFFFFu, h4.x, offset), h4.y += __shfl_xor_sync(0xFFFFFFFFu, h4.y, offset);
-                h4.z += __shfl_xor_sync(0xFFFFFFFFu, h4.z, offset), h4.w += __shfl_xor_sync(0xFFFFFFFFu, h4.w, offset);
+                m.x += __shfl_xor_sync(0xFFFFFFFFu, m.x, offset), m.y += __shfl_xor_sync(0xFFFFFFFFu, m.y, offset);
+                m.z += __shfl_xor_sync(0xFFFFFFFFu, m.z, offset), m.w += __shfl_xor_sync(0xFFFFFFFFu, m.w, offset);
             }
             const bool upper_pair = own & 2, odd = own & 1;
-            const float pa = (upper_pair ? h4.z : h4.x) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? h4.x : h4.z, 2);
-            const float pb = (upper_pair ? h4.w : h4.y) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? h4.y : h4.w, 2);
+            const float pa = (upper_pair ? m.z : m.x) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? m.x : m.z, 2);
+            const float pb = (upper_pair ? m.w : m.y) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? m.y : m.w, 2);
             const float own_mix = (odd ? pb : pa) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pa : pb, 1);
-            const float mix_rms = rms_scale(chunk_sum(sq_parts), fin.k, fin.mix_eps);
-            const float own_base = own == 0 ? base[0] : own == 1 ? base[1] : own == 2 ? base[2] : base[3];
+            const float mix_rms = rms_scale(token_sq_sum(sq_parts), fin.k, fin.mix_eps);
             const float own_pre =
                 __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(__fmul_rn(own_mix, mix_rms), hc_scale), own_base)), fin.hc_eps);
             float pre[kHc];
@@ -1171,40 +1204,71 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             for (int i = 0; i < kHc; ++i) pre[i] = __shfl_sync(0xFFFFFFFFu, own_pre, (lane & ~15) | i);
             Vec16 xv[kHc];
 #pragma unroll
-            for (int i = 0; i < kHc; ++i) xv[i] = s.x[jy % kResXSlots][row_token][i][row_vec ^ (row_token % 8)];
+            for (int i = 0; i < kHc; ++i) xv[i] = s.x[y_x_slot][row_token][i][row_vec ^ (row_token % 8)];
             float ysq = 0.0f;
             const Vec16 y = weighted_sum(xv, pre, ysq);
-            const int64_t t = int64_t(window_of(jy)) * kResTokens + row_token;
             if (norm) {
-                s.y[jy % kResYSlots][row_token][row_vec] = y;
-                ysq = group16_sum(ysq);
-                if (row_vec == 0) args.ysq_part[y_first + c] = ysq;
-            } else if (t < fin.n_tokens) {
-                fin.y[t * vecs + chunk_vec + row_vec] = y;
+                s.y[y_slot][row_token][row_vec] = y;
+                ysq = group_sum<kResChunkVecs>(ysq);
+                if (row_vec == 0) args.ysq_part[y_sq + c] = ysq;
+            } else if (y_token < fin.n_tokens) {
+                fin.y[int64_t(y_token) * vecs + chunk_vec + row_vec] = y;
             }
         }
 
         // Outputs of window jo: the token's sum of y^2 over the chunks, then the RMSNorm.
         if (out_phase) {
-            const float inv_rms = rms_scale(chunk_sum(ysq_parts), fin.dim, fin.norm_eps);
-            const int64_t t = int64_t(window_of(jo)) * kResTokens + row_token;
-            store_outputs<false, false>(fin, t, chunk_vec + row_vec, t < fin.n_tokens,
-                                        s.y[jo % kResYSlots][row_token][row_vec], true, inv_rms, fin.norm_weight);
+            const float inv_rms = rms_scale(token_sq_sum(ysq_parts), fin.dim, fin.norm_eps);
+            const int o_token = y_token - kResNormSkew * token_stride;
+            const int o_slot = (y_slot + kResYSlots - kResNormSkew % kResYSlots) % kResYSlots;
+            store_outputs<false, true>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
+                                       s.y[o_slot][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
+        y_token += token_stride, y_part += part_stride, y_sq += sq_stride, mix_part += part_stride, mix_sq += sq_stride;
+        advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots), advance(y_slot, kResYSlots);
     }
 }
 
 // The single-read launch's counters and parts: 2 counters a window (16-byte aligned), then per (window, token, chunk)
-// a float4 of mix sums and the sums of X^2 and of y^2.
+// a float4 of mix sums, then the sums of X^2 and of y^2 in rows padded to 4 chunks.
 size_t resident_counter_bytes(int64_t windows) { return static_cast<size_t>((2 * windows + 3) / 4 * 16); }
+int resident_sq_row(int64_t dim) { return static_cast<int>((dim / kPostMixDims + 3) / 4 * 4); }
 size_t resident_workspace_bytes(int64_t n_tokens, int64_t dim) {
-    const int64_t windows = (n_tokens + kResTokens - 1) / kResTokens;
-    const int64_t rows = windows * kResTokens * (dim / kPostMixDims);
-    return resident_counter_bytes(windows) + static_cast<size_t>(rows) * (sizeof(float4) + 2 * sizeof(float));
+    const int64_t tokens = (n_tokens + kResTokens - 1) / kResTokens * kResTokens;
+    const size_t token_bytes = (dim / kPostMixDims) * sizeof(float4) + 2 * resident_sq_row(dim) * sizeof(float);
+    return resident_counter_bytes(tokens / kResTokens) + static_cast<size_t>(tokens) * token_bytes;
 }
 
+// Whether a CTA of resident_head_kernel fits an SM (its shared memory is above the default limit, so the attribute
+// is raised first); false if a query fails.
+bool resident_cta_fits() {
+    static const bool fits = [] {  // the device does not change under a loaded library
+        int ctas = 0;
+        constexpr int smem = static_cast<int>(sizeof(ResidentSmem));
+        if (cudaFuncSetAttribute(resident_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+                cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, resident_head_kernel, kResThreads, smem) !=
+                cudaSuccess) {
+            cudaGetLastError();  // a query failure is not sticky
+            return false;
+        }
+        return ctas >= 1;
+    }();
+    return fits;
+}
+
+// CTAs per 128-dim chunk, one an SM: every CTA of the launch must be resident at once.
+int resident_groups(int64_t dim) {
+    return resident_cta_fits() ? static_cast<int>(dsv4::sm_count() / (dim / kPostMixDims)) : 0;
+}
+
+// The kernel's indices are 32-bit: a CTA's X offsets run to about kResLead + kResMixSkew + kResNormSkew + 1 windows'
+// strides past the last token.
 bool use_resident_head(int64_t n_tokens, int64_t dim) {
-    return n_tokens >= kResMinTokens && dsv4::sm_count() / (dim / kPostMixDims) >= kResMinGroups;
+    const int groups = resident_groups(dim);
+    const int64_t max_tokens = n_tokens + int64_t(kResLead + kResMixSkew + kResNormSkew + 2) * groups * kResTokens;
+    const int64_t min_tokens = groups >= 3 ? kResMinTokens : 2 * kResMinTokens;
+    return n_tokens >= min_tokens && groups >= kResMinGroups && max_tokens * kHc * (dim / kBf16PerVec) <= INT32_MAX;
 }
 
 // hc_head by resident_head_kernel (use_resident_head); p's pointers and sizes are checked by the caller but for fn
@@ -1230,23 +1294,21 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
     args.fin.norm_eps = p.norm_eps;
     args.fn = reinterpret_cast<const float4*>(p.fn);
     args.chunks = static_cast<int>(p.dim / kPostMixDims);
-    args.groups = dsv4::sm_count() / args.chunks;
+    args.sq_row = resident_sq_row(p.dim);
+    args.groups = resident_groups(p.dim);
     args.windows = static_cast<int>((p.n_tokens + kResTokens - 1) / kResTokens);
     char* ws = static_cast<char*>(p.workspace);
     const size_t counters = resident_counter_bytes(args.windows);
-    const int64_t rows = int64_t(args.windows) * kResTokens * args.chunks;
+    const int64_t tokens = int64_t(args.windows) * kResTokens;
     args.mix_done = reinterpret_cast<int*>(ws);
     args.y_done = args.mix_done + args.windows;
     args.mix_part = reinterpret_cast<float4*>(ws + counters);
-    args.sq_part = reinterpret_cast<float*>(args.mix_part + rows);
-    args.ysq_part = args.sq_part + rows;
+    args.sq_part = reinterpret_cast<float*>(args.mix_part + tokens * args.chunks);
+    args.ysq_part = args.sq_part + tokens * args.sq_row;
     DSV4_CHECK_CUDA(cudaMemsetAsync(ws, 0, counters, stream));
-    constexpr size_t smem = sizeof(ResidentSmem);
-    DSV4_CHECK_CUDA(cudaFuncSetAttribute(resident_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, resident_head_kernel,
-                                          static_cast<unsigned>(args.groups * args.chunks), kResThreads, smem, stream,
-                                          args));
+                                          static_cast<unsigned>(args.groups * args.chunks), kResThreads,
+                                          sizeof(ResidentSmem), stream, args));
     return DSV4_OK;
 }
 

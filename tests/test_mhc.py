@@ -283,10 +283,12 @@ def test_workspace_bytes_hold_the_partials():
             nbytes = lib.dsv4_mhc_pre_workspace_bytes(n, dim)
             splits, rest = divmod(nbytes, n * 25 * 4)  # rows of 24 mix sums and sum(x^2)
             assert rest == 0 and 1 <= splits <= 4 * dim // 128, (n, dim, nbytes)
-            # hc_head's single-read launch (from 1024 tokens) keeps 24 bytes of parts per (token, 128 dims) and
-            # two counters per 32 tokens; its workspace also holds the two kernels' partials.
+            # hc_head's single-read launch (from 1024 tokens) keeps per token a float4 of mix sums per 128 dims and
+            # two rows of sums of squares padded to 4 chunks, and two counters per 32 tokens; its workspace also
+            # holds the two kernels' partials.
             head = lib.dsv4_mhc_head_workspace_bytes(n, dim)
-            single_read = -(-n // 32) * (32 * (dim // 128) * 24 + 8) if n >= 1024 else 0
+            chunks = dim // 128
+            single_read = -(-n // 32) * (32 * (16 * chunks + 8 * -(-chunks // 4) * 4) + 8) if n >= 1024 else 0
             assert head >= max(nbytes, single_read), (n, dim, head)
     assert lib.dsv4_mhc_pre_workspace_bytes(5, 0) == 0
 
@@ -364,7 +366,7 @@ def test_head_matches_reference(dim, n_tokens, with_norm, rng, stream):
 
 
 @pytest.mark.parametrize("dim, n_tokens", [(128, 5), (384, 33), (1152, 2), (8192, 7), (8192, 64), (128, 1100),
-                                           (1152, 1030), (8192, 1025)])
+                                           (1152, 1030), (8192, 1025), (8192, 2050)])
 @pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
 def test_head_odd_shapes(dim, n_tokens, with_norm, rng, stream):
     check_head(dim, n_tokens, with_norm, rng, stream)
