@@ -903,15 +903,20 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // a lane loads the sums of squares of 4 chunks at once (rows padded to 4 chunks): 6 loads a lane a window, not 12.
 // Every CTA must be resident at once: one per SM (203 KB of shared memory), groups x chunks <= the SM count.
 // On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens against the two kernels: V4-Flash (32 chunks, 4
-// groups) 31.5 / 52.5 / 93.5 against 33.3 / 57.4 / 103.0; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096
-// tokens) 56.3 / 102.0 / 191.4 against 54.2 / 107.0 / 201.9, so V4-Pro takes it from 2048 tokens.
+// groups) 31.5 / 52.9 / 92.1 against 33.3 / 57.4 / 103.0; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096
+// tokens) 2048 / 4096: 95.8 / 176.9 against 107.0 / 201.9 (1024: 56.3 against 54.2 before the A fragments' change
+// below), so V4-Pro takes it from 2048 tokens.
 // Measured on the way (V4-Pro x 4096, us): every lane's fp32 fma mix, the parts summed by loops of dependent loads,
 // the signal role on worker thread 0 (its fences stalled the mix): 477; a signal warp, the parts' loads batched: 285;
 // the parts' loads issued before the mix: 247; fn's smem rows without 2-way bank conflicts and a reduce-scatter of
 // the mix sums: 226; the mix on the tensor cores: 254 with 4 sigmoids a lane, 217 with one; loads 1 window ahead
 // and skews of 3: 212.5. Without the counters' waits (timing only) 229 against 255, without the parts' loads 188,
 // loads alone 83: the per-window phases, not X's stream, set the time. Then (same run, 215 before): relaxed polls and
-// the norm weights in shared memory 198-201, 32-bit indices with 4-chunk loads of the sums of squares 194.
+// the norm weights in shared memory 198-201, 32-bit indices with 4-chunk loads of the sums of squares 194; the mix's
+// ldmatrix issued right after the barrier, ahead of the parts' loads and the X copies (ncu: 6% of samples stalled on
+// the first HMMA's operands) 191 -> 177 (V4-Flash unchanged, 92.5 -> 92.1). Not kept on top of that: the mix run in
+// the drain iterations too, without its branch, 174.4 (it reads slots never written); window jy's X also loaded
+// before the parts: a 104-byte spill.
 // Tried and not kept (V4-Pro / V4-Flash x 4096, us, against 194 / 93): two CTAs an SM of 16-token windows (8 worker
 // warps, 4 groups at V4-Pro, 96 registers with a 36-byte spill) 250 / 128; skews of 2 (4 X slots) 207 / 98; pre and
 // the RMSNorm's scale formed once a token by 8 warps while the other 8 run the mix (4 K steps each) 207 / 106: the
@@ -1112,6 +1117,21 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         __syncthreads();                // ... everyone's; the previous iteration's phases are done
         const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
         const bool y_phase = jy >= 0 && jy < n_local, out_phase = norm && jo >= 0 && jo < n_local;
+        // Window j's A fragments first: issued after the global loads and copies below, they queued behind them.
+        uint32_t a_frag[kResWarpSteps][2][4];  // [step][m tile]
+#pragma unroll
+        for (int st = 0; st < kResWarpSteps; ++st) {
+            const int ks = kResWarpSteps * warp + st, copy = ks / 8;
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                // ldmatrix.x4: matrix l / 8 = (rows +8 if odd, k +8 if >= 2), lane l gives row l % 8's address.
+                const int row = 16 * mt + (lane / 8 % 2) * 8 + lane % 8, kv = 2 * (ks % 8) + lane / 16;
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(a_frag[st][mt][0]), "=r"(a_frag[st][mt][1]), "=r"(a_frag[st][mt][2]),
+                               "=r"(a_frag[st][mt][3])
+                             : "r"(dsv4::shared_address(&s.x[x_slot][row][copy][kv ^ (row % 8)])));
+            }
+        }
         // The parts this iteration's y and outputs sum (visible since the barrier), loaded before the mix.
         constexpr float4 kZero4 = {0.0f, 0.0f, 0.0f, 0.0f};
         float4 mix_parts[kResMixLoads];
@@ -1134,15 +1154,9 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             float mix_acc[2][4] = {}, sq_acc[2][2][4] = {};  // [m tile][c]; [m tile][token block][c]
 #pragma unroll
             for (int st = 0; st < kResWarpSteps; ++st) {
-                const int ks = kResWarpSteps * warp + st, copy = ks / 8;
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
-                    // ldmatrix.x4: matrix l / 8 = (rows +8 if odd, k +8 if >= 2), lane l gives row l % 8's address.
-                    const int row = 16 * mt + (lane / 8 % 2) * 8 + lane % 8, kv = 2 * (ks % 8) + lane / 16;
-                    uint32_t a[4];
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                                 : "r"(dsv4::shared_address(&s.x[x_slot][row][copy][kv ^ (row % 8)])));
+                    const uint32_t(&a)[4] = a_frag[st][mt];
 #pragma unroll
                     for (int tm = 0; tm < 3; ++tm) mma_bf16(mix_acc[mt], a, fn_frag[st][tm][0], fn_frag[st][tm][1]);
                     mma_bf16(sq_acc[mt][0], a, a[0], a[2]);
