@@ -904,8 +904,7 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // Every CTA must be resident at once: one per SM (203 KB of shared memory), groups x chunks <= the SM count.
 // On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens against the two kernels: V4-Flash (32 chunks, 4
 // groups) 31.5 / 52.9 / 92.1 against 33.3 / 57.4 / 103.0; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096
-// tokens) 2048 / 4096: 95.8 / 176.9 against 107.0 / 201.9 (1024: 56.3 against 54.2 before the A fragments' change
-// below), so V4-Pro takes it from 2048 tokens.
+// tokens) 53.8 / 95.8 / 176.9 against 54.2 / 107.0 / 201.9.
 // Measured on the way (V4-Pro x 4096, us): every lane's fp32 fma mix, the parts summed by loops of dependent loads,
 // the signal role on worker thread 0 (its fences stalled the mix): 477; a signal warp, the parts' loads batched: 285;
 // the parts' loads issued before the mix: 247; fn's smem rows without 2-way bank conflicts and a reduce-scatter of
@@ -934,7 +933,7 @@ constexpr int kResMixSkew = 3;    // iterations from a window's mix to its y: it
 constexpr int kResNormSkew = 3;   // iterations from a window's y to its outputs, likewise
 constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives from its load to its y
 constexpr int kResYSlots = kResNormSkew + 1;           // y of a window lives from its y to its outputs
-constexpr int64_t kResMinTokens = 1024;  // with at least 3 CTAs per chunk; with 2 (V4-Pro on 132 SMs) from 2048
+constexpr int64_t kResMinTokens = 1024;
 constexpr int kResMinGroups = 2;
 static_assert(kMaxDim / kPostMixDims == kResMixLoads * kResChunkVecs && kResMixLoads * 4 == kResChunkVecs,
               "a lane's parts: 4 chunks' mix sums, one float4 of 4 chunks' sums of squares");
@@ -1281,8 +1280,7 @@ int resident_groups(int64_t dim) {
 bool use_resident_head(int64_t n_tokens, int64_t dim) {
     const int groups = resident_groups(dim);
     const int64_t max_tokens = n_tokens + int64_t(kResLead + kResMixSkew + kResNormSkew + 2) * groups * kResTokens;
-    const int64_t min_tokens = groups >= 3 ? kResMinTokens : 2 * kResMinTokens;
-    return n_tokens >= min_tokens && groups >= kResMinGroups && max_tokens * kHc * (dim / kBf16PerVec) <= INT32_MAX;
+    return n_tokens >= kResMinTokens && groups >= kResMinGroups && max_tokens * kHc * (dim / kBf16PerVec) <= INT32_MAX;
 }
 
 // hc_head by resident_head_kernel (use_resident_head); p's pointers and sizes are checked by the caller but for fn
