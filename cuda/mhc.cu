@@ -915,7 +915,11 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // ldmatrix issued right after the barrier, ahead of the parts' loads and the X copies (ncu: 6% of samples stalled on
 // the first HMMA's operands) 191 -> 177 (V4-Flash unchanged, 92.5 -> 92.1). Not kept on top of that: the mix run in
 // the drain iterations too, without its branch, 174.4 (it reads slots never written); window jy's X also loaded
-// before the parts: a 104-byte spill.
+// before the parts: a 104-byte spill; the 11 warps that do not sum the red rows arriving at their barrier rather than
+// waiting (bar.arrive), and polls without the nanosleep: 175-176 against 177-180, within the runs' spread.
+// ncu after these (V4-Pro x 4096): ~640 instructions a worker warp a window, issue 47% busy, stalls spread over fixed
+// latencies (22% of samples), issue contention (28%), shared-memory and MIO queues (21%), the two barriers (9%).
+// The register cap (96: 5 of the 17 warps on one scheduler) makes the compiler re-derive thread indices each window.
 // Tried and not kept (V4-Pro / V4-Flash x 4096, us, against 194 / 93): two CTAs an SM of 16-token windows (8 worker
 // warps, 4 groups at V4-Pro, 96 registers with a 36-byte spill) 250 / 128; skews of 2 (4 X slots) 207 / 98; pre and
 // the RMSNorm's scale formed once a token by 8 warps while the other 8 run the mix (4 K steps each) 207 / 106: the
