@@ -27,10 +27,10 @@
 //     eps), the pre/post weights and the Sinkhorn-normalized comb, re-reads X, y = bf16(sum_i pre_i X_i), then the
 //     RMSNorm and the FP8 quantization per 128 (hc_pre) or the optional RMSNorm (hc_head). A block per token (8
 //     warps share its partial sums and its row; for hc_pre a ninth forms post and comb meanwhile, as y needs only
-//     pre), except for hc_pre from kWarpFinMinTokens tokens: a warp per token, y parked in shared memory between
-//     its two passes, so one token's Sinkhorn (~40 dependent IEEE divisions) hides behind other warps' loads (ncu,
-//     hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre from given partials 197 -> 145 us; hc_head, without a
-//     Sinkhorn, was faster with a block per token). The block-per-token kernel and mix_small_kernel warm L2 with
+//     pre), except for hc_pre of large batches (warp_fin_min_tokens): a warp per token, y parked in shared memory
+//     between its two passes, so one token's Sinkhorn (~40 dependent IEEE divisions) hides behind other warps' loads
+//     (ncu, hc_pre at V4-Pro x 4096: DRAM 60% -> 65% busy; hc_pre from given partials 197 -> 145 us; hc_head, without
+//     a Sinkhorn, was faster with a block per token). The block-per-token kernel and mix_small_kernel warm L2 with
 //     their inputs before waiting on the previous kernel; the warp-per-token kernel does not (each warp's prefetch
 //     of its row: hc_pre from partials at V4-Pro x 4096 138 -> 178 us).
 // Standalone, X is read twice (once per kernel). In a layer, hc_post runs right before each hc_pre (and before
@@ -480,7 +480,6 @@ constexpr int kBlockFinVecs = 4;                                  // 16-byte vec
 constexpr int kFinPartialBatch = 8;                               // partial loads per lane in flight
 // Row warps, and for hc_pre one more that forms post and comb.
 __host__ __device__ constexpr int block_fin_threads(bool pre) { return kBlockFinRowThreads + (pre ? 32 : 0); }
-constexpr int64_t kWarpFinMinTokens = 1024;                       // hc_pre from here: finalize_warp_kernel
 constexpr int kFinWarps = 4;                                      // finalize_warp_kernel: tokens per block
 constexpr int kFinThreads = kFinWarps * dsv4::kWarpSize;
 constexpr int kFinBatch = 4;                                      // 16-byte vectors per lane per copy in flight
@@ -1978,11 +1977,18 @@ int launch_mix_small(const PostMixArgs& args, cudaStream_t stream) {
     return DSV4_OK;
 }
 
+// hc_pre's finalize is a warp per token from warp_fin_min_tokens(vecs). One warp walks a token's whole row and its
+// partial rows, and at 1024 tokens (one token a warp, a single wave) a V4-Pro row makes that walk the launch's time:
+// H100, hc_pre / hc_pre from partials at 1024 tokens, warp against block finalize: V4-Pro 74.7 / 41.9 against 67.0 /
+// 34.1 us; V4-Flash 45.0 / 26.0 against 47.5 / 26.2; at 2048 tokens V4-Pro's rows take the warp finalize at 0.96 of
+// copy bandwidth (from partials).
+int64_t warp_fin_min_tokens(int64_t vecs) { return vecs * kBf16PerVec <= 4096 ? 1024 : 2048; }
+
 template <bool kPre>
 int launch_finalize(FinalizeArgs args, int64_t n_tokens, cudaStream_t stream) {
     args.n_tokens = n_tokens;
     if constexpr (kPre) {
-        if (n_tokens >= kWarpFinMinTokens) {
+        if (n_tokens >= warp_fin_min_tokens(args.vecs)) {
             const size_t smem = sizeof(Vec16) * kFinWarps * args.vecs;
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(finalize_warp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(smem)));
