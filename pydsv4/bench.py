@@ -429,8 +429,8 @@ def run_ops(args):
                     print(f"{case.op:<26} {width:<6} {tokens:>6} {us:9.2f} {gbs:8.0f} "
                           f"{100 * gbs * 1e9 / copy_bw:5.0f}% {copy_us:8.2f} {copy_us / us:9.2f} {peer}", flush=True)
                     rows.append(dict(op=case.op, width=width, tokens=tokens, us=us, gb_per_s=gbs,
-                                     copy_fraction=gbs * 1e9 / copy_bw, same_bytes_copy_us=copy_us, bytes=case.bytes_moved, peer_us=peer_us,
-                                     note=case.note))
+                                     copy_fraction=gbs * 1e9 / copy_bw, same_bytes_copy_us=copy_us,
+                                     bytes=case.bytes_moved, peer_us=peer_us, note=case.note))
     if not rows:
         print(f"bench: nothing to time: no op matching {args.only!r} at widths {','.join(args.widths)} and tokens "
               f"{','.join(map(str, args.tokens))} (sampling runs at the flash width, up to 64 rows)", file=sys.stderr)
