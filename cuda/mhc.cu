@@ -983,11 +983,10 @@ __device__ __forceinline__ void wait_count(const int* p, int target) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
 }
 
-// Every lane of a group of `lanes` (a power of two <= 16) gets the group's sum (the same bits on each).
-template <int kLanes>
-__device__ __forceinline__ float group_sum(float v) {
+// Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
+__device__ __forceinline__ float group16_sum(float v) {
 #pragma unroll
-    for (int offset = kLanes / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
     return v;
 }
 
@@ -1086,7 +1085,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     int load_token = g * kResTokens + row_token;  // window 0's, loaded before the loop
     int load_x = load_token * kHc * static_cast<int>(vecs) + static_cast<int>(chunk_vec) + row_vec;
     const int red_token = g * kResTokens + tid % kResTokens;  // red-sum thread (value tid / 32, token tid % 32)'s
-    int mix_part = red_token * args.chunks + c, mix_sq = red_token * args.sq_row + c;
+    int red_part = red_token * args.chunks + c, red_sq = red_token * args.sq_row + c;
     int y_token = g * kResTokens + row_token - kResMixSkew * token_stride;
     int y_part = y_token * args.chunks, y_sq = y_token * args.sq_row;  // the token's rows of parts
     int x_slot = 0, load_slot = 0, y_x_slot = kResXSlots - kResMixSkew;
@@ -1108,7 +1107,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     };
     // The token's sum of squares over the chunks, from the worker's float4 (4 chunks) of a padded row.
     auto token_sq_sum = [&](float4 v) {
-        return group_sum<kResChunkVecs>(sq_group_sum(v, 4 * row_vec, args.chunks));
+        return group16_sum(sq_group_sum(v, 4 * row_vec, args.chunks));
     };
 
 #pragma unroll 1
@@ -1189,9 +1188,9 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
 #pragma unroll
             for (int w = 1; w < kResWorkerWarps; ++w) sum += s.red[value][token][w];
             if (value < kHeadMix)
-                reinterpret_cast<float*>(args.mix_part + mix_part)[value] = sum;
+                reinterpret_cast<float*>(args.mix_part + red_part)[value] = sum;
             else
-                args.sq_part[mix_sq] = sum;
+                args.sq_part[red_sq] = sum;
         }
 
         // y of window jy: worker (token, vector) sums the token's chunk parts, forms pre and its 8 elements of y.
@@ -1225,7 +1224,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             const Vec16 y = weighted_sum(xv, pre, ysq);
             if (norm) {
                 s.y[y_slot][row_token][row_vec] = y;
-                ysq = group_sum<kResChunkVecs>(ysq);
+                ysq = group16_sum(ysq);
                 if (row_vec == 0) args.ysq_part[y_sq + c] = ysq;
             } else if (y_token < fin.n_tokens) {
                 fin.y[int64_t(y_token) * vecs + chunk_vec + row_vec] = y;
@@ -1240,7 +1239,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             store_outputs<false, true>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
                                        s.y[o_slot][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
-        y_token += token_stride, y_part += part_stride, y_sq += sq_stride, mix_part += part_stride, mix_sq += sq_stride;
+        y_token += token_stride, y_part += part_stride, y_sq += sq_stride, red_part += part_stride, red_sq += sq_stride;
         advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots), advance(y_slot, kResYSlots);
     }
 }
