@@ -889,21 +889,37 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // hc_head with X read once, for large batches: CTA (c, g) owns dims 128c .. 128c + 127 of the 4 copies and walks the
 // 32-token windows g, g + groups, ... in a software pipeline. Iteration j loads window j + kResLead, forms window j's
 // mix sums over its dims, forms y of window j - kResMixSkew from the pre weights, and finishes window j - kResMixSkew -
-// kResNormSkew (RMSNorm) from the sums of y^2. The CTAs of a window meet through counters in the workspace, zeroed
-// before the launch: a CTA adds 1 once its part is written (release) and waits until every chunk's part is in
-// (acquire). Every CTA sums the chunks' parts itself, in the same order, so no CTA gathers for the others and no
-// hop is added. The skews let a window's parts arrive while the CTA works on other windows.
-// The 16 worker warps take every phase (a barrier apart). A 17th warp publishes the parts the workers wrote in the
-// previous iteration (its fence waits for their stores) and polls the counters of the next iteration's parts (on
-// relaxed loads, then one acquiring load: an acquiring load invalidates the SM's L1, and it spins ~60 times a window).
+// kResNormSkew (RMSNorm). Each token has one owner CTA in its group, which sums the chunks' parts (mix sums and sum of
+// X^2, later the sums of y^2) and forms the values every CTA needs: the 4 pre weights, then the RMSNorm's scale.
+// The parts reach the owners through counters (a CTA adds 1 once its parts are written: fence + atomic add; the owner
+// polls on relaxed loads, then acquires once: an acquiring load invalidates the SM's L1). The owners' values are their
+// own signal: the workspace holds kResUnset until they are stored, and the readers poll the values themselves.
+// The skews let a window's values arrive while the CTA works on other windows.
+// Warps: 16 workers take every phase (a barrier apart); a signal warp publishes the parts the workers wrote in the
+// previous iteration (its fence waits for their stores) and polls the owners' values of the next iteration into
+// shared memory; 3 owner warps, at no barrier, take the tasks of the tokens their CTA owns.
 // The mix runs on the tensor cores: bf16 X times fn split into 3 bf16 terms (24 significant bits, B fragments held
 // in registers for the whole launch), and the sums of X^2 from X times its own transpose. Indices are 32-bit and
-// advance by a stride a window (64-bit index arithmetic was ~150 of a worker warp's ~690 instructions a window), and
-// a lane loads the sums of squares of 4 chunks at once (rows padded to 4 chunks): 6 loads a lane a window, not 12.
-// Every CTA must be resident at once: one per SM (203 KB of shared memory), groups x chunks <= the SM count.
-// On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens against the two kernels: V4-Flash (32 chunks, 4
-// groups) 31.5 / 52.9 / 92.1 against 33.3 / 57.4 / 103.0; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096
-// tokens) 53.8 / 95.8 / 176.9 against 54.2 / 107.0 / 201.9.
+// advance by a stride a window (64-bit index arithmetic was ~150 of a worker warp's ~690 instructions a window).
+// Every CTA must be resident at once: one per SM (204 KB of shared memory), groups x chunks <= the SM count.
+// On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens, same run, against every CTA summing every
+// token's parts itself (the version before owners): V4-Flash (32 chunks, 4 groups) 30.5 / 51.2 / 93.2 against 32.2 /
+// 53.3 / 92.2; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096 tokens) 49.9 / 88.7 / 171.5 against 53.8 / 96.9 /
+// 178.7 (the two kernels: V4-Flash 33.3 / 57.4 / 103.0, V4-Pro 54.2 / 107.0 / 201.9). That version's workers issued
+// ~640 instructions a warp a window, ~165 of them to sum the 56 chunks' parts and form pre and the scale, which every
+// CTA repeated for every token (and its parts' loads read more from L2 than X itself).
+// With owners, timing-only variants at V4-Pro x 4096: no owner work and no waits 136 us, owners running but not
+// waited for 164: the owners' chain (counter, acquire, parts' loads, sums, store, the reader's poll: ~5 us) fills the
+// two iterations the skews give it, so more skew, not fewer worker instructions, is what would help next; the 5 X
+// slots of 32 KB leave no shared memory for it (X re-read from L2 for y would free it).
+// Owner designs measured and not kept (V4-Pro x 4096, us): owners publishing through counters too (fence + atomic
+// add, the signal warp polling those) 192-196; an owner warp taking a window's two tasks at once in half warps 195-198
+// (and 195 with acquiring polls); the parts themselves polled by the owners (no counters, the whole workspace set to
+// kResUnset by the memset, relaxed stores) 180; the pre and scale tasks in one code path 184; the owners' acquiring
+// load replaced by a fence after the relaxed polls 185; 2 owner warps 195 (with the half-warp tasks); a signal
+// warpgroup (setmaxnreg: 112 registers for the workers) 189 against 178 before owners; the parts published by the
+// signal warp mid-iteration, as soon as warps 0..4 or all workers arrive at barriers 3 / 4, 210.
+// Before owners:
 // Measured on the way (V4-Pro x 4096, us): every lane's fp32 fma mix, the parts summed by loops of dependent loads,
 // the signal role on worker thread 0 (its fences stalled the mix): 477; a signal warp, the parts' loads batched: 285;
 // the parts' loads issued before the mix: 247; fn's smem rows without 2-way bank conflicts and a reduce-scatter of
@@ -927,10 +943,11 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 constexpr int kResTokens = 32;                             // tokens per window: two m16 tiles
 constexpr int kResChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a copy's 128 dims
 constexpr int kResWorkers = kResTokens * kResChunkVecs;    // 512: 16 lanes a token
-constexpr int kResThreads = kResWorkers + dsv4::kWarpSize;
 constexpr int kResWorkerWarps = kResWorkers / dsv4::kWarpSize;
+constexpr int kResOwnerWarps = 3;  // with the signal warp, 20 warps: 5 a scheduler, which leaves 96 registers
+constexpr int kResThreads = kResWorkers + (1 + kResOwnerWarps) * dsv4::kWarpSize;
 constexpr int kResWarpSteps = kHc * kPostMixDims / 16 / kResWorkerWarps;  // 2 K steps of 16 a warp in the mix
-constexpr int kResMixLoads = kMaxDim / kPostMixDims / kResChunkVecs;      // mix parts a lane sums: 4
+constexpr int kResOwnerLoads = kMaxDim / kPostMixDims / dsv4::kWarpSize;  // chunk parts an owner lane sums: 2
 constexpr int kResLead = 1;       // windows loaded ahead of the mix
 constexpr int kResMixSkew = 3;    // iterations from a window's mix to its y: its parts are published at the next one
 constexpr int kResNormSkew = 3;   // iterations from a window's y to its outputs, likewise
@@ -938,20 +955,21 @@ constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives f
 constexpr int kResYSlots = kResNormSkew + 1;           // y of a window lives from its y to its outputs
 constexpr int64_t kResMinTokens = 1024;
 constexpr int kResMinGroups = 2;
-static_assert(kMaxDim / kPostMixDims == kResMixLoads * kResChunkVecs && kResMixLoads * 4 == kResChunkVecs,
-              "a lane's parts: 4 chunks' mix sums, one float4 of 4 chunks' sums of squares");
+static_assert(kMaxDim / kPostMixDims == kResOwnerLoads * dsv4::kWarpSize, "an owner lane's chunks");
 static_assert(kResMixSkew >= 2 && kResNormSkew >= 2, "parts are published an iteration after they are written");
 
 struct ResidentArgs {
     FinalizeArgs fin;      // outputs, x and the weights' constants (fin.partial unused)
     const float4* fn;      // [num_mix, hc * dim / 4] fp32
-    float4* mix_part;      // [windows, kResTokens, chunks] mix sums 0..3 of a token over a chunk
-    float* sq_part;        // [windows, kResTokens, sq_row] sum of X^2 of a token over a chunk (then padding)
-    float* ysq_part;       // [windows, kResTokens, sq_row] sum of y^2 of a token over a chunk (then padding)
-    int* mix_done;         // [windows] chunks whose mix parts are written
-    int* y_done;           // [windows] chunks whose y^2 parts are written
+    float4* mix_part;      // [windows * kResTokens, chunks] mix sums 0..3 of a token over a chunk
+    float* sq_part;        // [windows * kResTokens, chunks] sum of X^2 of a token over a chunk
+    float* ysq_part;       // [windows * kResTokens, chunks] sum of y^2 of a token over a chunk
+    // Set to all-ones bytes before the launch (kResUnset):
+    float4* pre;           // [windows * kResTokens] pre weights of a token, from its owner
+    float* inv_rms;        // [windows * kResTokens] the RMSNorm's scale of a token, from its owner
+    int* mix_done;         // [windows] -1 + chunks whose mix parts are written
+    int* y_done;           // [windows] -1 + chunks whose y^2 parts are written
     int chunks;            // dim / 128
-    int sq_row;            // chunks rounded up to 4: a lane loads 4 chunks' sums of squares at once
     int groups;            // CTAs per chunk
     int windows;           // ceil(n_tokens / kResTokens)
 };
@@ -962,7 +980,14 @@ struct ResidentSmem {
     Vec16 y[kResYSlots][kResTokens][kResChunkVecs];       // bf16 y of a window, until its outputs
     float red[kHeadMix + 1][kResTokens][kResWorkerWarps + 1];  // each warp's mix sums and sum of X^2 of a window
     float4 norm_weight[2 * kResChunkVecs];                // fp32 norm weights of the CTA's 128 dims
+    float4 pre[2][kResTokens];                            // pre weights of window jy (by j % 2), from the owners
+    float inv_rms[2][kResTokens];                         // RMSNorm scales of window jo, likewise
 };
+
+// The owners' values start as this bit pattern, a NaN that arithmetic never yields (the GPU's NaN is 0x7FFFFFFF), so a
+// value read as anything else is written; the counters start at the same bits, -1.
+constexpr unsigned kResUnset = 0xFFFFFFFFu;
+__device__ __forceinline__ bool res_set(float v) { return __float_as_uint(v) != kResUnset; }
 
 // c += a * b for one m16n8k16 tile: bf16 inputs, fp32 accumulators.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -970,6 +995,13 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
         "{%0, %1, %2, %3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
+__device__ __forceinline__ float group16_sum(float v) {
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    return v;
 }
 
 // Spins on relaxed loads (an acquiring load invalidates the SM's L1 each time), then acquires once.
@@ -983,17 +1015,106 @@ __device__ __forceinline__ void wait_count(const int* p, int target) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
 }
 
-// Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
-__device__ __forceinline__ float group16_sum(float v) {
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+// Relaxed (strong) accesses to the owners' values, which one warp stores and the signal warps poll.
+__device__ __forceinline__ float4 load_relaxed(const float4* p) {
+    float4 v;
+    asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(p)
+                 : "memory");
     return v;
 }
+__device__ __forceinline__ float load_relaxed(const float* p) {
+    float v;
+    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void store_relaxed(float4* p, float4 v) {
+    asm volatile("st.relaxed.gpu.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+}
+__device__ __forceinline__ void store_relaxed(float* p, float v) {
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
+}
+__device__ __forceinline__ bool res_set(float4 v) {
+    return res_set(v.x) && res_set(v.y) && res_set(v.z) && res_set(v.w);
+}
 
-// Lane (token, p)'s sum of 4 chunks' sums of squares from a float4 of a padded row (chunks >= `chunks` unwritten).
-__device__ __forceinline__ float sq_group_sum(float4 v, int first_chunk, int chunks) {
-    return (v.x + (first_chunk + 1 < chunks ? v.y : 0.0f)) +
-           ((first_chunk + 2 < chunks ? v.z : 0.0f) + (first_chunk + 3 < chunks ? v.w : 0.0f));
+// Signal lane t: token slot t's value from its owner, once written (polled until no lane reads kResUnset).
+template <typename T>
+__device__ __forceinline__ T poll_owner_value(const T* p) {
+    for (;;) {
+        const T v = load_relaxed(p);
+        if (__all_sync(0xFFFFFFFFu, res_set(v))) return v;
+        __nanosleep(32);
+    }
+}
+
+// Owner warp k of CTA (c, g): tasks k, k + kResOwnerWarps, ... of the group's windows in the order their inputs are
+// published (task 2j: the pre weights of window j, whose mix parts are published at iteration j + 1; task 2j + 1: the
+// RMSNorm scales of window j - kResMixSkew, whose y^2 parts are published then too). CTA c owns the pre weights of
+// token slots t with t % chunks = c and the scales of those with chunks - 1 - t % chunks = c (at V4-Pro, CTAs 0..31
+// and 24..55). For each it waits for the window's counter, sums the token's parts over the chunks (lane l: chunks l,
+// l + 32) and stores the value every CTA of the group needs; the signal warps poll the values themselves (kResUnset).
+__device__ __forceinline__ void resident_owner(const ResidentArgs& args, int c, int g, int n_local, int owner_warp,
+                                               int lane) {
+    const FinalizeArgs& fin = args.fin;
+    const bool norm = fin.norm_weight != nullptr;
+    const float hc_scale = __ldg(fin.hc_scale);
+    const float own_base = __ldg(fin.hc_base + lane % kHc);  // lane i < 4 forms pre_i
+    const int tasks = 2 * (n_local + kResMixSkew);
+#pragma unroll 1
+    for (int n = owner_warp; n < tasks; n += kResOwnerWarps) {
+        const bool pre_task = n % 2 == 0;
+        const int j = pre_task ? n / 2 : n / 2 - kResMixSkew;
+        if (j < 0 || j >= n_local || (!pre_task && !norm)) continue;
+        const int first = pre_task ? c : args.chunks - 1 - c;  // the first owned slot
+        if (first >= kResTokens) continue;
+        const int window = g + j * args.groups;
+        if (lane == 0) wait_count((pre_task ? args.mix_done : args.y_done) + window, args.chunks - 1);
+        __syncwarp();
+#pragma unroll 1
+        for (int t = first; t < kResTokens; t += args.chunks) {
+            const int token = window * kResTokens + t, row = token * args.chunks;
+            if (pre_task) {
+                float4 m = {0.0f, 0.0f, 0.0f, 0.0f};
+                float sq = 0.0f;
+#pragma unroll
+                for (int u = 0; u < kResOwnerLoads; ++u) {
+                    const int chunk = lane + u * dsv4::kWarpSize;
+                    if (chunk < args.chunks) {
+                        const float4 v = __ldcg(args.mix_part + row + chunk);
+                        m.x += v.x, m.y += v.y, m.z += v.z, m.w += v.w;
+                        sq += __ldcg(args.sq_part + row + chunk);
+                    }
+                }
+#pragma unroll
+                for (int offset = 16; offset > 0; offset >>= 1) {
+                    m.x += __shfl_xor_sync(0xFFFFFFFFu, m.x, offset), m.y += __shfl_xor_sync(0xFFFFFFFFu, m.y, offset);
+                    m.z += __shfl_xor_sync(0xFFFFFFFFu, m.z, offset), m.w += __shfl_xor_sync(0xFFFFFFFFu, m.w, offset);
+                    sq += __shfl_xor_sync(0xFFFFFFFFu, sq, offset);
+                }
+                const int i = lane % kHc;
+                const float own_mix = i == 0 ? m.x : i == 1 ? m.y : i == 2 ? m.z : m.w;
+                const float mix_rms = rms_scale(sq, fin.k, fin.mix_eps);
+                const float own_pre = __fadd_rn(
+                    sigmoid(__fadd_rn(__fmul_rn(__fmul_rn(own_mix, mix_rms), hc_scale), own_base)), fin.hc_eps);
+                const float4 pre = {__shfl_sync(0xFFFFFFFFu, own_pre, 0), __shfl_sync(0xFFFFFFFFu, own_pre, 1),
+                                    __shfl_sync(0xFFFFFFFFu, own_pre, 2), __shfl_sync(0xFFFFFFFFu, own_pre, 3)};
+                if (lane == 0) store_relaxed(args.pre + token, pre);
+            } else {
+                float sq = 0.0f;
+#pragma unroll
+                for (int u = 0; u < kResOwnerLoads; ++u) {
+                    const int chunk = lane + u * dsv4::kWarpSize;
+                    if (chunk < args.chunks) sq += __ldcg(args.ysq_part + row + chunk);
+                }
+#pragma unroll
+                for (int offset = 16; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xFFFFFFFFu, sq, offset);
+                if (lane == 0) store_relaxed(args.inv_rms + token, rms_scale(sq, fin.dim, fin.norm_eps));
+            }
+        }
+    }
 }
 
 __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const ResidentArgs args) {
@@ -1008,23 +1129,26 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     const bool norm = fin.norm_weight != nullptr;
     const int iterations = n_local + kResMixSkew + kResNormSkew;
     auto window_of = [&](int j) { return g + j * args.groups; };
+    // The workers and the signal warp meet at the top of each iteration; the owner warps at no barrier.
+    auto top_barrier = [] { asm volatile("bar.sync 1, %0;" ::"n"(kResWorkers + dsv4::kWarpSize) : "memory"); };
 
-    // Constants: no global stores precede them.
-    const float hc_scale = __ldg(fin.hc_scale);
-    const float own_base = __ldg(fin.hc_base + lane % kHc);  // lane v of a token forms pre_{v % 4}
     if (norm && tid < 2 * kResChunkVecs) s.norm_weight[tid] = __ldg(fin.norm_weight + 2 * chunk_vec + tid);
     dsv4::await_previous_kernel();
 
+    if (warp > kResWorkerWarps) {
+        resident_owner(args, c, g, n_local, warp - kResWorkerWarps - 1, lane);
+        return;
+    }
     if (warp == kResWorkerWarps) {  // the signal warp
 #pragma unroll 1
         for (int j = 0; j < iterations; ++j) {
             const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
-            if (lane == 0) {  // the parts iteration j reads, published an iteration ago
-                if (jy >= 0 && jy < n_local) wait_count(args.mix_done + window_of(jy), args.chunks);
-                if (norm && jo >= 0 && jo < n_local) wait_count(args.y_done + window_of(jo), args.chunks);
-            }
-            __syncwarp();
-            __syncthreads();  // the workers' stores of iteration j - 1 are done
+            // The owners' values iteration j reads, into shared memory (the workers read the other buffer meanwhile).
+            if (jy >= 0 && jy < n_local)
+                s.pre[j % 2][lane] = poll_owner_value(args.pre + window_of(jy) * kResTokens + lane);
+            if (norm && jo >= 0 && jo < n_local)
+                s.inv_rms[j % 2][lane] = poll_owner_value(args.inv_rms + window_of(jo) * kResTokens + lane);
+            top_barrier();  // the workers' stores of iteration j - 1 are done
             if (lane == 0) {
                 const bool mix_written = j - 1 >= 0 && j - 1 < n_local;
                 const bool y_written = norm && jy - 1 >= 0 && jy - 1 < n_local;
@@ -1070,24 +1194,19 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         }
     }
 
-    // Worker (token tid / 16, vector v = tid % 16): its X copies, y and outputs, the token's mix parts of chunks v,
-    // v + 16, ... and its sums of squares of chunks 4v .. 4v + 3. Indices are 32-bit (use_resident_head checks the
-    // sizes) and advance by a stride a window.
+    // Worker (token tid / 16, vector v = tid % 16): its X copies, y and outputs. Indices are 32-bit
+    // (use_resident_head checks the sizes) and advance by a stride a window.
     const int row_token = tid / kResChunkVecs, row_vec = tid % kResChunkVecs;
     const int token_stride = args.groups * kResTokens;  // tokens between a CTA's consecutive windows
-    const int part_stride = token_stride * args.chunks, sq_stride = token_stride * args.sq_row;
+    const int part_stride = token_stride * args.chunks;
     const int x_stride = token_stride * kHc * static_cast<int>(vecs);
-    unsigned chunk_loads = 0;  // bit u: chunk row_vec + 16 u exists
-#pragma unroll
-    for (int u = 0; u < kResMixLoads; ++u) chunk_loads |= (row_vec + u * kResChunkVecs < args.chunks) << u;
-    const bool sq_load = 4 * row_vec < args.chunks;
     // Of window j (the load lead's, the mix's), jy (y) and jo (outputs), kept as the loop advances.
     int load_token = g * kResTokens + row_token;  // window 0's, loaded before the loop
     int load_x = load_token * kHc * static_cast<int>(vecs) + static_cast<int>(chunk_vec) + row_vec;
     const int red_token = g * kResTokens + tid % kResTokens;  // red-sum thread (value tid / 32, token tid % 32)'s
-    int red_part = red_token * args.chunks + c, red_sq = red_token * args.sq_row + c;
+    int red_part = red_token * args.chunks + c;
     int y_token = g * kResTokens + row_token - kResMixSkew * token_stride;
-    int y_part = y_token * args.chunks, y_sq = y_token * args.sq_row;  // the token's rows of parts
+    int y_part = y_token * args.chunks + c;  // the token's part of this chunk
     int x_slot = 0, load_slot = 0, y_x_slot = kResXSlots - kResMixSkew;
     int y_slot = (kResYSlots - kResMixSkew % kResYSlots) % kResYSlots;
     auto advance = [](int& slot, int slots) { slot = slot + 1 == slots ? 0 : slot + 1; };
@@ -1105,17 +1224,13 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         load_token += token_stride, load_x += x_stride;
         advance(load_slot, kResXSlots);
     };
-    // The token's sum of squares over the chunks, from the worker's float4 (4 chunks) of a padded row.
-    auto token_sq_sum = [&](float4 v) {
-        return group16_sum(sq_group_sum(v, 4 * row_vec, args.chunks));
-    };
 
 #pragma unroll 1
     for (int j = 0; j < kResLead; ++j) load_window(j);
 #pragma unroll 1
     for (int j = 0; j < iterations; ++j) {
         cp_async_wait<kResLead - 1>();  // window j's copies (this thread's)
-        __syncthreads();                // ... everyone's; the previous iteration's phases are done
+        top_barrier();                  // ... everyone's; the previous iteration's phases are done
         const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
         const bool y_phase = jy >= 0 && jy < n_local, out_phase = norm && jo >= 0 && jo < n_local;
         // Window j's A fragments first: issued after the global loads and copies below, they queued behind them.
@@ -1133,20 +1248,6 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
                              : "r"(dsv4::shared_address(&s.x[x_slot][row][copy][kv ^ (row % 8)])));
             }
         }
-        // The parts this iteration's y and outputs sum (visible since the barrier), loaded before the mix.
-        constexpr float4 kZero4 = {0.0f, 0.0f, 0.0f, 0.0f};
-        float4 mix_parts[kResMixLoads];
-#pragma unroll
-        for (int u = 0; u < kResMixLoads; ++u)
-            mix_parts[u] = y_phase && (chunk_loads >> u & 1)
-                               ? __ldcg(args.mix_part + y_part + row_vec + u * kResChunkVecs)
-                               : kZero4;
-        const float4 sq_parts =
-            y_phase && sq_load ? __ldcg(reinterpret_cast<const float4*>(args.sq_part + y_sq) + row_vec) : kZero4;
-        const float4 ysq_parts = out_phase && sq_load ? __ldcg(reinterpret_cast<const float4*>(
-                                                            args.ysq_part + y_sq - kResNormSkew * sq_stride) +
-                                                        row_vec)
-                                                      : kZero4;
         load_window(j + kResLead);
 
         // Mix of window j: warp w's two K steps for both m tiles (tokens 0..15, 16..31). The sums of X^2 come from
@@ -1190,33 +1291,13 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             if (value < kHeadMix)
                 reinterpret_cast<float*>(args.mix_part + red_part)[value] = sum;
             else
-                args.sq_part[red_sq] = sum;
+                args.sq_part[red_part] = sum;
         }
 
-        // y of window jy: worker (token, vector) sums the token's chunk parts, forms pre and its 8 elements of y.
+        // y of window jy: worker (token, vector) forms its 8 elements of y from the token's pre weights.
         if (y_phase) {
-            float4 m = mix_parts[0];
-#pragma unroll
-            for (int u = 1; u < kResMixLoads; ++u)
-                m.x += mix_parts[u].x, m.y += mix_parts[u].y, m.z += mix_parts[u].z, m.w += mix_parts[u].w;
-            // Lane i (mod 4) of the token's 16 forms pre_i; one sigmoid a lane, then every lane gathers the 4.
-            // Sums over lanes v, v ^ 4, v ^ 8, v ^ 12, then a reduce-scatter over the 4 left: lane v keeps mix v % 4.
-            const int own = row_vec % kHc;
-#pragma unroll
-            for (int offset = 8; offset >= 4; offset >>= 1) {
-                m.x += __shfl_xor_sync(0xFFFFFFFFu, m.x, offset), m.y += __shfl_xor_sync(0xFFFFFFFFu, m.y, offset);
-                m.z += __shfl_xor_sync(0xFFFFFFFFu, m.z, offset), m.w += __shfl_xor_sync(0xFFFFFFFFu, m.w, offset);
-            }
-            const bool upper_pair = own & 2, odd = own & 1;
-            const float pa = (upper_pair ? m.z : m.x) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? m.x : m.z, 2);
-            const float pb = (upper_pair ? m.w : m.y) + __shfl_xor_sync(0xFFFFFFFFu, upper_pair ? m.y : m.w, 2);
-            const float own_mix = (odd ? pb : pa) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pa : pb, 1);
-            const float mix_rms = rms_scale(token_sq_sum(sq_parts), fin.k, fin.mix_eps);
-            const float own_pre =
-                __fadd_rn(sigmoid(__fadd_rn(__fmul_rn(__fmul_rn(own_mix, mix_rms), hc_scale), own_base)), fin.hc_eps);
-            float pre[kHc];
-#pragma unroll
-            for (int i = 0; i < kHc; ++i) pre[i] = __shfl_sync(0xFFFFFFFFu, own_pre, (lane & ~15) | i);
+            const float4 pre4 = s.pre[j % 2][row_token];
+            const float pre[kHc] = {pre4.x, pre4.y, pre4.z, pre4.w};
             Vec16 xv[kHc];
 #pragma unroll
             for (int i = 0; i < kHc; ++i) xv[i] = s.x[y_x_slot][row_token][i][row_vec ^ (row_token % 8)];
@@ -1225,33 +1306,35 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             if (norm) {
                 s.y[y_slot][row_token][row_vec] = y;
                 ysq = group16_sum(ysq);
-                if (row_vec == 0) args.ysq_part[y_sq + c] = ysq;
+                if (row_vec == 0) args.ysq_part[y_part] = ysq;
             } else if (y_token < fin.n_tokens) {
                 fin.y[int64_t(y_token) * vecs + chunk_vec + row_vec] = y;
             }
         }
 
-        // Outputs of window jo: the token's sum of y^2 over the chunks, then the RMSNorm.
+        // Outputs of window jo: the RMSNorm with the token's scale.
         if (out_phase) {
-            const float inv_rms = rms_scale(token_sq_sum(ysq_parts), fin.dim, fin.norm_eps);
             const int o_token = y_token - kResNormSkew * token_stride;
+            const float inv_rms = s.inv_rms[j % 2][row_token];
             const int o_slot = (y_slot + kResYSlots - kResNormSkew % kResYSlots) % kResYSlots;
             store_outputs<false, true>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
                                        s.y[o_slot][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
-        y_token += token_stride, y_part += part_stride, y_sq += sq_stride, red_part += part_stride, red_sq += sq_stride;
+        y_token += token_stride, y_part += part_stride, red_part += part_stride;
         advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots), advance(y_slot, kResYSlots);
     }
 }
 
-// The single-read launch's counters and parts: 2 counters a window (16-byte aligned), then per (window, token, chunk)
-// a float4 of mix sums, then the sums of X^2 and of y^2 in rows padded to 4 chunks.
-size_t resident_counter_bytes(int64_t windows) { return static_cast<size_t>((2 * windows + 3) / 4 * 16); }
-int resident_sq_row(int64_t dim) { return static_cast<int>((dim / kPostMixDims + 3) / 4 * 4); }
+// The single-read launch's workspace: per token its mix sums per chunk (float4), its pre weights (float4) and RMSNorm
+// scale, 2 counters a window, then per token its sums of X^2 and of y^2 per chunk. The pre weights, scales and
+// counters are contiguous: one memset sets them to kResUnset.
+size_t resident_unset_bytes(int64_t windows) {
+    return static_cast<size_t>(windows) * (kResTokens * (sizeof(float4) + sizeof(float)) + 2 * sizeof(int));
+}
 size_t resident_workspace_bytes(int64_t n_tokens, int64_t dim) {
-    const int64_t tokens = (n_tokens + kResTokens - 1) / kResTokens * kResTokens;
-    const size_t token_bytes = (dim / kPostMixDims) * sizeof(float4) + 2 * resident_sq_row(dim) * sizeof(float);
-    return resident_counter_bytes(tokens / kResTokens) + static_cast<size_t>(tokens) * token_bytes;
+    const int64_t windows = (n_tokens + kResTokens - 1) / kResTokens;
+    const size_t part_bytes = (dim / kPostMixDims) * (sizeof(float4) + 2 * sizeof(float));  // a token's parts
+    return resident_unset_bytes(windows) + static_cast<size_t>(windows) * kResTokens * part_bytes;
 }
 
 // Whether a CTA of resident_head_kernel fits an SM (its shared memory is above the default limit, so the attribute
@@ -1308,18 +1391,17 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
     args.fin.norm_eps = p.norm_eps;
     args.fn = reinterpret_cast<const float4*>(p.fn);
     args.chunks = static_cast<int>(p.dim / kPostMixDims);
-    args.sq_row = resident_sq_row(p.dim);
     args.groups = resident_groups(p.dim);
     args.windows = static_cast<int>((p.n_tokens + kResTokens - 1) / kResTokens);
-    char* ws = static_cast<char*>(p.workspace);
-    const size_t counters = resident_counter_bytes(args.windows);
     const int64_t tokens = int64_t(args.windows) * kResTokens;
-    args.mix_done = reinterpret_cast<int*>(ws);
+    args.mix_part = static_cast<float4*>(p.workspace);  // float4 arrays first: each stays 16-byte aligned
+    args.pre = args.mix_part + tokens * args.chunks;
+    args.inv_rms = reinterpret_cast<float*>(args.pre + tokens);
+    args.mix_done = reinterpret_cast<int*>(args.inv_rms + tokens);
     args.y_done = args.mix_done + args.windows;
-    args.mix_part = reinterpret_cast<float4*>(ws + counters);
-    args.sq_part = reinterpret_cast<float*>(args.mix_part + tokens * args.chunks);
-    args.ysq_part = args.sq_part + tokens * args.sq_row;
-    DSV4_CHECK_CUDA(cudaMemsetAsync(ws, 0, counters, stream));
+    args.sq_part = reinterpret_cast<float*>(args.y_done + args.windows);
+    args.ysq_part = args.sq_part + tokens * args.chunks;
+    DSV4_CHECK_CUDA(cudaMemsetAsync(args.pre, 0xFF, resident_unset_bytes(args.windows), stream));
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, resident_head_kernel,
                                           static_cast<unsigned>(args.groups * args.chunks), kResThreads,
                                           sizeof(ResidentSmem), stream, args));

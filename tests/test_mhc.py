@@ -283,12 +283,12 @@ def test_workspace_bytes_hold_the_partials():
             nbytes = lib.dsv4_mhc_pre_workspace_bytes(n, dim)
             splits, rest = divmod(nbytes, n * 25 * 4)  # rows of 24 mix sums and sum(x^2)
             assert rest == 0 and 1 <= splits <= 4 * dim // 128, (n, dim, nbytes)
-            # hc_head's single-read launch (from 1024 tokens) keeps per token a float4 of mix sums per 128 dims and
-            # two rows of sums of squares padded to 4 chunks, and two counters per 32 tokens; its workspace also
-            # holds the two kernels' partials.
+            # hc_head's single-read launch (from 1024 tokens) keeps per token (in whole windows of 32) its pre
+            # weights (a float4), per 128 dims a float4 of mix sums and two sums of squares, and its RMSNorm scale,
+            # and two counters per window; its workspace also holds the two kernels' partials.
             head = lib.dsv4_mhc_head_workspace_bytes(n, dim)
             chunks = dim // 128
-            single_read = -(-n // 32) * (32 * (16 * chunks + 8 * -(-chunks // 4) * 4) + 8) if n >= 1024 else 0
+            single_read = -(-n // 32) * (32 * (16 + 24 * chunks + 4) + 8) if n >= 1024 else 0
             assert head >= max(nbytes, single_read), (n, dim, head)
     assert lib.dsv4_mhc_pre_workspace_bytes(5, 0) == 0
 
@@ -338,13 +338,16 @@ def test_params_structs_match_the_library():
 # ---- hc_head -----------------------------------------------------------------------------------------------------
 
 
-def run_head(x_host, fn, scale, base, weight, stream, partials=None):
+def run_head(x_host, fn, scale, base, weight, stream, partials=None, ws=None):
+    """ws: (a DeviceArray, its bytes) to use as the workspace instead of a fresh poisoned one."""
     n, _, dim = x_host.shape
     x = DeviceArray.from_numpy(x_host, stream)
     dev = [DeviceArray.from_numpy(a, stream) for a in (fn, scale, base)]
     w = DeviceArray.from_numpy(weight, stream) if weight is not None else None
     y = DeviceArray.empty((n + 1, dim), BF16).fill_poison(stream)
-    ws, ws_bytes = workspace(n, dim, lib.dsv4_mhc_head_workspace_bytes) if partials is None else (None, 0)
+    if ws is None:
+        ws = workspace(n, dim, lib.dsv4_mhc_head_workspace_bytes) if partials is None else (None, 0)
+    ws, ws_bytes = ws
     p = HeadParams(y=y.ptr, x=x.ptr, fn=dev[0].ptr if partials is None else 0, hc_scale=dev[1].ptr,
                    hc_base=dev[2].ptr, norm_weight=w.ptr if w else 0, partials=partials.ptr if partials else 0,
                    workspace=ws.ptr if ws else 0, workspace_bytes=ws_bytes, n_tokens=n, dim=dim, hc_eps=HC_EPS,
@@ -392,11 +395,11 @@ def test_head_degenerate_rows(rng, stream):
         assert (out[0].view(np.uint16) & 0x7FFF == 0).all(), "a zero row gives y = 0"
 
 
-def check_head(dim, n_tokens, with_norm, rng, stream):
+def check_head(dim, n_tokens, with_norm, rng, stream, ws=None):
     x = random_stream(rng, n_tokens, dim)
     fn, scale, base = random_hc_weights(rng, dim, mix=HC)
     weight = random_norm_weight(rng, dim) if with_norm else None
-    out = run_head(x, fn, scale, base, weight, stream)
+    out = run_head(x, fn, scale, base, weight, stream, ws=ws)
     ref = ops.hc_head(x.astype(np.float32), fn, scale, base, HC_EPS, NORM_EPS)
     bound = sum_bound(x)
     if with_norm:
@@ -404,6 +407,18 @@ def check_head(dim, n_tokens, with_norm, rng, stream):
         ref = ops.rms_norm(ref, weight, NORM_EPS)
     assert_bf16_near_exact(out, ref, bound, f"hc_head {n_tokens}x{dim} {'normed' if with_norm else 'raw'}",
                            max_ulps=2 if with_norm else 1, rare=RARE_Y)
+
+
+@pytest.mark.parametrize("dim", WIDTHS, ids=lambda d: f"dim{d}")
+def test_head_single_read_with_a_used_workspace(dim, rng, stream):
+    """The single read (from 1024 tokens) signals through its workspace: it must reset it itself, whatever a previous
+    call or the caller left there (zeros, or another call's values: the fresh workspaces above are poisoned with the
+    very bytes it resets to)."""
+    n = 1100
+    nbytes = lib.dsv4_mhc_head_workspace_bytes(n, dim)
+    ws = DeviceArray.empty(nbytes, np.uint8).zero(stream)
+    for _ in range(2):
+        check_head(dim, n, True, rng, stream, ws=(ws, nbytes))
 
 
 def test_head_bad_arguments_raise():
