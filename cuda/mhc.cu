@@ -910,8 +910,10 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // CTA repeated for every token (and its parts' loads read more from L2 than X itself).
 // With owners, timing-only variants at V4-Pro x 4096: no owner work and no waits 136 us, owners running but not
 // waited for 164: the owners' chain (counter, acquire, parts' loads, sums, store, the reader's poll: ~5 us) fills the
-// two iterations the skews give it, so more skew, not fewer worker instructions, is what would help next; the 5 X
-// slots of 32 KB leave no shared memory for it (X re-read from L2 for y would free it).
+// two iterations the skews give it. More skew needs shared memory (5 X slots of 32 KB hold X from its load to its y).
+// X re-read from L2 for y instead (2 slots; its 4 loads a lane issued before the mix) was slower (V4-Pro / V4-Flash
+// x 4096, us, against 169.8 / 93.0): 187.8 / 105.7 at the same skews, 194.4 / 111.9 with skews of 5 and 4, 195.4 /
+// 112.4 with that and loads 2 windows ahead; each skew iteration also adds one to the pipeline's fill and drain.
 // Owner designs measured and not kept (V4-Pro x 4096, us): owners publishing through counters too (fence + atomic
 // add, the signal warp polling those) 192-196; an owner warp taking a window's two tasks at once in half warps 195-198
 // (and 195 with acquiring polls); the parts themselves polled by the owners (no counters, the whole workspace set to
