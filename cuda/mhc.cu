@@ -894,23 +894,38 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // The parts reach the owners through counters (a CTA adds 1 once its parts are written: fence + atomic add; the owner
 // polls on relaxed loads, then acquires once: an acquiring load invalidates the SM's L1). The owners' values are their
 // own signal: the workspace holds kResUnset until they are stored, and the readers poll the values themselves.
-// The skews let a window's values arrive while the CTA works on other windows.
-// Warps: 16 workers take every phase (a barrier apart); a signal warp publishes the parts the workers wrote in the
-// previous iteration (its fence waits for their stores) and polls the owners' values of the next iteration into
-// shared memory; 3 owner warps, at no barrier, take the tasks of the tokens their CTA owns.
+// The skews let a window's values arrive while the CTA works on other windows. y is stored unnormalized into the
+// output rows at its phase and copied back into shared memory (cp.async, from L2) at its outputs' phase, so that
+// shared memory holds 6 windows of X (the mix skew of 4) rather than 5 and 4 of y.
+// Warps: 16 workers take every phase (a barrier apart); a publish warp publishes the parts the workers wrote in the
+// previous iteration (its fence waits for their stores); a poll warp polls the owners' values of the next iteration
+// into shared memory; 2 owner warps, at no barrier, take the tasks of the tokens their CTA owns.
 // The mix runs on the tensor cores: bf16 X times fn split into 3 bf16 terms (24 significant bits, B fragments held
 // in registers for the whole launch), and the sums of X^2 from X times its own transpose. Indices are 32-bit and
 // advance by a stride a window (64-bit index arithmetic was ~150 of a worker warp's ~690 instructions a window).
-// Every CTA must be resident at once: one per SM (204 KB of shared memory), groups x chunks <= the SM count.
-// On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens, same run, against every CTA summing every
+// Every CTA must be resident at once: one per SM (220 KB of shared memory), groups x chunks <= the SM count.
+// On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens, same run, against skews of 3 with y in shared
+// memory and one signal warp both publishing and polling (3 owner warps): V4-Flash 28.8 / 49.4 / 90.1 against 30.6 /
+// 51.9 / 93.9; V4-Pro 47.1 / 81.7 / 153.4 against 50.5 / 87.4 / 171.4 (150-155 at 4096 over runs). %globaltimer
+// stamps of that version (V4-Pro x 4096, group 0): an iteration took 2.6 us where the workers alone take 1.8, and a
+// window's pre weights reached every CTA 4.5 us after the barrier past its mix (0.9 us to the counter's last add, 2.1
+// to the last owner's store, 1.3 to the last poll), against 2 iterations of skew. With skews of 4 the signal warp
+// became the limit: after each barrier, 1.2 us of fence and atomics before its polls (0.5 us a round trip) began. On
+// the way, V4-Pro x 4096: skews of 4 / 4 (one signal warp) 158.7, 4 / 3 165.8, 3 / 4 183.6, 4 / 5 160.4; the polls of
+// pre and of the scale in one loop and issued before the fence 157.7; then the publish warp: 152-154. Not kept: a
+// publish warp as a 21st warp (3 owners; 80 registers) 184-185 with skews of 3; 4 or 7 owner warps (80 registers)
+// 172 / 189 against 172 with skews of 3; the memset replaced by a kernel overlapping its neighbours (programmatic
+// dependent launch) 153.4 / 154.0 against 154.5 / 152.7; acquiring polls in the owners, polls without the nanosleep,
+// a norm skew of 5: 150-153.6 against 152.4-155.2, within the runs' spread.
+// Before (one signal warp, 3 owners, skews of 3), against every CTA summing every
 // token's parts itself (the version before owners): V4-Flash (32 chunks, 4 groups) 30.5 / 51.2 / 93.2 against 32.2 /
 // 53.3 / 92.2; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096 tokens) 49.9 / 88.7 / 171.5 against 53.8 / 96.9 /
 // 178.7 (the two kernels: V4-Flash 33.3 / 57.4 / 103.0, V4-Pro 54.2 / 107.0 / 201.9). That version's workers issued
 // ~640 instructions a warp a window, ~165 of them to sum the 56 chunks' parts and form pre and the scale, which every
 // CTA repeated for every token (and its parts' loads read more from L2 than X itself).
-// With owners, timing-only variants at V4-Pro x 4096: no owner work and no waits 136 us, owners running but not
-// waited for 164: the owners' chain (counter, acquire, parts' loads, sums, store, the reader's poll: ~5 us) fills the
-// two iterations the skews give it. More skew needs shared memory (5 X slots of 32 KB hold X from its load to its y).
+// With owners and skews of 3, timing-only variants at V4-Pro x 4096: no owner work and no waits 125 us, owners running
+// but not waited for 127: the owners' chain (counter, acquire, parts' loads, sums, store, the reader's poll: ~5 us)
+// outran the two iterations the skews gave it (with skews of 4 / 4 and y from L2: 134 us without waits).
 // X re-read from L2 for y instead (2 slots; its 4 loads a lane issued before the mix) was slower (V4-Pro / V4-Flash
 // x 4096, us, against 169.8 / 93.0): 187.8 / 105.7 at the same skews, 194.4 / 111.9 with skews of 5 and 4, 195.4 /
 // 112.4 with that and loads 2 windows ahead; each skew iteration also adds one to the pipeline's fill and drain.
@@ -946,15 +961,15 @@ constexpr int kResTokens = 32;                             // tokens per window:
 constexpr int kResChunkVecs = kPostMixDims / kBf16PerVec;  // 16 vectors of a copy's 128 dims
 constexpr int kResWorkers = kResTokens * kResChunkVecs;    // 512: 16 lanes a token
 constexpr int kResWorkerWarps = kResWorkers / dsv4::kWarpSize;
-constexpr int kResOwnerWarps = 3;  // with the signal warp, 20 warps: 5 a scheduler, which leaves 96 registers
-constexpr int kResThreads = kResWorkers + (1 + kResOwnerWarps) * dsv4::kWarpSize;
+constexpr int kResPollWarp = kResWorkerWarps, kResPublishWarp = kResWorkerWarps + 1;
+constexpr int kResOwnerWarps = 2;  // 20 warps in all: 5 a scheduler, which leaves 96 registers (21: 80)
+constexpr int kResThreads = (kResPublishWarp + 1 + kResOwnerWarps) * dsv4::kWarpSize;
 constexpr int kResWarpSteps = kHc * kPostMixDims / 16 / kResWorkerWarps;  // 2 K steps of 16 a warp in the mix
 constexpr int kResOwnerLoads = kMaxDim / kPostMixDims / dsv4::kWarpSize;  // chunk parts an owner lane sums: 2
 constexpr int kResLead = 1;       // windows loaded ahead of the mix
-constexpr int kResMixSkew = 3;    // iterations from a window's mix to its y: its parts are published at the next one
-constexpr int kResNormSkew = 3;   // iterations from a window's y to its outputs, likewise
+constexpr int kResMixSkew = 4;    // iterations from a window's mix to its y: its parts are published at the next one
+constexpr int kResNormSkew = 4;   // iterations from a window's y to its outputs, likewise
 constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives from its load to its y
-constexpr int kResYSlots = kResNormSkew + 1;           // y of a window lives from its y to its outputs
 constexpr int64_t kResMinTokens = 1024;
 constexpr int kResMinGroups = 2;
 static_assert(kMaxDim / kPostMixDims == kResOwnerLoads * dsv4::kWarpSize, "an owner lane's chunks");
@@ -979,7 +994,7 @@ struct ResidentArgs {
 struct ResidentSmem {
     Vec16 x[kResXSlots][kResTokens][kHc][kResChunkVecs];  // bf16 X of a window over the CTA's dims, vector v of
                                                           // token t at v ^ (t % 8) (ldmatrix without bank conflicts)
-    Vec16 y[kResYSlots][kResTokens][kResChunkVecs];       // bf16 y of a window, until its outputs
+    Vec16 y[2][kResTokens][kResChunkVecs];  // bf16 y of window jo (by j % 2), read back from the output rows
     float red[kHeadMix + 1][kResTokens][kResWorkerWarps + 1];  // each warp's mix sums and sum of X^2 of a window
     float4 norm_weight[2 * kResChunkVecs];                // fp32 norm weights of the CTA's 128 dims
     float4 pre[2][kResTokens];                            // pre weights of window jy (by j % 2), from the owners
@@ -1017,7 +1032,7 @@ __device__ __forceinline__ void wait_count(const int* p, int target) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
 }
 
-// Relaxed (strong) accesses to the owners' values, which one warp stores and the signal warps poll.
+// Relaxed (strong) accesses to the owners' values, which one warp stores and the poll warps poll.
 __device__ __forceinline__ float4 load_relaxed(const float4* p) {
     float4 v;
     asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
@@ -1042,22 +1057,12 @@ __device__ __forceinline__ bool res_set(float4 v) {
     return res_set(v.x) && res_set(v.y) && res_set(v.z) && res_set(v.w);
 }
 
-// Signal lane t: token slot t's value from its owner, once written (polled until no lane reads kResUnset).
-template <typename T>
-__device__ __forceinline__ T poll_owner_value(const T* p) {
-    for (;;) {
-        const T v = load_relaxed(p);
-        if (__all_sync(0xFFFFFFFFu, res_set(v))) return v;
-        __nanosleep(32);
-    }
-}
-
 // Owner warp k of CTA (c, g): tasks k, k + kResOwnerWarps, ... of the group's windows in the order their inputs are
 // published (task 2j: the pre weights of window j, whose mix parts are published at iteration j + 1; task 2j + 1: the
 // RMSNorm scales of window j - kResMixSkew, whose y^2 parts are published then too). CTA c owns the pre weights of
 // token slots t with t % chunks = c and the scales of those with chunks - 1 - t % chunks = c (at V4-Pro, CTAs 0..31
 // and 24..55). For each it waits for the window's counter, sums the token's parts over the chunks (lane l: chunks l,
-// l + 32) and stores the value every CTA of the group needs; the signal warps poll the values themselves (kResUnset).
+// l + 32) and stores the value every CTA of the group needs; the poll warps poll the values themselves (kResUnset).
 __device__ __forceinline__ void resident_owner(const ResidentArgs& args, int c, int g, int n_local, int owner_warp,
                                                int lane) {
     const FinalizeArgs& fin = args.fin;
@@ -1131,33 +1136,49 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     const bool norm = fin.norm_weight != nullptr;
     const int iterations = n_local + kResMixSkew + kResNormSkew;
     auto window_of = [&](int j) { return g + j * args.groups; };
-    // The workers and the signal warp meet at the top of each iteration; the owner warps at no barrier.
-    auto top_barrier = [] { asm volatile("bar.sync 1, %0;" ::"n"(kResWorkers + dsv4::kWarpSize) : "memory"); };
+    // The workers, the poll warp and the publish warp meet at the top of each iteration; the owners at no barrier.
+    auto top_barrier = [] { asm volatile("bar.sync 1, %0;" ::"n"(kResWorkers + 2 * dsv4::kWarpSize) : "memory"); };
 
     if (norm && tid < 2 * kResChunkVecs) s.norm_weight[tid] = __ldg(fin.norm_weight + 2 * chunk_vec + tid);
     dsv4::await_previous_kernel();
 
-    if (warp > kResWorkerWarps) {
-        resident_owner(args, c, g, n_local, warp - kResWorkerWarps - 1, lane);
+    if (warp > kResPublishWarp) {
+        resident_owner(args, c, g, n_local, warp - kResPublishWarp - 1, lane);
         return;
     }
-    if (warp == kResWorkerWarps) {  // the signal warp
+    if (warp == kResPublishWarp) {  // publishes the parts the workers wrote in the previous iteration
 #pragma unroll 1
         for (int j = 0; j < iterations; ++j) {
-            const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
-            // The owners' values iteration j reads, into shared memory (the workers read the other buffer meanwhile).
-            if (jy >= 0 && jy < n_local)
-                s.pre[j % 2][lane] = poll_owner_value(args.pre + window_of(jy) * kResTokens + lane);
-            if (norm && jo >= 0 && jo < n_local)
-                s.inv_rms[j % 2][lane] = poll_owner_value(args.inv_rms + window_of(jo) * kResTokens + lane);
             top_barrier();  // the workers' stores of iteration j - 1 are done
-            if (lane == 0) {
-                const bool mix_written = j - 1 >= 0 && j - 1 < n_local;
-                const bool y_written = norm && jy - 1 >= 0 && jy - 1 < n_local;
-                if (mix_written || y_written) __threadfence();
-                if (mix_written) atomicAdd(args.mix_done + window_of(j - 1), 1);
-                if (y_written) atomicAdd(args.y_done + window_of(jy - 1), 1);
+            const int i = j - 1, iy = i - kResMixSkew;
+            const bool mix_written = i >= 0 && i < n_local, y_written = norm && iy >= 0 && iy < n_local;
+            if (lane == 0 && (mix_written || y_written)) {
+                __threadfence();
+                if (mix_written) atomicAdd(args.mix_done + window_of(i), 1);
+                if (y_written) atomicAdd(args.y_done + window_of(iy), 1);
             }
+        }
+        return;
+    }
+    if (warp == kResPollWarp) {  // polls the owners' values of the next iteration into shared memory
+#pragma unroll 1
+        for (int j = 0; j < iterations; ++j) {
+            // Lane t: token slot t's values of iteration j (the workers read the other buffer meanwhile), polled until
+            // no lane reads kResUnset.
+            const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
+            const bool want_pre = jy >= 0 && jy < n_local, want_inv = norm && jo >= 0 && jo < n_local;
+            const float4* pre_src = args.pre + window_of(want_pre ? jy : 0) * kResTokens + lane;
+            const float* inv_src = args.inv_rms + window_of(want_inv ? jo : 0) * kResTokens + lane;
+            for (bool have_pre = !want_pre, have_inv = !want_inv;;) {
+                const float4 pre = have_pre ? float4{} : load_relaxed(pre_src);
+                const float inv_rms = have_inv ? 0.0f : load_relaxed(inv_src);
+                if (!have_pre && __all_sync(0xFFFFFFFFu, res_set(pre))) s.pre[j % 2][lane] = pre, have_pre = true;
+                if (!have_inv && __all_sync(0xFFFFFFFFu, res_set(inv_rms)))
+                    s.inv_rms[j % 2][lane] = inv_rms, have_inv = true;
+                if (have_pre && have_inv) break;
+                __nanosleep(32);
+            }
+            top_barrier();
         }
         return;
     }
@@ -1210,7 +1231,6 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     int y_token = g * kResTokens + row_token - kResMixSkew * token_stride;
     int y_part = y_token * args.chunks + c;  // the token's part of this chunk
     int x_slot = 0, load_slot = 0, y_x_slot = kResXSlots - kResMixSkew;
-    int y_slot = (kResYSlots - kResMixSkew % kResYSlots) % kResYSlots;
     auto advance = [](int& slot, int slots) { slot = slot + 1 == slots ? 0 : slot + 1; };
 
     // The next window's X into its slot.
@@ -1231,7 +1251,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
     for (int j = 0; j < kResLead; ++j) load_window(j);
 #pragma unroll 1
     for (int j = 0; j < iterations; ++j) {
-        cp_async_wait<kResLead - 1>();  // window j's copies (this thread's)
+        cp_async_wait<2 * (kResLead - 1)>();  // window j's copies (this thread's): each iteration commits two groups
         top_barrier();                  // ... everyone's; the previous iteration's phases are done
         const int jy = j - kResMixSkew, jo = jy - kResNormSkew;
         const bool y_phase = jy >= 0 && jy < n_local, out_phase = norm && jo >= 0 && jo < n_local;
@@ -1250,6 +1270,15 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
                              : "r"(dsv4::shared_address(&s.x[x_slot][row][copy][kv ^ (row % 8)])));
             }
         }
+        // Window jo's y, stored unnormalized into the output rows at its y phase, back into shared memory (the same
+        // thread stored it: program order makes it visible).
+        const int o_token = y_token - kResNormSkew * token_stride;
+        if (out_phase) {
+            const bool valid = o_token < fin.n_tokens;
+            cp_async16(&s.y[j % 2][row_token][row_vec], fin.y + (valid ? o_token * static_cast<int>(vecs) : 0) +
+                                                            static_cast<int>(chunk_vec) + row_vec, valid);
+        }
+        cp_async_commit();
         load_window(j + kResLead);
 
         // Mix of window j: warp w's two K steps for both m tiles (tokens 0..15, 16..31). The sums of X^2 come from
@@ -1305,25 +1334,22 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             for (int i = 0; i < kHc; ++i) xv[i] = s.x[y_x_slot][row_token][i][row_vec ^ (row_token % 8)];
             float ysq = 0.0f;
             const Vec16 y = weighted_sum(xv, pre, ysq);
+            if (y_token < fin.n_tokens) fin.y[int64_t(y_token) * vecs + chunk_vec + row_vec] = y;
             if (norm) {
-                s.y[y_slot][row_token][row_vec] = y;
                 ysq = group16_sum(ysq);
                 if (row_vec == 0) args.ysq_part[y_part] = ysq;
-            } else if (y_token < fin.n_tokens) {
-                fin.y[int64_t(y_token) * vecs + chunk_vec + row_vec] = y;
             }
         }
 
         // Outputs of window jo: the RMSNorm with the token's scale.
         if (out_phase) {
-            const int o_token = y_token - kResNormSkew * token_stride;
+            cp_async_wait<1>();  // the y copy (window j + kResLead's X may still be in flight)
             const float inv_rms = s.inv_rms[j % 2][row_token];
-            const int o_slot = (y_slot + kResYSlots - kResNormSkew % kResYSlots) % kResYSlots;
             store_outputs<false, true>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
-                                       s.y[o_slot][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
+                                       s.y[j % 2][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
         y_token += token_stride, y_part += part_stride, red_part += part_stride;
-        advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots), advance(y_slot, kResYSlots);
+        advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots);
     }
 }
 
