@@ -896,7 +896,7 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // own signal: the workspace holds kResUnset until they are stored, and the readers poll the values themselves.
 // The skews let a window's values arrive while the CTA works on other windows. y is stored unnormalized into the
 // output rows at its phase and copied back into shared memory (cp.async, from L2) at its outputs' phase, so that
-// shared memory holds 6 windows of X (the mix skew of 4) rather than 5 and 4 of y.
+// shared memory holds 6 windows of X (a mix skew of 4) rather than 5 and 4 of y (the norm skew costs no memory).
 // Warps: 16 workers take every phase (a barrier apart); a publish warp publishes the parts the workers wrote in the
 // previous iteration (its fence waits for their stores); a poll warp polls the owners' values of the next iteration
 // into shared memory; 2 owner warps, at no barrier, take the tasks of the tokens their CTA owns.
@@ -912,11 +912,12 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // to the last owner's store, 1.3 to the last poll), against 2 iterations of skew. With skews of 4 the signal warp
 // became the limit: after each barrier, 1.2 us of fence and atomics before its polls (0.5 us a round trip) began. On
 // the way, V4-Pro x 4096: skews of 4 / 4 (one signal warp) 158.7, 4 / 3 165.8, 3 / 4 183.6, 4 / 5 160.4; the polls of
-// pre and of the scale in one loop and issued before the fence 157.7; then the publish warp: 152-154. Not kept: a
-// publish warp as a 21st warp (3 owners; 80 registers) 184-185 with skews of 3; 4 or 7 owner warps (80 registers)
-// 172 / 189 against 172 with skews of 3; the memset replaced by a kernel overlapping its neighbours (programmatic
-// dependent launch) 153.4 / 154.0 against 154.5 / 152.7; acquiring polls in the owners, polls without the nanosleep,
-// a norm skew of 5: 150-153.6 against 152.4-155.2, within the runs' spread.
+// pre and of the scale in one loop and issued before the fence 157.7; then the publish warp: 152-154; then a norm
+// skew of 5 and polls without a nanosleep between them, 3 runs: 150.6-150.8 against 153.0-153.8 (1024 tokens: 46.1-
+// 46.8 against 46.8-47.7; either alone 151.0-152.8). Not kept: a publish warp as a 21st warp (3 owners; 80 registers)
+// 184-185 with skews of 3; 4 or 7 owner warps (80 registers) 172 / 189 against 172 with skews of 3; the memset
+// replaced by a kernel overlapping its neighbours (programmatic dependent launch) 153.4 / 154.0 against 154.5 /
+// 152.7; acquiring polls in the owners 152.3 against 152.4-155.2.
 // Before (one signal warp, 3 owners, skews of 3), against every CTA summing every
 // token's parts itself (the version before owners): V4-Flash (32 chunks, 4 groups) 30.5 / 51.2 / 93.2 against 32.2 /
 // 53.3 / 92.2; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096 tokens) 49.9 / 88.7 / 171.5 against 53.8 / 96.9 /
@@ -968,7 +969,7 @@ constexpr int kResWarpSteps = kHc * kPostMixDims / 16 / kResWorkerWarps;  // 2 K
 constexpr int kResOwnerLoads = kMaxDim / kPostMixDims / dsv4::kWarpSize;  // chunk parts an owner lane sums: 2
 constexpr int kResLead = 1;       // windows loaded ahead of the mix
 constexpr int kResMixSkew = 4;    // iterations from a window's mix to its y: its parts are published at the next one
-constexpr int kResNormSkew = 4;   // iterations from a window's y to its outputs, likewise
+constexpr int kResNormSkew = 5;   // iterations from a window's y to its outputs, likewise
 constexpr int kResXSlots = kResLead + kResMixSkew + 1;  // X of a window lives from its load to its y
 constexpr int64_t kResMinTokens = 1024;
 constexpr int kResMinGroups = 2;
@@ -1027,7 +1028,6 @@ __device__ __forceinline__ void wait_count(const int* p, int target) {
     for (;;) {
         asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
         if (v >= target) break;
-        __nanosleep(32);
     }
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
 }
@@ -1176,7 +1176,6 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
                 if (!have_inv && __all_sync(0xFFFFFFFFu, res_set(inv_rms)))
                     s.inv_rms[j % 2][lane] = inv_rms, have_inv = true;
                 if (have_pre && have_inv) break;
-                __nanosleep(32);
             }
             top_barrier();
         }
