@@ -96,13 +96,20 @@ inline int check_cuda(cudaError_t err, const char* what) {
     return fail(static_cast<int>(err), "%s: %s (%s)", what, cudaGetErrorName(err), cudaGetErrorString(err));
 }
 
-// SMs of the current device; 0 if the query fails (callers then size grids without it).
+// SMs the kernels size their grids for: DSV4_SM_COUNT in the environment when it is a positive integer (read once per
+// process: for MPS or green contexts, which give the process fewer SMs than the device reports), else the current
+// device's; 0 if the query fails (callers then size grids without it).
 inline int sm_count() {
     static int sms = 0;  // the device does not change under a loaded library
     if (sms == 0) {
+        const char* value = std::getenv("DSV4_SM_COUNT");
+        char* end = nullptr;
+        const long given = value != nullptr ? std::strtol(value, &end, 10) : 0;
         int device = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+        if (value != nullptr && end != value && *end == '\0' && given > 0 && given <= INT32_MAX) {
+            sms = static_cast<int>(given);
+        } else if (cudaGetDevice(&device) != cudaSuccess ||
+                   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
             cudaGetLastError();  // a query failure is not sticky
             sms = 0;
         }
@@ -114,8 +121,9 @@ inline int sm_count() {
 // Every kernel is launched with programmatic stream serialization: its CTAs may be scheduled while the kernel
 // before it on the stream is still running, so the launch latency and CTA setup (the floor of a decode-sized
 // kernel, ~1-2 us) overlap that kernel instead of following it. Correctness rests on every kernel calling
-// await_previous_kernel() (device helpers below) before its first global load or store (L2 prefetches aside). DSV4_PDL=0 in the
-// environment (read once per process) launches plainly, for profiling a kernel on its own or ruling PDL out.
+// await_previous_kernel() (device helpers below) before its first global load or store (L2 prefetches aside).
+// DSV4_PDL=0 in the environment (read once per process) launches plainly, for profiling a kernel on its own or ruling
+// PDL out.
 inline bool programmatic_launch_enabled() {
     static const bool enabled = [] {
         const char* value = std::getenv("DSV4_PDL");
@@ -130,21 +138,32 @@ enum class Launch {
     // plain: scheduled once it has completed. For grids sized to one even wave of long CTAs: overlapped, CTAs would
     // pile onto the SMs the previous kernel frees first and the busiest SM would set the time.
     kAfterPrevious,
+    // programmatic as kOverlapPrevious, and cooperative: every CTA resident at once, for kernels whose CTAs wait on
+    // one another. A grid the device cannot hold at once (fewer SMs than sm_count() assumed: MPS, green contexts, a
+    // wrong DSV4_SM_COUNT) is refused with cudaErrorCooperativeLaunchTooLarge instead of hanging.
+    kCoResident,
 };
 
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel(Launch mode, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
                           cudaStream_t stream, Args&&... args) {
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attributes[2];
+    unsigned count = 0;
+    if (mode != Launch::kAfterPrevious && programmatic_launch_enabled()) {
+        attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (mode == Launch::kCoResident) {
+        attributes[count].id = cudaLaunchAttributeCooperative;
+        attributes[count++].val.cooperative = 1;
+    }
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = smem_bytes;
     config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = mode == Launch::kOverlapPrevious && programmatic_launch_enabled() ? 1 : 0;
+    config.attrs = attributes;
+    config.numAttrs = count;
     return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -903,7 +903,9 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // The mix runs on the tensor cores: bf16 X times fn split into 3 bf16 terms (24 significant bits, B fragments held
 // in registers for the whole launch), and the sums of X^2 from X times its own transpose. Indices are 32-bit and
 // advance by a stride a window (64-bit index arithmetic was ~150 of a worker warp's ~690 instructions a window).
-// Every CTA must be resident at once: one per SM (220 KB of shared memory), groups x chunks <= the SM count.
+// Every CTA must be resident at once: one per SM (220 KB of shared memory), groups x chunks <= the SM count. The
+// launch is cooperative, so a device that cannot hold the grid (MPS or a green context with fewer SMs than assumed)
+// refuses it, and hc_head runs as two kernels instead of waiting forever on CTAs that never start.
 // On the H100 (132 SMs), hc_head in us at 1024 / 2048 / 4096 tokens, same run, against skews of 3 with y in shared
 // memory and one signal warp both publishing and polling (3 owner warps): V4-Flash 28.8 / 49.4 / 90.1 against 30.6 /
 // 51.9 / 93.9; V4-Pro 47.1 / 81.7 / 153.4 against 50.5 / 87.4 / 171.4 (150-155 at 4096 over runs). %globaltimer
@@ -918,6 +920,15 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // 184-185 with skews of 3; 4 or 7 owner warps (80 registers) 172 / 189 against 172 with skews of 3; the memset
 // replaced by a kernel overlapping its neighbours (programmatic dependent launch) 153.4 / 154.0 against 154.5 /
 // 152.7; acquiring polls in the owners 152.3 against 152.4-155.2.
+// The publish warp's fence is on the critical path: without it (timing only) V4-Pro x 4096 / 1024 took 142.7-144.8 /
+// 45.2-45.7 us against 149.4-153.2 / 46.2-47.1 (same runs). Measured and not kept, 3 runs each, us at 4096 / 1024:
+// fence.acq_rel.gpu in place of __threadfence 150.8-152.0 / 46.3-47.3; red.release.gpu adds without the fence 154.4-
+// 155.8 / 47.9-48.3; the mix parts published in their own iteration (the publish warp waiting at a named barrier
+// for the 5 warps that store them, then fence and add; the y^2 parts at the next top barrier) 153.4-156.2 / 46.7, and
+// the y^2 parts likewise (waiting for every worker past its y phase) 180.6-183.2 / 51.5-52.6 (its late fence held
+// the next top barrier); the outputs' phase before the y phase, so that fewer stores are in flight at the fence,
+// 152.7-153.3 / 46.9-47.1; the parts as their own signals (the whole workspace set to kResUnset, the owners polling
+// them; no counters, no publish warp, 19 warps) 179.6-180.0 / 49.3-50.2, with 3 owner warps 188.5-189.0 / 51.4-53.3.
 // Before (one signal warp, 3 owners, skews of 3), against every CTA summing every
 // token's parts itself (the version before owners): V4-Flash (32 chunks, 4 groups) 30.5 / 51.2 / 93.2 against 32.2 /
 // 53.3 / 92.2; V4-Pro (56 chunks, 2 groups: 64 windows a CTA at 4096 tokens) 49.9 / 88.7 / 171.5 against 53.8 / 96.9 /
@@ -1396,8 +1407,11 @@ bool use_resident_head(int64_t n_tokens, int64_t dim) {
 }
 
 // hc_head by resident_head_kernel (use_resident_head); p's pointers and sizes are checked by the caller but for fn
-// and the workspace.
-int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
+// and the workspace. Where the device cannot hold the grid at once (fewer SMs than sm_count()), *launched is false
+// and nothing is launched but a memset of the workspace: the caller then runs the two kernels; under stream capture,
+// whose capture the refusal invalidated, that is an error.
+int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, bool* launched) {
+    *launched = false;
     DSV4_CHECK_FIELD_PTR(p, fn, 16);
     const size_t need = resident_workspace_bytes(p.n_tokens, p.dim);
     DSV4_CHECK_ARG(p.workspace_bytes >= need, DSV4_ERR_WORKSPACE, "workspace_bytes = %zu < %zu needed for %lld tokens",
@@ -1429,9 +1443,24 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
     args.sq_part = reinterpret_cast<float*>(args.y_done + args.windows);
     args.ysq_part = args.sq_part + tokens * args.chunks;
     DSV4_CHECK_CUDA(cudaMemsetAsync(args.pre, 0xFF, resident_unset_bytes(args.windows), stream));
-    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, resident_head_kernel,
-                                          static_cast<unsigned>(args.groups * args.chunks), kResThreads,
-                                          sizeof(ResidentSmem), stream, args));
+    const cudaError_t status =
+        dsv4::launch_kernel(dsv4::Launch::kCoResident, resident_head_kernel,
+                            static_cast<unsigned>(args.groups * args.chunks), kResThreads, sizeof(ResidentSmem), stream,
+                            args);
+    if (status == cudaErrorCooperativeLaunchTooLarge) {
+        cudaGetLastError();  // not sticky
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+            cudaGetLastError();
+            // the refusal invalidated the capture: nothing can be launched in its place
+            return dsv4::fail(status, "the device cannot hold the single read's %d CTAs at once (sized for %d SMs): "
+                              "set DSV4_SM_COUNT to the SMs this process may use (MPS, green contexts)",
+                              args.groups * args.chunks, dsv4::sm_count());
+        }
+        return DSV4_OK;
+    }
+    DSV4_CHECK_LAUNCH(status);
+    *launched = true;
     return DSV4_OK;
 }
 
@@ -2257,7 +2286,11 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         DSV4_CHECK_FIELD_PTR(p, hc_base, 4);
         if (p.norm_weight != nullptr) DSV4_CHECK_FIELD_PTR(p, norm_weight, 16);
         const int64_t k = kHc * p.dim;
-        if (p.partials == nullptr && use_resident_head(p.n_tokens, p.dim)) return launch_resident_head(p, stream);
+        if (p.partials == nullptr && use_resident_head(p.n_tokens, p.dim)) {
+            bool launched = false;
+            DSV4_RETURN_IF_FAILED(launch_resident_head(p, stream, &launched));
+            if (launched) return DSV4_OK;
+        }
         const float* partial = nullptr;
         int splits = 0;
         DSV4_RETURN_IF_FAILED(mix_partials<kHeadMix / 4>(p, kHeadMix, stream, &partial, &splits));

@@ -18,7 +18,11 @@ The reference contracts in float64 and rounds once; the kernels sum in fp32 in a
 """
 
 import ctypes
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -419,6 +423,56 @@ def test_head_single_read_with_a_used_workspace(dim, rng, stream):
     ws = DeviceArray.empty(nbytes, np.uint8).zero(stream)
     for _ in range(2):
         check_head(dim, n, True, rng, stream, ws=(ws, nbytes))
+
+
+# Run by test_head_single_read_on_fewer_sms_than_assumed in a process with DSV4_SM_COUNT set: hc_head of the .npz
+# inputs in argv[1], eagerly (its output saved to argv[2]), then under stream capture (its error's text printed).
+_FEWER_SMS_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from test_mhc import BF16, HC_EPS, NORM_EPS, HeadParams, workspace
+from pydsv4.cuda import DeviceArray, DSV4Error, Graph, lib, new_stream
+stream = new_stream()
+inputs = np.load(sys.argv[1])
+x_host, fn, scale, base, weight = (inputs[k] for k in ("x", "fn", "scale", "base", "weight"))
+n, _, dim = x_host.shape
+x, fn, scale, base, weight = (DeviceArray.from_numpy(a, stream) for a in (x_host.view(BF16), fn, scale, base, weight))
+ws, ws_bytes = workspace(n, dim, lib.dsv4_mhc_head_workspace_bytes)
+y = DeviceArray.empty((n, dim), BF16).fill_poison(stream)
+p = HeadParams(y=y.ptr, x=x.ptr, fn=fn.ptr, hc_scale=scale.ptr, hc_base=base.ptr, norm_weight=weight.ptr, partials=0,
+               workspace=ws.ptr, workspace_bytes=ws_bytes, n_tokens=n, dim=dim, hc_eps=HC_EPS, mix_eps=NORM_EPS,
+               norm_eps=NORM_EPS)
+lib.dsv4_mhc_head_bf16(p, stream)
+np.save(sys.argv[2], y.to_numpy(stream).view(np.uint16))
+try:
+    with Graph().capture(stream):
+        lib.dsv4_mhc_head_bf16(p, stream)
+except DSV4Error as error:
+    print("captured:", error)
+"""
+
+
+def test_head_single_read_on_fewer_sms_than_assumed(rng, tmp_path):
+    """The single read needs every CTA resident at once. Where the device holds fewer than it was sized for (MPS or a
+    green context; here DSV4_SM_COUNT claims 4096 SMs), its cooperative launch is refused instead of waiting forever
+    on CTAs that never start: an eager call runs the two kernels instead, and a captured one fails naming the cause."""
+    dim, n = 7168, 1100
+    x = random_stream(rng, n, dim)
+    fn, scale, base = random_hc_weights(rng, dim, mix=HC)
+    weight = random_norm_weight(rng, dim)
+    np.savez(tmp_path / "inputs.npz", x=x.view(np.uint16), fn=fn, scale=scale, base=base, weight=weight)
+    env = dict(os.environ, DSV4_SM_COUNT="4096")
+    args = [str(tmp_path / "inputs.npz"), str(tmp_path / "y.npy"), str(Path(__file__).parent)]
+    run = subprocess.run([sys.executable, "-c", _FEWER_SMS_SCRIPT, *args], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, f"hc_head with DSV4_SM_COUNT=4096 failed:\n{run.stderr[-3000:]}"
+    raw = ops.hc_head(x.astype(np.float32), fn, scale, base, HC_EPS, NORM_EPS)
+    ref, bound = ops.rms_norm(raw, weight, NORM_EPS), normed_bound(raw, x, weight)
+    out = np.load(tmp_path / "y.npy").view(BF16)
+    assert_bf16_near_exact(out, ref, bound, "hc_head on fewer SMs than assumed", max_ulps=2, rare=RARE_Y)
+    assert re.search(r"captured: .*cannot hold the single read's \d+ CTAs at once .*DSV4_SM_COUNT", run.stdout), \
+        run.stdout + run.stderr[-3000:]
 
 
 def test_head_bad_arguments_raise():
