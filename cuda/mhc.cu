@@ -920,8 +920,12 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
 // 184-185 with skews of 3; 4 or 7 owner warps (80 registers) 172 / 189 against 172 with skews of 3; the memset
 // replaced by a kernel overlapping its neighbours (programmatic dependent launch) 153.4 / 154.0 against 154.5 /
 // 152.7; acquiring polls in the owners 152.3 against 152.4-155.2.
-// The publish warp's fence is on the critical path: without it (timing only) V4-Pro x 4096 / 1024 took 142.7-144.8 /
-// 45.2-45.7 us against 149.4-153.2 / 46.2-47.1 (same runs). Measured and not kept, 3 runs each, us at 4096 / 1024:
+// Without the publish warp's fence (timing only) V4-Pro x 4096 / 1024 took 142.7-144.8 / 45.2-45.7 us against 149.4-
+// 153.2 / 46.2-47.1 (same runs), but only because the owners then read the parts before they landed: with the fence
+// dropped and the parts their own signals (the owners, told by the counter, re-read until none is kResUnset; the whole
+// workspace set by the memset), 164.1-165.2 / 48.7-49.2 against 151.2-151.6 / 46.5-46.7 (V4-Flash 85.3 / 28.3 against
+// 86.4 / 29.1; the larger memset alone: 153.7-154.1 / 46.7-47.3). The fence waits out the parts' stores, which the
+// chain must wait for anyway. Measured and not kept, 3 runs each, us at 4096 / 1024:
 // fence.acq_rel.gpu in place of __threadfence 150.8-152.0 / 46.3-47.3; red.release.gpu adds without the fence 154.4-
 // 155.8 / 47.9-48.3; the mix parts published in their own iteration (the publish warp waiting at a named barrier
 // for the 5 warps that store them, then fence and add; the y^2 parts at the next top barrier) 153.4-156.2 / 46.7, and
