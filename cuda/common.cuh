@@ -370,6 +370,46 @@ __device__ __forceinline__ int32_t load_for_prefetch(const int32_t* ptr) {
     return value;
 }
 
+// ---- pushes between the CTAs of a cluster -----------------------------------------------------------------------
+// A sender stores into the receiver's shared memory with st.async, each store counted in bytes on an mbarrier of the
+// receiver; the receiver's wait (acquire at cluster scope) then sees every pushed byte. Whoever arrives on the barrier
+// (once a phase) states the phase's bytes; the arrival and the stores may come in either order (the transaction count
+// may go negative until the arrival).
+
+// The shared::cluster address in CTA `rank` of what p points to in this CTA's shared memory.
+__device__ __forceinline__ uint32_t peer_address(const void* p, uint32_t rank) {
+    uint32_t address;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(shared_address(p)), "r"(rank));
+    return address;
+}
+// An mbarrier of one arrival a phase, visible to the cluster once a cluster barrier follows.
+__device__ __forceinline__ void init_push_barrier(unsigned long long* bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bar)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void push_u32(uint32_t address, uint32_t value, uint32_t bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [%0], %1, [%2];" ::"r"(address),
+                 "r"(value), "r"(bar)
+                 : "memory");
+}
+// The arrival on a barrier `bar` (a shared::cluster address: this CTA's or a peer's) with the phase's bytes.
+__device__ __forceinline__ void arrive_pushed(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.relaxed.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+// Returns once the phase of parity `parity` of this CTA's barrier has completed.
+__device__ __forceinline__ void wait_pushed(const unsigned long long* bar, uint32_t parity = 0) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+            " selp.u32 %0, 1, 0, p;\n}"
+            : "=r"(done)
+            : "r"(shared_address(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
 __device__ __forceinline__ float warp_reduce_sum(float x) {
 #pragma unroll
     for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);

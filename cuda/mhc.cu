@@ -1,7 +1,8 @@
 // Manifold-constrained hyper-connections (SPEC sections 4 and 9): hc_pre fused with the RMSNorm and FP8
 // quantization that follow it, hc_post, and hc_head. The residual stream X is bf16 [n, hc = 4, d].
 //
-// hc_pre / hc_head are two kernels (hc_head of large batches: one launch reading X once, resident_head_kernel):
+// hc_pre / hc_head are two kernels (hc_head of large batches: one launch reading X once, cluster_head_kernel at V4-Pro
+// widths, resident_head_kernel otherwise):
 //  1. mix partials, a split-K product on the tensor cores: partial[t, s, c] = sum over K-split s of
 //     flat(X)[t, k] * fn[c, k] (c < 24 for hc_pre, c < 4 for hc_head) and, in slot 31, sum of flat(X)[t, k]^2.
 //     A block takes a tile of 128 tokens and one K-split; its 4 warps each hold 32 tokens (two m16 tiles) as the
@@ -77,7 +78,8 @@
 //  - norm barrier passed: 9.2;
 //  - outputs stored: 11.4.
 // Six dependent steps of about 1 us each; the two kernels have fewer.
-// Also tried for hc_head from 256 tokens and not kept: X read once by one persistent launch over clusters of 8 CTAs
+// Also tried for hc_head from 256 tokens and not kept (cluster_head_kernel, pipelined, is its successor): X read once
+// by one persistent launch over clusters of 8 CTAs
 // (15 resident on the H100), CTA r owning dims [r dim / 8, (r + 1) dim / 8) of the 4 copies with fn's 4 rows over
 // that slice in shared memory (57 KB at V4-Pro), tiles of 8 tokens through 2 shared-memory slots (cp.async), the mix
 // as fp32 fma chains, the mix sums and the sums of y^2 exchanged through distributed shared memory with two cluster
@@ -1030,6 +1032,24 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Two fp32 values of fn as 3 bf16x2 B-fragment words, hi + mid + lo (24 significant bits): word tm holds term tm of
+// f[0] (low half) and of f[1].
+__device__ __forceinline__ void fn_terms(const float (&f)[2], uint32_t (&words)[3]) {
+    __nv_bfloat16 term[3][2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        float rest = f[e];
+#pragma unroll
+        for (int tm = 0; tm < 3; ++tm) {
+            term[tm][e] = __float2bfloat16_rn(rest);
+            rest -= __bfloat162float(term[tm][e]);
+        }
+    }
+#pragma unroll
+    for (int tm = 0; tm < 3; ++tm)
+        words[tm] = uint32_t(__bfloat16_as_ushort(term[tm][0])) | uint32_t(__bfloat16_as_ushort(term[tm][1])) << 16;
+}
+
 // Every lane of a 16-lane group gets the group's sum (the same bits on each: fp32 addition commutes).
 __device__ __forceinline__ float group16_sum(float v) {
 #pragma unroll
@@ -1214,20 +1234,10 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
                                    8 * half + 2 * mma_q;
                 f[0] = __ldg(row), f[1] = __ldg(row + 1);
             }
-            __nv_bfloat16 term[3][2];
+            uint32_t words[3];
+            fn_terms(f, words);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                float rest = f[e];
-#pragma unroll
-                for (int tm = 0; tm < 3; ++tm) {
-                    term[tm][e] = __float2bfloat16_rn(rest);
-                    rest -= __bfloat162float(term[tm][e]);
-                }
-            }
-#pragma unroll
-            for (int tm = 0; tm < 3; ++tm)
-                fn_frag[st][tm][half] = uint32_t(__bfloat16_as_ushort(term[tm][0])) |
-                                        uint32_t(__bfloat16_as_ushort(term[tm][1])) << 16;
+            for (int tm = 0; tm < 3; ++tm) fn_frag[st][tm][half] = words[tm];
         }
     }
 
@@ -1410,6 +1420,24 @@ bool use_resident_head(int64_t n_tokens, int64_t dim) {
     return n_tokens >= kResMinTokens && groups >= kResMinGroups && max_tokens * kHc * (dim / kBf16PerVec) <= INT32_MAX;
 }
 
+// hc_head's outputs, inputs and constants (partial and splits unset).
+FinalizeArgs head_args(const dsv4_mhc_head_params& p) {
+    FinalizeArgs fin{};
+    fin.y = static_cast<Vec16*>(p.y);
+    fin.x = static_cast<const Vec16*>(p.x);
+    fin.hc_scale = p.hc_scale;
+    fin.hc_base = p.hc_base;
+    fin.norm_weight = reinterpret_cast<const float4*>(p.norm_weight);
+    fin.n_tokens = p.n_tokens;
+    fin.vecs = p.dim / kBf16PerVec;
+    fin.k = static_cast<float>(kHc * p.dim);
+    fin.dim = static_cast<float>(p.dim);
+    fin.hc_eps = p.hc_eps;
+    fin.mix_eps = p.mix_eps;
+    fin.norm_eps = p.norm_eps;
+    return fin;
+}
+
 // hc_head by resident_head_kernel (use_resident_head); p's pointers and sizes are checked by the caller but for fn
 // and the workspace. Where the device cannot hold the grid at once (fewer SMs than sm_count()), *launched is false
 // and nothing is launched but a memset of the workspace: the caller then runs the two kernels; under stream capture,
@@ -1422,18 +1450,7 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
                    p.workspace_bytes, need, (long long)p.n_tokens);
     DSV4_CHECK_FIELD_PTR(p, workspace, 16);
     ResidentArgs args{};
-    args.fin.y = static_cast<Vec16*>(p.y);
-    args.fin.x = static_cast<const Vec16*>(p.x);
-    args.fin.hc_scale = p.hc_scale;
-    args.fin.hc_base = p.hc_base;
-    args.fin.norm_weight = reinterpret_cast<const float4*>(p.norm_weight);
-    args.fin.n_tokens = p.n_tokens;
-    args.fin.vecs = p.dim / kBf16PerVec;
-    args.fin.k = static_cast<float>(kHc * p.dim);
-    args.fin.dim = static_cast<float>(p.dim);
-    args.fin.hc_eps = p.hc_eps;
-    args.fin.mix_eps = p.mix_eps;
-    args.fin.norm_eps = p.norm_eps;
+    args.fin = head_args(p);
     args.fn = reinterpret_cast<const float4*>(p.fn);
     args.chunks = static_cast<int>(p.dim / kPostMixDims);
     args.groups = resident_groups(p.dim);
@@ -1465,6 +1482,347 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
     }
     DSV4_CHECK_LAUNCH(status);
     *launched = true;
+    return DSV4_OK;
+}
+
+// ---- single read in clusters (hc_head) ---------------------------------------------------------------------------
+
+// hc_head with X read once, each token's whole computation inside one cluster of 8 CTAs: CTA r of a cluster owns dims
+// [r dim / 8, (r + 1) dim / 8) of the 4 copies, and the cluster walks the 4-token windows q, q + clusters, ... in a
+// software pipeline. Iteration j loads window j + kCwLead, forms window j's mix sums over the CTA's dims, forms y of
+// window j - kCwMixSkew and the outputs of window j - kCwMixSkew - kCwNormSkew (RMSNorm). The CTAs' parts (per token
+// its 4 mix sums and sum of X^2, later its sum of y^2) go to every CTA of the cluster as st.async pushes counted on the
+// receiver's mbarriers (dsv4::push_u32), and every CTA adds the 8 parts in rank order, so all of them form the same
+// pre weights and RMSNorm scale with no owner and no global memory between them. Clusters never wait on one another:
+// the grid needs no co-residency, and nothing is reset before the launch.
+// The mix runs on the tensor cores with rows (token, copy) of a window as the MMA's 16 A rows and columns (copy j, fn
+// row c) as its 16 B columns (two n8 tiles), fn as 3 bf16 terms (24 significant bits, B fragments in registers for the
+// whole launch): only the blocks j = copy are kept (a quarter of the product), and the sums of X^2 come from X times
+// its own transpose, as in resident_head_kernel. Mix warp w takes k16 steps 4w .. 4w + 3 of the CTA's dims (dim / 512
+// warps: 14 at V4-Pro); warp 15 forms the pre weights and warp 14 the RMSNorm scales while they run, and each adds and
+// pushes the CTA's parts (mix sums after the mix, sums of y^2 of the previous y phase).
+// On the H100 (15 clusters resident, 120 SMs), hc_head in us at 256 / 512 / 1024 / 2048 / 4096 tokens, same runs,
+// against the two kernels below 1024 tokens and resident_head_kernel from 1024: V4-Pro 18.3-18.7 / 27.2 / 42.0-43.5 /
+// 78.6 / 134.5-140.0 against 18.9-19.0 / 30.6-30.9 / 46.5-47.0 / 81.0 / 150.1-151.5; V4-Flash 15.5 / 23.2 / 33.2-33.4 /
+// 61.9 / 107.3-108.4 against 12.8 / 21.4-21.5 / 29.1-29.3 / 48.4-48.7 / 86.0-86.3. %globaltimer stamps (V4-Pro x
+// 4096): an iteration takes ~2.2 us, ~1.1 of it from the top barrier to the mix sums (the window's copies issued, the
+// MMAs) and ~0.8 the y and output phases; the loads alone (every other phase skipped, timing only) take 78.8 us, 3.0
+// TB/s. So the iteration is a fixed ~2 us chain, which V4-Pro's 28 KB windows carry and V4-Flash's 16 KB do not:
+// from kCwMinDim only. Measured and not kept (V4-Pro x 1024 / 4096, us): the parts' and y^2 sums and their pushes on
+// warp 0, which also mixes and forms y, 52.6 / 176.9 (V4-Flash 39.8 / 132.4); 3 windows loaded ahead 42.2 / 135.5;
+// the L2::256B hint on the copies 42.5 / 136.4; the A fragments loaded before the copies are issued (128 registers,
+// the copies' offsets packed into one int each, the norm weights in shared memory) 43.0-43.5 / 140.0-141.9; the
+// copies as 16 bulk copies a window (cp.async.bulk, one thread, rows padded instead of swizzled) 46.3 / 160.0.
+// Ablations of that version (timing only), us at 1024 / 4096: no y and outputs 40.8 / 132.4, no MMAs 37.2 / 120.4, no
+// waits for the pushes 41.1 / 131.4: no one phase is the chain.
+constexpr int kCwRanks = 8;
+constexpr int kCwThreads = 512;
+constexpr int kCwTokens = 4;                          // tokens a window: with the 4 copies, an m16 tile's 16 rows
+constexpr int kCwWarpSteps = 4;                       // k16 steps of a mix warp
+constexpr int kCwMaxMixWarps = 14;                    // dim <= 14 * 512 = 7168
+constexpr int kCwMaxVecs = kCwMaxMixWarps * kCwWarpSteps * 2;  // 16-byte vectors of a copy over a CTA's dims: 112
+constexpr int kCwNormWarp = 14, kCwPreWarp = 15;
+constexpr int kCwLead = 2;      // windows loaded ahead of the mix
+constexpr int kCwMixSkew = 2;   // iterations from a window's mix to its y (its parts are pushed in the mix's iteration)
+constexpr int kCwNormSkew = 2;  // iterations from a window's y to its outputs (its y^2 parts pushed at the next one)
+constexpr int kCwXSlots = kCwLead + kCwMixSkew + 1;  // X of a window lives from its load to its y
+constexpr int kCwYSlots = kCwNormSkew + 1;           // y of a window lives from its y phase to its outputs
+// A CTA pushes window j's parts in iteration j once every CTA is past iteration j - kCwMixSkew's pre weights, which
+// needed everyone's window j - kCwMixSkew parts: so each receiver has consumed its slot's window j - 2 kCwMixSkew
+// (likewise for the y^2 parts).
+constexpr int kCwPartSlots = 2 * kCwMixSkew + 1;
+constexpr int kCwSqSlots = 2 * kCwNormSkew + 1;
+constexpr int kCwValues = kCwTokens * (kHeadMix + 1);  // a CTA's parts of a window: token t's at 5t .. 5t + 4
+constexpr int64_t kCwMinTokens = 256;  // (measured from 256: below, the two kernels keep the small batches)
+constexpr int64_t kCwMinDim = 6144;  // windows of at least 24 KB a CTA (see above)
+static_assert(kCwMaxMixWarps <= kCwNormWarp, "the scale and pre warps do not mix");
+
+struct ClusterHeadArgs {
+    FinalizeArgs fin;  // outputs, x and the weights' constants (fin.partial unused)
+    const float* fn;   // [4, 4 * dim] fp32
+    int windows;       // ceil(n_tokens / kCwTokens)
+    int clusters;      // gridDim.x / kCwRanks
+};
+
+struct ClusterHeadSmem {
+    Vec16 x[kCwXSlots][kCwTokens][kHc][kCwMaxVecs];  // bf16 X of a window over the CTA's dims, vector v of (t, i) at
+                                                     // v ^ cw_swizzle(t, i)
+    Vec16 y[kCwYSlots][kCwMaxVecs][kCwTokens];       // bf16 y (unnormalized) of a window, [vector][token]
+    float red[kCwMaxMixWarps][kCwTokens][kHc][kHeadMix + 1];  // each mix warp's sums [token][copy][c], c = 4: sum X^2
+    float ysq[kCwMaxMixWarps][kCwTokens];                      // each y warp's sums of y^2
+    float parts[kCwPartSlots][kCwRanks][kCwValues];            // the ranks' parts of a window, pushed
+    float sq_parts[kCwSqSlots][kCwRanks][kCwTokens];           // the ranks' sums of y^2 of a window, pushed
+    float4 pre[kCwTokens];                                     // pre weights of window j - kCwMixSkew
+    float inv_rms[kCwTokens];                                  // RMSNorm scales of window j - kCwMixSkew - kCwNormSkew
+    unsigned long long parts_bar[kCwPartSlots];
+    unsigned long long sq_bar[kCwSqSlots];
+};
+
+// Row (t, i) of a window's X keeps vector v at v ^ cw_swizzle(t, i): the 8 rows of each ldmatrix matrix (rows 4t + i
+// < 8, or >= 8) and the 4 tokens of a copy that 8 lanes of the y phase read (vectors 2p, 2p + 1) fall in 8 different
+// 16-byte bank groups (a row is a multiple of 128 bytes).
+__device__ __forceinline__ int cw_swizzle(int t, int i) { return (i & 1) | ((t ^ (i & 2)) << 1); }
+
+__global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1)
+    cluster_head_kernel(const ClusterHeadArgs args) {
+    extern __shared__ __align__(16) unsigned char cw_smem_raw[];
+    ClusterHeadSmem& s = *reinterpret_cast<ClusterHeadSmem*>(cw_smem_raw);
+    const FinalizeArgs& fin = args.fin;
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
+    uint32_t rank;
+    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    const int q = blockIdx.x / kCwRanks;
+    const int n_local = (args.windows - 1 - q) / args.clusters + 1;  // q < windows (launch_cluster_head)
+    const int vecs = static_cast<int>(fin.vecs), rank_vecs = vecs / kCwRanks, mix_warps = rank_vecs / 8;
+    const int rank_vec = static_cast<int>(rank) * rank_vecs;  // the CTA's first vector of a copy
+    const bool norm = fin.norm_weight != nullptr;
+    const int iterations = n_local + kCwMixSkew + (norm ? kCwNormSkew : 0);
+
+    if (tid < kCwPartSlots) dsv4::init_push_barrier(&s.parts_bar[tid]);
+    if (tid < kCwSqSlots) dsv4::init_push_barrier(&s.sq_bar[tid]);
+    dsv4::await_previous_kernel();
+
+    // Mix warp w's B fragments (lane (g, q)): for n tile nt, column 8 nt + g = (copy 2 nt + g / 4, fn row g % 4),
+    // k 2q, 2q + 1 and 2q + 8, 2q + 9 of each step, split into 3 bf16 terms.
+    const int mma_g = lane / 4, mma_q = lane % 4;
+    uint32_t fn_frag[kCwWarpSteps][2][3][2];  // [step][n tile][term][k half]
+#pragma unroll
+    for (int st = 0; st < kCwWarpSteps; ++st)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                float f[2] = {0.0f, 0.0f};
+                if (warp < mix_warps) {
+                    const int copy = 2 * nt + mma_g / 4, row = mma_g % 4;
+                    const float* src = args.fn + (int64_t(row) * kHc + copy) * (8 * int64_t(vecs)) + 8 * rank_vec +
+                                       16 * (kCwWarpSteps * warp + st) + 8 * half + 2 * mma_q;
+                    f[0] = __ldg(src), f[1] = __ldg(src + 1);
+                }
+                uint32_t words[3];
+                fn_terms(f, words);
+#pragma unroll
+                for (int tm = 0; tm < 3; ++tm) fn_frag[st][nt][tm][half] = words[tm];
+            }
+
+    // This thread's X copies of a window: vectors e = tid + 512 u of [token][copy][rank_vecs], the same each window.
+    constexpr int kCopies = (kCwTokens * kHc * kCwMaxVecs + kCwThreads - 1) / kCwThreads;  // 4
+    int copy_src[kCopies], copy_dst[kCopies], copy_token[kCopies];
+#pragma unroll
+    for (int u = 0; u < kCopies; ++u) {
+        const int e = tid + u * kCwThreads, t = e / (kHc * rank_vecs), i = e / rank_vecs % kHc, v = e % rank_vecs;
+        copy_token[u] = t < kCwTokens ? t : -1;
+        copy_src[u] = (t * kHc + i) * vecs + rank_vec + v;
+        copy_dst[u] = (t * kHc + i) * kCwMaxVecs + (v ^ cw_swizzle(t, i));
+    }
+    auto load_window = [&](int m) {
+        if (m < n_local) {
+            const int64_t token0 = int64_t(q + m * args.clusters) * kCwTokens;
+            Vec16* slot = &s.x[m % kCwXSlots][0][0][0];
+            const Vec16* x0 = fin.x + token0 * kHc * vecs;
+#pragma unroll
+            for (int u = 0; u < kCopies; ++u) {
+                if (copy_token[u] < 0) continue;
+                const bool valid = token0 + copy_token[u] < fin.n_tokens;
+                cp_async16(slot + copy_dst[u], valid ? x0 + copy_src[u] : fin.x, valid);
+            }
+        }
+        cp_async_commit();  // one group an iteration, empty or not
+    };
+
+    // y phase thread (vector y_vec, token y_t) of the CTA's rank_vecs x 4; its norm weights stay in registers.
+    const int y_t = tid % kCwTokens, y_vec = tid / kCwTokens;
+    const bool y_thread = y_vec < rank_vecs;
+    float4 weights[2] = {};
+    if (norm && y_thread) weights[0] = __ldg(fin.norm_weight + 2 * (rank_vec + y_vec)),
+                          weights[1] = __ldg(fin.norm_weight + 2 * (rank_vec + y_vec) + 1);
+    const float hc_scale = __ldg(fin.hc_scale);
+    const float own_base = __ldg(fin.hc_base + lane % kHc);
+
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");  // barriers ready
+#pragma unroll 1
+    for (int m = 0; m < kCwLead; ++m) load_window(m);
+#pragma unroll 1
+    for (int j = 0; j < iterations; ++j) {
+        cp_async_wait<kCwLead - 1>();  // window j's copies (this thread's)
+        __syncthreads();               // ... everyone's; the previous iteration's phases are done
+        load_window(j + kCwLead);
+        const int jy = j - kCwMixSkew, jo = jy - kCwNormSkew;
+        auto token_of = [&](int m, int t) { return int64_t(q + m * args.clusters) * kCwTokens + t; };
+
+        if (warp < mix_warps) {
+            if (j < n_local) {  // window j's mix over the warp's 4 k16 steps
+                const Vec16* slot = &s.x[j % kCwXSlots][0][0][0];
+                float mix_acc[2][4] = {}, sq_acc[2][4] = {};
+#pragma unroll
+                for (int st = 0; st < kCwWarpSteps; ++st) {
+                    // ldmatrix.x4: matrix l / 8 = (rows +8 if odd, k +8 if >= 2), lane l gives row l % 8's address.
+                    const int row = (lane / 8 % 2) * 8 + lane % 8, kv = 2 * (kCwWarpSteps * warp + st) + lane / 16;
+                    const int t = row / kHc, i = row % kHc;
+                    uint32_t a[4];
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                                 : "r"(dsv4::shared_address(slot + row * kCwMaxVecs + (kv ^ cw_swizzle(t, i)))));
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                        for (int tm = 0; tm < 3; ++tm)
+                            mma_bf16(mix_acc[nt], a, fn_frag[st][nt][tm][0], fn_frag[st][nt][tm][1]);
+                    mma_bf16(sq_acc[0], a, a[0], a[2]);
+                    mma_bf16(sq_acc[1], a, a[1], a[3]);
+                }
+                // Lane (g, q) holds rows g (token g / 4) and g + 8 (token 2 + g / 4) of copy i = g % 4; its columns
+                // 2q, 2q + 1 of n tile i / 2 are copy i's when q / 2 = i % 2 (fn rows 2 (q % 2), + 1).
+                const int i = mma_g % kHc, t0 = mma_g / kHc;
+                if (mma_q / 2 == i % 2) {
+                    const bool high = i >= 2;
+                    const int c = 2 * (mma_q % 2);
+                    s.red[warp][t0][i][c] = high ? mix_acc[1][0] : mix_acc[0][0];
+                    s.red[warp][t0][i][c + 1] = high ? mix_acc[1][1] : mix_acc[0][1];
+                    s.red[warp][t0 + 2][i][c] = high ? mix_acc[1][2] : mix_acc[0][2];
+                    s.red[warp][t0 + 2][i][c + 1] = high ? mix_acc[1][3] : mix_acc[0][3];
+                }
+                if (mma_q == mma_g / 2) {  // the diagonals of X X^T: (g, g) in n tile 0, (g + 8, g + 8) in n tile 1
+                    const bool odd = mma_g % 2;
+                    s.red[warp][t0][i][kHeadMix] = odd ? sq_acc[0][1] : sq_acc[0][0];
+                    s.red[warp][t0 + 2][i][kHeadMix] = odd ? sq_acc[1][3] : sq_acc[1][2];
+                }
+            }
+        } else if (warp == kCwPreWarp) {
+            if (jy >= 0 && jy < n_local) {  // window jy's pre weights: lane 5t + c sums value c of token t
+                const int slot = jy % kCwPartSlots;
+                if (lane == 0)
+                    dsv4::arrive_pushed(dsv4::shared_address(&s.parts_bar[slot]), kCwRanks * kCwValues * sizeof(float));
+                dsv4::wait_pushed(&s.parts_bar[slot], (jy / kCwPartSlots) % 2);
+                float sum = 0.0f;
+                if (lane < kCwValues)
+#pragma unroll
+                    for (int r = 0; r < kCwRanks; ++r) sum += s.parts[slot][r][lane];
+                const int t = lane / (kHeadMix + 1), c = lane % (kHeadMix + 1);
+                const float sq = __shfl_sync(0xFFFFFFFFu, sum, min(t, kCwTokens - 1) * (kHeadMix + 1) + kHeadMix);
+                const float base = __shfl_sync(0xFFFFFFFFu, own_base, c % kHc);
+                if (lane < kCwValues && c < kHeadMix) {
+                    const float mix_rms = rms_scale(sq, fin.k, fin.mix_eps);
+                    reinterpret_cast<float*>(s.pre)[t * kHc + c] = __fadd_rn(
+                        sigmoid(__fadd_rn(__fmul_rn(__fmul_rn(sum, mix_rms), hc_scale), base)), fin.hc_eps);
+                }
+            }
+        } else if (warp == kCwNormWarp) {
+            // The sums of y^2 of window jy - 1 (its y phase was the previous iteration) to every CTA: lane t's of
+            // token t over the y warps, then to rank lane / 4.
+            if (norm && jy >= 1 && jy - 1 < n_local) {
+                const int t = lane % kCwTokens;
+                float sum = 0.0f;
+#pragma unroll
+                for (int w = 0; w < kCwMaxMixWarps; ++w) sum += w < mix_warps ? s.ysq[w][t] : 0.0f;
+                const int slot = (jy - 1) % kCwSqSlots;
+                const uint32_t r = lane / kCwTokens;
+                dsv4::push_u32(dsv4::peer_address(&s.sq_parts[slot][rank][t], r), __float_as_uint(sum),
+                               dsv4::peer_address(&s.sq_bar[slot], r));
+            }
+            if (norm && jo >= 0 && jo < n_local) {  // window jo's RMSNorm scales: lane t sums token t's
+                const int slot = jo % kCwSqSlots;
+                if (lane == 0)
+                    dsv4::arrive_pushed(dsv4::shared_address(&s.sq_bar[slot]), kCwRanks * kCwTokens * sizeof(float));
+                dsv4::wait_pushed(&s.sq_bar[slot], (jo / kCwSqSlots) % 2);
+                if (lane < kCwTokens) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int r = 0; r < kCwRanks; ++r) sum += s.sq_parts[slot][r][lane];
+                    s.inv_rms[lane] = rms_scale(sum, fin.dim, fin.norm_eps);
+                }
+            }
+        }
+        __syncthreads();  // the mix sums, pre and the scales are in
+
+        // Window j's parts to every CTA, by the pre warp (no y phase): lane 5t + c adds value c of token t over the
+        // mix warps and copies.
+        if (warp == kCwPreWarp && j < n_local && lane < kCwValues) {
+            const int t = lane / (kHeadMix + 1), c = lane % (kHeadMix + 1);
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < kCwMaxMixWarps; ++w)
+#pragma unroll
+                for (int i = 0; i < kHc; ++i) sum += w < mix_warps ? s.red[w][t][i][c] : 0.0f;
+            const int slot = j % kCwPartSlots;
+#pragma unroll
+            for (uint32_t r = 0; r < kCwRanks; ++r)
+                dsv4::push_u32(dsv4::peer_address(&s.parts[slot][rank][lane], r), __float_as_uint(sum),
+                               dsv4::peer_address(&s.parts_bar[slot], r));
+        }
+
+        // y of window jy from the token's pre weights; unnormalized into shared memory for the RMSNorm, or out.
+        if (jy >= 0 && jy < n_local && y_thread) {
+            const float4 pre4 = s.pre[y_t];
+            const float pre[kHc] = {pre4.x, pre4.y, pre4.z, pre4.w};
+            const Vec16* row = &s.x[jy % kCwXSlots][y_t][0][0];
+            Vec16 xv[kHc];
+#pragma unroll
+            for (int i = 0; i < kHc; ++i) xv[i] = row[i * kCwMaxVecs + (y_vec ^ cw_swizzle(y_t, i))];
+            float ysq = 0.0f;
+            const Vec16 y = weighted_sum(xv, pre, ysq);
+            const int64_t token = token_of(jy, y_t);
+            if (norm) {
+                s.y[jy % kCwYSlots][y_vec][y_t] = y;
+#pragma unroll
+                for (int offset = kCwTokens; offset < dsv4::kWarpSize; offset <<= 1)
+                    ysq += __shfl_xor_sync(0xFFFFFFFFu, ysq, offset);
+                if (lane < kCwTokens) s.ysq[warp][lane] = ysq;
+            } else if (token < fin.n_tokens) {
+                fin.y[token * vecs + rank_vec + y_vec] = y;
+            }
+        }
+        // Outputs of window jo: the RMSNorm with the token's scale.
+        if (norm && jo >= 0 && jo < n_local && y_thread) {
+            const int64_t token = token_of(jo, y_t);
+            store_outputs<false, true>(fin, token, rank_vec + y_vec, token < fin.n_tokens,
+                                       s.y[jo % kCwYSlots][y_vec][y_t], true, s.inv_rms[y_t], weights);
+        }
+    }
+    cp_async_wait<0>();
+    // No CTA leaves while another may still push into it (its last waits cover every push it receives; this covers
+    // the stores in flight).
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
+
+// Clusters of cluster_head_kernel the device holds at once (0 if it holds none or a query fails), capped by the SMs
+// this process may use (dsv4::sm_count); queried once.
+int cluster_head_capacity() {
+    static const int capacity = [] {
+        constexpr int smem = static_cast<int>(sizeof(ClusterHeadSmem));
+        int clusters = 0;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(kCwRanks);
+        config.blockDim = dim3(kCwThreads);
+        config.dynamicSmemBytes = smem;
+        if (cudaFuncSetAttribute(cluster_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+                cudaSuccess ||
+            cudaOccupancyMaxActiveClusters(&clusters, cluster_head_kernel, &config) != cudaSuccess) {
+            cudaGetLastError();  // a query failure is not sticky
+            return 0;
+        }
+        return clusters;
+    }();
+    return std::min(capacity, dsv4::sm_count() / kCwRanks);
+}
+
+bool use_cluster_head(int64_t n_tokens, int64_t dim) {
+    return n_tokens >= kCwMinTokens && dim >= kCwMinDim && dim % (kCwRanks * 64) == 0 &&
+           dim / (kCwRanks * 64) <= kCwMaxMixWarps &&
+           n_tokens * kHc * dim / kBf16PerVec <= INT32_MAX && cluster_head_capacity() > 0;
+}
+
+// hc_head by cluster_head_kernel (use_cluster_head); p's pointers and sizes are checked by the caller but for fn.
+int launch_cluster_head(const dsv4_mhc_head_params& p, cudaStream_t stream) {
+    DSV4_CHECK_FIELD_PTR(p, fn, 16);
+    ClusterHeadArgs args{};
+    args.fin = head_args(p);
+    args.fn = p.fn;
+    args.windows = static_cast<int>((p.n_tokens + kCwTokens - 1) / kCwTokens);
+    args.clusters = std::min(cluster_head_capacity(), args.windows);
+    DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, cluster_head_kernel,
+                                          static_cast<unsigned>(args.clusters * kCwRanks), kCwThreads,
+                                          sizeof(ClusterHeadSmem), stream, args));
     return DSV4_OK;
 }
 
@@ -2289,7 +2647,7 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         DSV4_CHECK_FIELD_PTR(p, hc_scale, 4);
         DSV4_CHECK_FIELD_PTR(p, hc_base, 4);
         if (p.norm_weight != nullptr) DSV4_CHECK_FIELD_PTR(p, norm_weight, 16);
-        const int64_t k = kHc * p.dim;
+        if (p.partials == nullptr && use_cluster_head(p.n_tokens, p.dim)) return launch_cluster_head(p, stream);
         if (p.partials == nullptr && use_resident_head(p.n_tokens, p.dim)) {
             bool launched = false;
             DSV4_RETURN_IF_FAILED(launch_resident_head(p, stream, &launched));
@@ -2298,20 +2656,9 @@ DSV4_API int dsv4_mhc_head_bf16(const dsv4_mhc_head_params* params, cudaStream_t
         const float* partial = nullptr;
         int splits = 0;
         DSV4_RETURN_IF_FAILED(mix_partials<kHeadMix / 4>(p, kHeadMix, stream, &partial, &splits));
-        FinalizeArgs args{};
-        args.y = static_cast<Vec16*>(p.y);
+        FinalizeArgs args = head_args(p);
         args.partial = partial;
-        args.x = static_cast<const Vec16*>(p.x);
-        args.hc_scale = p.hc_scale;
-        args.hc_base = p.hc_base;
-        args.norm_weight = reinterpret_cast<const float4*>(p.norm_weight);
-        args.vecs = p.dim / kBf16PerVec;
         args.splits = splits;
-        args.k = static_cast<float>(k);
-        args.dim = static_cast<float>(p.dim);
-        args.hc_eps = p.hc_eps;
-        args.mix_eps = p.mix_eps;
-        args.norm_eps = p.norm_eps;
         return launch_finalize<false>(args, p.n_tokens, stream);
     });
 }

@@ -303,28 +303,15 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 __device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
 
-// One-way pushes between the CTAs of a cluster, without a cluster barrier or fence: the sender stores into the
-// receiver's shared memory with st.async, each store counted in bytes on the receiver's mbarrier (Shared::push_bar),
-// and one sender thread arrives on that mbarrier with the bytes its CTA pushes (the order of the arrival and the
-// stores does not matter: the barrier's transaction count may go negative until the arrival). The receiver's wait
-// (acquire at cluster scope) then sees every pushed byte. The barrier is initialised before the arrival at the
-// cluster barrier after the first batch, whose wait comes before any push (fence.mbarrier_init makes the initialisation
-// visible to the cluster). One phase a launch: the first.
-// The shared::cluster address in CTA `rank` of what p points to in this CTA's shared memory.
-__device__ __forceinline__ uint32_t peer_address(const void* p, uint32_t rank) {
-    uint32_t address;
-    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(dsv4::shared_address(p)), "r"(rank));
-    return address;
-}
-__device__ __forceinline__ void init_push_barrier(unsigned long long* bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(dsv4::shared_address(bar)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void push_u32(uint32_t address, uint32_t value, uint32_t bar) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [%0], %1, [%2];" ::"r"(address),
-                 "r"(value), "r"(bar)
-                 : "memory");
-}
+// One-way pushes between the CTAs of a cluster (dsv4::push_u32 and its kin), without a cluster barrier or fence: the
+// sender's stores are counted on the receiver's mbarrier (Shared::push_bar) and one sender thread arrives on it with
+// the bytes its CTA pushes. The barrier is initialised before the arrival at the cluster barrier after the first
+// batch, whose wait comes before any push. One phase a launch: the first.
+using dsv4::arrive_pushed;
+using dsv4::init_push_barrier;
+using dsv4::peer_address;
+using dsv4::push_u32;
+using dsv4::wait_pushed;
 __device__ __forceinline__ void push_u64(uint32_t address, unsigned long long value, uint32_t bar) {
     asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u64 [%0], %1, [%2];" ::"r"(address),
                  "l"(value), "r"(bar)
@@ -335,22 +322,6 @@ __device__ __forceinline__ void push_v4(uint32_t address, uint4 value, uint32_t 
                      address),
                  "r"(value.x), "r"(value.y), "r"(value.z), "r"(value.w), "r"(bar)
                  : "memory");
-}
-// The sender's arrival (one thread of the CTA) on the receiver's barrier, with the bytes its CTA pushes.
-__device__ __forceinline__ void arrive_pushed(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.relaxed.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void wait_pushed(const unsigned long long* bar) {
-    uint32_t done;
-    do {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
-            " selp.u32 %0, 1, 0, p;\n}"
-            : "=r"(done)
-            : "r"(dsv4::shared_address(bar))
-            : "memory");
-    } while (!done);
 }
 
 // The slot of each lane of the warp that takes one (every lane calls), from one atomic on *count a warp.

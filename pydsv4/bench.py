@@ -266,7 +266,7 @@ def mhc_cases(width, d, H, tokens):
         Case("mhc_pre_bf16(+norm+fp8)", width, tokens, 24 * K * 4 + x_bytes + pre_out, make_pre,
              note="reads x twice (mix product, then finalize); bytes count it once"),
         Case("mhc_head_bf16(+norm)", width, tokens, HC * K * 4 + x_bytes + d * 4 + tokens * d * 2, make_head,
-             note="reads x twice (once from 1024 tokens: one resident launch); bytes count it once"),
+             note="reads x twice (once from 1024 tokens, from 256 at V4-Pro: one launch); bytes count it once"),
         Case("mhc_post_bf16", width, tokens, post_bytes, make_post),
         # the layer's path: hc_post fused with the next hc_pre's mix, then hc_pre finalizing from its partials
         Case("mhc_post_mix_bf16(24)", width, tokens, post_bytes + 24 * K * 4 + min_partials, make_post_mix,

@@ -364,7 +364,8 @@ def run_head(x_host, fn, scale, base, weight, stream, partials=None, ws=None):
 
 # hc_head's mix partials come from mix_small_kernel below 384 tokens (16-token tiles while their blocks fit the SMs,
 # then 32: at V4-Pro 64 tokens take 112 blocks, one overlapped wave, and 65 take 168), from kernel 1 beyond; the odd
-# dims give 1 to 64 chunks of 128.
+# dims give 1 to 64 chunks of 128. X is read once from 256 tokens at dims 6144 and 7168 (cluster_head_kernel: 2048 here,
+# 258 and 1030 below) and from 1024 tokens at the others (resident_head_kernel).
 @pytest.mark.parametrize("dim", WIDTHS, ids=lambda d: f"dim{d}")
 @pytest.mark.parametrize("n_tokens", [1, 13, 64, 65, 127, 2048])
 @pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
@@ -373,7 +374,7 @@ def test_head_matches_reference(dim, n_tokens, with_norm, rng, stream):
 
 
 @pytest.mark.parametrize("dim, n_tokens", [(128, 5), (384, 33), (1152, 2), (8192, 7), (8192, 64), (128, 1100),
-                                           (1152, 1030), (8192, 1025), (8192, 2050)])
+                                           (1152, 1030), (8192, 1025), (8192, 2050), (6144, 258), (7168, 1030)])
 @pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
 def test_head_odd_shapes(dim, n_tokens, with_norm, rng, stream):
     check_head(dim, n_tokens, with_norm, rng, stream)
@@ -457,7 +458,7 @@ def test_head_single_read_on_fewer_sms_than_assumed(rng, tmp_path):
     """The single read needs every CTA resident at once. Where the device holds fewer than it was sized for (MPS or a
     green context; here DSV4_SM_COUNT claims 4096 SMs), its cooperative launch is refused instead of waiting forever
     on CTAs that never start: an eager call runs the two kernels instead, and a captured one fails naming the cause."""
-    dim, n = 7168, 1100
+    dim, n = 4096, 1100  # (V4-Pro's width takes cluster_head_kernel, which needs no co-residency)
     x = random_stream(rng, n, dim)
     fn, scale, base = random_hc_weights(rng, dim, mix=HC)
     weight = random_norm_weight(rng, dim)
