@@ -364,8 +364,8 @@ def run_head(x_host, fn, scale, base, weight, stream, partials=None, ws=None):
 
 # hc_head's mix partials come from mix_small_kernel below 384 tokens (16-token tiles while their blocks fit the SMs,
 # then 32: at V4-Pro 64 tokens take 112 blocks, one overlapped wave, and 65 take 168), from kernel 1 beyond; the odd
-# dims give 1 to 64 chunks of 128. X is read once from 256 tokens at dims 6144 and 7168 (cluster_head_kernel: 2048 here,
-# 258 and 1030 below) and from 1024 tokens at the others (resident_head_kernel).
+# dims give 1 to 64 chunks of 128. X is read once from 256 tokens at dims 6144 .. 7168 in steps of 512
+# (cluster_head_kernel: 2048 here, 258 and 1030 below) and from 1024 tokens at the others (resident_head_kernel).
 @pytest.mark.parametrize("dim", WIDTHS, ids=lambda d: f"dim{d}")
 @pytest.mark.parametrize("n_tokens", [1, 13, 64, 65, 127, 2048])
 @pytest.mark.parametrize("with_norm", [False, True], ids=["raw", "normed"])
