@@ -1639,6 +1639,8 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
     const float hc_scale = __ldg(fin.hc_scale);
     const float own_base = __ldg(fin.hc_base + lane % kHc);
 
+    auto token_of = [&](int m, int t) { return int64_t(q + m * args.clusters) * kCwTokens + t; };  // of window m
+
     asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");  // barriers ready
 #pragma unroll 1
     for (int m = 0; m < kCwLead; ++m) load_window(m);
@@ -1648,7 +1650,6 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
         __syncthreads();               // ... everyone's; the previous iteration's phases are done
         load_window(j + kCwLead);
         const int jy = j - kCwMixSkew, jo = jy - kCwNormSkew;
-        auto token_of = [&](int m, int t) { return int64_t(q + m * args.clusters) * kCwTokens + t; };
 
         if (warp < mix_warps) {
             if (j < n_local) {  // window j's mix over the warp's 4 k16 steps
@@ -1808,8 +1809,7 @@ int cluster_head_capacity() {
 
 bool use_cluster_head(int64_t n_tokens, int64_t dim) {
     return n_tokens >= kCwMinTokens && dim >= kCwMinDim && dim % (kCwRanks * 64) == 0 &&
-           dim / (kCwRanks * 64) <= kCwMaxMixWarps &&
-           n_tokens * kHc * dim / kBf16PerVec <= INT32_MAX && cluster_head_capacity() > 0;
+           dim / (kCwRanks * 64) <= kCwMaxMixWarps && cluster_head_capacity() > 0;
 }
 
 // hc_head by cluster_head_kernel (use_cluster_head); p's pointers and sizes are checked by the caller but for fn.
