@@ -1515,6 +1515,11 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
 // copies as 16 bulk copies a window (cp.async.bulk, one thread, rows padded instead of swizzled) 46.3 / 160.0.
 // Ablations of that version (timing only), us at 1024 / 4096: no y and outputs 40.8 / 132.4, no MMAs 37.2 / 120.4, no
 // waits for the pushes 41.1 / 131.4: no one phase is the chain.
+// Also measured at c63a5ab and not kept (V4-Pro, us, against the same runs' 41.7-42.2 / 134.0-137.0 at 1024 / 4096
+// tokens): a mix skew of 1, 41.0-41.6 / 134.4-137.3 (256 tokens 17.8 against 18.3: the drain's iteration, no gain at
+// 4096); a norm skew of 1, 43.4-43.5 / 143.6-143.9; both, 42.9 / 136.9-141.3; a mix skew of 1 with 3 windows loaded
+// ahead, 42.1-42.2 / 135.3-138.4; the copies issued after the mix phase instead of before, 44.2 / 142.1-146.4; the
+// first windows' copies issued before fn's fragments are loaded (a mix skew of 1), 43.7-43.8 / 138.2-140.1.
 constexpr int kCwRanks = 8;
 constexpr int kCwThreads = 512;
 constexpr int kCwTokens = 4;                          // tokens a window: with the 4 copies, an m16 tile's 16 rows

@@ -1498,6 +1498,17 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // at once, 64 rows, us) at that time: after the load
 // pass 18.7, the peer's list in 20.0, the crossing bin 21.9, the gather 22.6, the cut 24.1, the best lower bound 24.8,
 // the whole 25.8; T,k,p after its load pass 17.0 (its whole 18.1).
+// At c63a5ab (64 rows): a token right after the load pass 17.24 us, against 22.72-22.86 for the whole. Measured and not
+// kept there: each CTA finding a superset of its own frontier before the exchange, from close bounds on its entries'
+// scores (the entries whose upper bound reaches the lower bound of its max's score, ~7 of ~1000 for the bench's rows;
+// of those, the ones no entry of a larger z surely beats, ~2.6), CTA 1 pushing its list first and its frontier after,
+// CTA 0 summing every entry's fixed-point mass and, per frontier entry of either CTA, the mass of the entries of a
+// larger z (8 such sums in each thread's registers, one atomic pair a warp), then warp 0 keeping the frontier entries
+// short of the target and taking the token among them (test_sample 87 passed): T,p at 32 / 48 / 64 rows 21.52-21.63 /
+// 22.47-22.54 / 23.31-23.39 against 19.94-20.12 / 21.15-21.21 / 22.77-22.82. Its steps at 64 rows (a token written
+// at once): after the frontiers' exchange 19.7 us, after the mass pass 22.5. With the masses added into shared
+// buckets by the number of frontier entries of z at least an entry's (atomics: a few buckets take most entries), 24.1
+// at 64 rows; those atomics aggregated per warp and bucket (a loop of ballots and reductions), 26.1.
 // The tails' terms are within ~4e-6 of exp(z - keep_min) for |z| < 32 (the roundings of log2(e) / T, keep_min log2(e)
 // and the exponent, and ex2.approx), and a CTA's fp32 sum of its ~65000 terms (a thread's, then its warps' in order;
 // the listed logits' terms, at most 1 each, added and taken back by the same thread) within ~1e-5 of it: the total is
