@@ -1520,6 +1520,13 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
 // 4096); a norm skew of 1, 43.4-43.5 / 143.6-143.9; both, 42.9 / 136.9-141.3; a mix skew of 1 with 3 windows loaded
 // ahead, 42.1-42.2 / 135.3-138.4; the copies issued after the mix phase instead of before, 44.2 / 142.1-146.4; the
 // first windows' copies issued before fn's fragments are loaded (a mix skew of 1), 43.7-43.8 / 138.2-140.1.
+// Also measured at 9b15142 and not kept (V4-Pro, us at 256 / 1024 / 4096 tokens, against the same runs' 18.3-18.4 /
+// 41.8-42.1 / 134.1-137.9; all parity-correct): windows of 8 tokens (two m16 tiles sharing fn's fragments; 3 X slots:
+// one window loaded ahead, a mix skew of 1), 22.2 / 46.2-46.3 / 144.1-144.7: half the iterations, each about twice as
+// long (~3.8 us), so an iteration's time follows its bytes more than a fixed chain; the mix's MMAs as two independent
+// accumulator chains by step parity (the copies' offsets packed into one int each to fit 128 registers), 19.2 /
+// 43.8-44.0 / 141.6-144.1, and with a mix skew of 1 18.6 / 42.5-42.9 / 139.8-140.4; three chains, one per fn term (36
+// bytes spilled), 19.1 / 46.8-47.4 / 152.7-154.0.
 constexpr int kCwRanks = 8;
 constexpr int kCwThreads = 512;
 constexpr int kCwTokens = 4;                          // tokens a window: with the 4 copies, an m16 tile's 16 rows
