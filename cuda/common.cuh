@@ -246,13 +246,14 @@ __device__ __forceinline__ float bf16_to_float(__nv_bfloat16 x) { return __bfloa
 __device__ __forceinline__ __nv_bfloat16 float_to_bf16(float x) { return __float2bfloat16_rn(x); }
 
 // The 8 bf16 of a Vec16 <-> 8 floats, element i at the lower address first.
+// bf16 -> fp32 is exact: the bf16 bits are the fp32's top half. A word's low element is a shift, its high one a mask:
+// one instruction each (__bfloat1622float2 takes a PRMT and a shift for the high one).
 __device__ __forceinline__ void unpack_bf16x8(const Vec16& v, float (&out)[8]) {
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        float2 f = __bfloat1622float2(pairs[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
     }
 }
 

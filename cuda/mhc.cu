@@ -211,15 +211,18 @@ struct MixSlot {
 // step, open a DRAM page per row per step (a microbenchmark of that pattern over V4-Pro x 4096: 2104 GB/s, 2907 with
 // the hint, 2951 at 256 bytes a step).
 template <bool kL2Block256 = false>
-__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* global, bool valid) {
     if constexpr (kL2Block256)
-        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dsv4::shared_address(smem)),
-                     "l"(global), "r"(valid ? 16 : 0)
-                     : "memory");
-    else
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dsv4::shared_address(smem)), "l"(global),
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem), "l"(global),
                      "r"(valid ? 16 : 0)
                      : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem), "l"(global), "r"(valid ? 16 : 0)
+                     : "memory");
+}
+template <bool kL2Block256 = false>
+__device__ __forceinline__ void cp_async16(void* smem, const void* global, bool valid) {
+    cp_async16<kL2Block256>(dsv4::shared_address(smem), global, valid);
 }
 // 4 bytes (L1-allocating: cp.async.cg takes only 16); size 0 fills zeros.
 __device__ __forceinline__ void cp_async4(void* smem, const void* global, bool valid) {
@@ -1516,10 +1519,11 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
 // Ablations of that version (timing only), us at 1024 / 4096: no y and outputs 40.8 / 132.4, no MMAs 37.2 / 120.4, no
 // waits for the pushes 41.1 / 131.4: no one phase is the chain.
 // Also measured at c63a5ab and not kept (V4-Pro, us, against the same runs' 41.7-42.2 / 134.0-137.0 at 1024 / 4096
-// tokens): a mix skew of 1, 41.0-41.6 / 134.4-137.3 (256 tokens 17.8 against 18.3: the drain's iteration, no gain at
-// 4096); a norm skew of 1, 43.4-43.5 / 143.6-143.9; both, 42.9 / 136.9-141.3; a mix skew of 1 with 3 windows loaded
-// ahead, 42.1-42.2 / 135.3-138.4; the copies issued after the mix phase instead of before, 44.2 / 142.1-146.4; the
-// first windows' copies issued before fn's fragments are loaded (a mix skew of 1), 43.7-43.8 / 138.2-140.1.
+// tokens): a mix skew of 1 (taken since, with fewer instructions: below), 41.0-41.6 / 134.4-137.3 (256 tokens 17.8
+// against 18.3: the drain's iteration, no gain at 4096); a norm skew of 1, 43.4-43.5 / 143.6-143.9; both, 42.9 /
+// 136.9-141.3; a mix skew of 1 with 3 windows loaded ahead, 42.1-42.2 / 135.3-138.4; the copies issued after the mix
+// phase instead of before, 44.2 / 142.1-146.4; the first windows' copies issued before fn's fragments are loaded (a mix
+// skew of 1), 43.7-43.8 / 138.2-140.1.
 // Also measured at 9b15142 and not kept (V4-Pro, us at 256 / 1024 / 4096 tokens, against the same runs' 18.3-18.4 /
 // 41.8-42.1 / 134.1-137.9; all parity-correct): windows of 8 tokens (two m16 tiles sharing fn's fragments; 3 X slots:
 // one window loaded ahead, a mix skew of 1), 22.2 / 46.2-46.3 / 144.1-144.7: half the iterations, each about twice as
@@ -1527,6 +1531,14 @@ int launch_resident_head(const dsv4_mhc_head_params& p, cudaStream_t stream, boo
 // accumulator chains by step parity (the copies' offsets packed into one int each to fit 128 registers), 19.2 /
 // 43.8-44.0 / 141.6-144.1, and with a mix skew of 1 18.6 / 42.5-42.9 / 139.8-140.4; three chains, one per fn term (36
 // bytes spilled), 19.1 / 46.8-47.4 / 152.7-154.0.
+// Issue-bound (ncu, V4-Pro x 1024 at a25ee0d: 40% of issue slots busy, 16.9 M warp instructions, ~6.4 K a CTA an
+// iteration, of which the X copies' address arithmetic 23% and the y phase 27%; launch and prologue with no iteration
+// 3.9 us): fewer instructions shorten the iteration. The bf16 unpack by a shift and a mask (dsv4::unpack_bf16x8), the
+// copies' addresses from per-window bases, and a mix skew of 1 (one drain iteration fewer; alone it gained 0.3-0.8 us
+// at 1024 tokens): V4-Pro us at 256 / 1024 / 2048 / 4096 tokens, same run, 18.43 / 41.90 / 73.91 / 135.17 -> 17.00 /
+// 37.43 / 65.26 / 119.90 (the unpack alone 18.1-18.2 / 40.6-40.9 / - / 128.5-129.9, the copies alone 17.9-18.0 /
+// 39.6-39.9 / - / 127.0-127.2); the outputs without the weights' select, 119.02 at 4096 (bench: 37.68 / 120.78 at
+// 1024 / 4096).
 constexpr int kCwRanks = 8;
 constexpr int kCwThreads = 512;
 constexpr int kCwTokens = 4;                          // tokens a window: with the 4 copies, an m16 tile's 16 rows
@@ -1535,7 +1547,7 @@ constexpr int kCwMaxMixWarps = 14;                    // dim <= 14 * 512 = 7168
 constexpr int kCwMaxVecs = kCwMaxMixWarps * kCwWarpSteps * 2;  // 16-byte vectors of a copy over a CTA's dims: 112
 constexpr int kCwNormWarp = 14, kCwPreWarp = 15;
 constexpr int kCwLead = 2;      // windows loaded ahead of the mix
-constexpr int kCwMixSkew = 2;   // iterations from a window's mix to its y (its parts are pushed in the mix's iteration)
+constexpr int kCwMixSkew = 1;   // iterations from a window's mix to its y (its parts are pushed in the mix's iteration)
 constexpr int kCwNormSkew = 2;  // iterations from a window's y to its outputs (its y^2 parts pushed at the next one)
 constexpr int kCwXSlots = kCwLead + kCwMixSkew + 1;  // X of a window lives from its load to its y
 constexpr int kCwYSlots = kCwNormSkew + 1;           // y of a window lives from its y phase to its outputs
@@ -1619,24 +1631,33 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
 
     // This thread's X copies of a window: vectors e = tid + 512 u of [token][copy][rank_vecs], the same each window.
     constexpr int kCopies = (kCwTokens * kHc * kCwMaxVecs + kCwThreads - 1) / kCwThreads;  // 4
-    int copy_src[kCopies], copy_dst[kCopies], copy_token[kCopies];
+    // Token t's copies read X from x0 (token0's row) + copy_src and write slot + copy_dst (bytes of a shared address):
+    // per window only the two bases change, and a copy checks its token against the window's count of valid tokens
+    // (the 64-bit address and bound formed per copy before took ~28 instructions a copy, ncu's SASS).
+    int copy_src[kCopies], copy_token[kCopies];
+    uint32_t copy_dst[kCopies];
 #pragma unroll
     for (int u = 0; u < kCopies; ++u) {
         const int e = tid + u * kCwThreads, t = e / (kHc * rank_vecs), i = e / rank_vecs % kHc, v = e % rank_vecs;
-        copy_token[u] = t < kCwTokens ? t : -1;
+        copy_token[u] = t < kCwTokens ? t : kCwTokens;  // kCwTokens: no copy
         copy_src[u] = (t * kHc + i) * vecs + rank_vec + v;
-        copy_dst[u] = (t * kHc + i) * kCwMaxVecs + (v ^ cw_swizzle(t, i));
+        copy_dst[u] = ((t * kHc + i) * kCwMaxVecs + (v ^ cw_swizzle(t, i))) * sizeof(Vec16);
     }
+    static_assert(kCwTokens * kHc * (kCwMinDim / (kCwRanks * 8)) >= (kCopies - 1) * kCwThreads,
+                  "every pass but the last has a copy for each thread");
+    const uint32_t x_slots = dsv4::shared_address(&s.x[0][0][0][0]);
     auto load_window = [&](int m) {
         if (m < n_local) {
             const int64_t token0 = int64_t(q + m * args.clusters) * kCwTokens;
-            Vec16* slot = &s.x[m % kCwXSlots][0][0][0];
-            const Vec16* x0 = fin.x + token0 * kHc * vecs;
+            const int64_t left = fin.n_tokens - token0;
+            const int valid_tokens = left < kCwTokens ? static_cast<int>(left) : kCwTokens;
+            const uint32_t slot = x_slots + (m % kCwXSlots) * sizeof(s.x[0]);
+            const Vec16* x0 = fin.x + token0 * kHc * vecs;  // a row in bounds: token0 < n_tokens
 #pragma unroll
             for (int u = 0; u < kCopies; ++u) {
-                if (copy_token[u] < 0) continue;
-                const bool valid = token0 + copy_token[u] < fin.n_tokens;
-                cp_async16(slot + copy_dst[u], valid ? x0 + copy_src[u] : fin.x, valid);
+                if (u == kCopies - 1 && copy_token[u] == kCwTokens) continue;  // only the last pass has spare threads
+                const bool valid = copy_token[u] < valid_tokens;
+                cp_async16(slot + copy_dst[u], x0 + (valid ? copy_src[u] : 0), valid);
             }
         }
         cp_async_commit();  // one group an iteration, empty or not
@@ -1785,11 +1806,13 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
                 fin.y[token * vecs + rank_vec + y_vec] = y;
             }
         }
-        // Outputs of window jo: the RMSNorm with the token's scale.
+        // Outputs of window jo: the RMSNorm with the token's scale (hc_head's store_outputs has no shuffles, so the
+        // threads of tokens past n_tokens skip it, and the others' weights need no select).
         if (norm && jo >= 0 && jo < n_local && y_thread) {
             const int64_t token = token_of(jo, y_t);
-            store_outputs<false, true>(fin, token, rank_vec + y_vec, token < fin.n_tokens,
-                                       s.y[jo % kCwYSlots][y_vec][y_t], true, s.inv_rms[y_t], weights);
+            if (token < fin.n_tokens)
+                store_outputs<false, true>(fin, token, rank_vec + y_vec, true, s.y[jo % kCwYSlots][y_vec][y_t], true,
+                                           s.inv_rms[y_t], weights);
         }
     }
     cp_async_wait<0>();
