@@ -2107,7 +2107,7 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 // 17.65 / 18.4 / 19.4; 16 and 9: 18.65 / 19.15 / 19.3). Again with the pushes that shortened the finish
 // (unstaged_top_k), T,k,p's 7 / 8 / 9 / 10 / 11 sixteenths at 32 / 48 / 64 rows: 17.1 / 17.95 / 19.25, 17.1 / 17.85 /
 // 19.2, 17.1 / 17.65 / 18.85, 17.4 / 17.65 / 19.1, 17.9 / 17.95 / 19.25.
-// Also measured and not kept (H100, .device/abs.py, two runs each; us at 32 / 64 rows against 20.0-20.1 / 22.7-22.8
+// Also measured and not kept (H100, the bench's timing, two runs each; us at 32 / 64 rows against 20.0-20.1 / 22.7-22.8
 // for T,p): every logit load of the unstaged paths as ld.global.nc.L1::no_allocate with an L2 evict-first policy
 // (createpolicy.fractional), so that the streamed logits would not push the finish's cold code out of L2 (ncu: 15%
 // of T,p's stall samples wait on instruction fetch), with or without that policy on these prefetches: T,p 20.1-20.2
