@@ -265,8 +265,8 @@ cudaError_t launch_split(const RowArgs& args, int64_t n_rows, cudaStream_t strea
     const unsigned grid = static_cast<unsigned>(n_rows * kSplit);
     constexpr auto kOverlap = dsv4::Launch::kOverlapPrevious;
     if (part <= 64)
-        return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 64, 1, kGroupLanes, kSplit>, grid, 64, 0, stream, args,
-                                   part);
+        return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 64, 1, kGroupLanes, kSplit>, grid, 64, 0, stream,
+                                   args, part);
     if (part <= 128)
         return dsv4::launch_kernel(kOverlap, row_split_kernel<kOp, 128, 1, kGroupLanes, kSplit>, grid, 128, 0, stream,
                                    args, part);
