@@ -2092,8 +2092,11 @@ enum class Mode { kGreedy, kTemperature, kFiltered };
 //   T,k,p, unstaged at one CTA an SM, 9: 32 / 48 / 64 rows 19.2 / 18.9 / 20.6 -> 17.4 / 18.0 / 19.1 (6: 17.45 / 18.4 /
 //     19.6, 8: 17.5 / 18.25 / 19.6, 10: 17.75 / 17.95 / 19.3; 10 with the next launch let in after the load pass, as
 //     T,p does: 17.35 / 17.8 / 19.45, and the whole slice so: 17.5 / 18.2 / 20.1);
-//   T,p keeps the whole slice (64 rows 28.65; 3/4 28.85, 10/16 28.9, half 29.45, none 30.7), as do the staged filtered
-//     paths and the unstaged ones at two CTAs an SM (not measured otherwise); 1 row moved by none of these.
+//   T,p, unstaged at one CTA an SM, 9 as well: with its finish as it is now, 32 / 48 / 64 rows 20.0-20.1 / 21.2 /
+//     22.8-22.9 -> 20.0-20.1 / 20.7 / 22.6 (6: 20.1-20.3 / 21.1-21.3 / 22.9-23.0, 12: 20.1 / 20.8 / 23.1; two runs).
+//     At 28.65 us a launch, with the finish it had then, it had kept the whole slice (3/4 28.85, 10/16 28.9, half
+//     29.45, none 30.7); the staged filtered paths and the unstaged ones at two CTAs an SM keep it (not measured
+//     otherwise); 1 row moved by none of these.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
@@ -2123,13 +2126,14 @@ __device__ __forceinline__ void prefetch_slice(const SampleArgs& a, const Slice&
         dsv4::prefetch_l2_bulk(first + at, static_cast<uint32_t>((min(kPiece, bytes - at) + 15) & ~int64_t(15)));
 }
 
-// How much of its slice a CTA of this kernel prefetches (see prefetch_slice); top_k_fast: the unstaged top-k path.
+// How much of its slice a CTA of this kernel prefetches (see prefetch_slice); lists: the filtered fast paths whose
+// unstaged load pass lists logits (top-k with k <= kMaxCandidates, or top-p without top-k).
 template <Mode kMode, int kBlockThreads, int kRanks, int kCtasPerSm>
-__device__ __forceinline__ int prefetch_sixteenths(bool top_k_fast) {
+__device__ __forceinline__ int prefetch_sixteenths(bool lists) {
     constexpr bool kNarrow = kBlockThreads == kNarrowThreads;
     if constexpr (kMode == Mode::kGreedy) return kNarrow ? 3 : 6;
     if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kWideBatchRanks ? 2 : kPrefetchWhole;
-    return kRanks != kCluster && kCtasPerSm == 1 && top_k_fast ? 9 : kPrefetchWhole;
+    return kRanks != kCluster && kCtasPerSm == 1 && lists ? 9 : kPrefetchWhole;
 }
 
 // Greedy and temperature only: one pass over the logits, nothing staged. Every warp's best goes straight into rank 0's
@@ -2235,10 +2239,12 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice,
                    prefetch_sixteenths<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>(
-                       a.top_k > 0 && a.top_k <= kMaxCandidates && a.top_k < a.vocab));
-    // The unstaged top-p fast path lets the next launch in after its load pass (see above). (top_k_active is formed
-    // below, after the wait: formed here and shared, both unstaged paths measured 2 us slower at 31 and 64 rows,
-    // another register allocation.)
+                       (a.top_k > 0 && a.top_k <= kMaxCandidates && a.top_k < a.vocab) ||
+                       (!(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f)));
+    // The unstaged top-p fast path lets the next launch in after its load pass (see above; at its start, as the other
+    // paths do: T,p at 32 / 48 / 64 rows 20.0-20.1 / 20.7 / 22.6 -> 23.5 / 23.3-23.4 / 24.3 us). (top_k_active is
+    // formed below, after the wait: formed here and shared, both unstaged paths measured 2 us slower at 31 and 64
+    // rows, another register allocation.)
     const bool list_top_p = !kStaged && !(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f;
     if (list_top_p)
         dsv4::wait_previous_kernel();
