@@ -141,7 +141,10 @@ constexpr int kSampleLoadBatch = 4;              // sampling: with the division'
 // at 64 rows for T,k,p against 17.0, 25.0 for T,p against 20.1. Check the SASS of a load-pass variant before its time.
 // Measured and not kept: the next batch's 8 loads issued before the current batch's visits (two register buffers in
 // turn, 112 registers, no spill), T,k,p at 32 / 48 / 64 rows 16.29 / 16.88 / 18.02 -> 16.86 / 18.50 / 19.26 us, T,p
-// 21.85 / 21.99 / 24.31 -> 21.81 / 23.11 / 24.91.
+// 21.85 / 21.99 / 24.31 -> 21.81 / 23.11 / 24.91. Again with the 9 / 16 prefetch of T,p (prefetch_sixteenths), two
+// runs, us at 32 / 48 / 64 rows against T,k,p 15.75-15.81 / 16.40-16.49 / 17.81-17.82, T,p 19.81-19.82 / 20.55-20.59 /
+// 22.57-22.59: 6 took T,k,p 16.75-16.77 / 17.40-17.47 / 18.83-18.84, T,p 20.39-20.40 / 21.15-21.20 / 23.03-23.18; 10
+// took T,k,p 16.44-16.48 / 16.92-16.95 / 18.30-18.34, T,p 20.28-20.31 / 21.13-21.19 / 22.93-22.99.
 constexpr int kWideLoadBatch = 8;
 // Temperature only: 16-byte vectors per thread per step (and as many loading ahead). 2 takes 62 registers; 3 measured
 // no faster (64 rows, 256 threads, before the vectors' reaches: 22.4 us either way), 1 slower (27.4 -> 29.9 us, an
@@ -222,6 +225,11 @@ constexpr size_t unstaged_smem(int ctas_per_sm) {
 //    group's bins): T,p at 32 / 48 / 64 / 128 rows 20.75 / 22.02 / 23.75 / 41.74 -> 21.19 / 22.60 / 24.17 / 42.19 us,
 //    T,k,p 15.56 / 16.31 / 17.66 / 32.08 -> 16.05 / 16.74 / 18.12 / 32.94 (with 64 contiguous bins a lane, 32-way bank
 //    conflicts: 4 us slower).
+// Re-measured with the 9 / 16 prefetch of T,p (two runs, us at 32 / 48 / 64 rows, against T,k,p 15.75-15.81 / 16.40-
+// 16.49 / 17.81-17.82, T,p 19.81-19.82 / 20.55-20.59 / 22.57-22.59): 1 vector, T,k,p 16.45-16.49 / 16.89-16.90 /
+// 18.00-18.10, T,p 19.56-19.57 / 20.37-20.40 / 22.32 and 23.20 (two runs apart by 0.9 us: perhaps a noisier floor
+// sending rows to the radix path, not checked); 3, T,k,p 16.19-16.21 / 16.85-16.86 / 18.19-18.24, T,p 20.24-20.26 /
+// 21.01-21.06 / 22.76-22.77.
 constexpr int kFirstBatchVectors = 2;
 // The unstaged top-k fast path's floor rises at most this many level-0 digits over the first batch's (filtered_sample).
 constexpr int kMaxFloorRaises = 8;
