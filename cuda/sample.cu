@@ -2250,9 +2250,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
                        (a.top_k > 0 && a.top_k <= kMaxCandidates && a.top_k < a.vocab) ||
                        (!(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f)));
     // The unstaged top-p fast path lets the next launch in after its load pass (see above; at its start, as the other
-    // paths do: T,p at 32 / 48 / 64 rows 20.0-20.1 / 20.7 / 22.6 -> 23.5 / 23.3-23.4 / 24.3 us). (top_k_active is
-    // formed below, after the wait: formed here and shared, both unstaged paths measured 2 us slower at 31 and 64
-    // rows, another register allocation.)
+    // paths do, with the whole slice prefetched: T,p at 32 / 48 / 64 rows 20.0-20.1 / 21.2 / 22.8-22.9 -> 23.5 /
+    // 23.3-23.4 / 24.3 us). (top_k_active is formed below, after the wait: formed here and shared, both unstaged
+    // paths measured 2 us slower at 31 and 64 rows, another register allocation.)
     const bool list_top_p = !kStaged && !(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f;
     if (list_top_p)
         dsv4::wait_previous_kernel();
