@@ -306,9 +306,9 @@ template <int kGroupLanes>
 __device__ __forceinline__ int group_e4m3_exponent(const float (&v)[8]) {
     static_assert(kGroupLanes >= 1 && kGroupLanes <= kWarpSize && (kGroupLanes & (kGroupLanes - 1)) == 0,
                   "a quantization group is a power-of-two number of lanes of one warp");
-    float amax = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[e]));
+    // A tree, not a chain of 8 (max is exact in any order; |v| is never -0).
+    float amax = fmaxf(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))),
+                       fmaxf(fmaxf(fabsf(v[4]), fabsf(v[5])), fmaxf(fabsf(v[6]), fabsf(v[7]))));
 #pragma unroll
     for (int offset = kGroupLanes / 2; offset > 0; offset >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
