@@ -176,28 +176,41 @@ __global__ void __launch_bounds__(kThreads)
                         const int32_t* __restrict__ positions,  // [n_tokens]
                         const float2* __restrict__ table,       // [table_positions, 32]
                         int64_t n_heads, int64_t o_stride_vecs, int64_t table_positions) {
-    dsv4::await_previous_kernel();
+    static_assert(kThreads % kRopeVecs == 0, "a thread's units all take pairs first_pair .. first_pair + 3");
     const int64_t t = blockIdx.x;
-    const int32_t pos = __ldg(positions + t);
+    const int first_pair = (threadIdx.x % kRopeVecs) * 4;
     Vec16* ot = o + t * o_stride_vecs + (kHeadVecs - kRopeVecs);
     const int units = static_cast<int>(n_heads) * kRopeVecs;
+    // Before the wait, as the kv path does: L2 warmed with the token's rotary slices (128 bytes a head) and the
+    // table row of the position as it reads now, so that after the wait the slices, the position and that row
+    // arrive in one round trip (the row is read again only when the position has changed since). Against the
+    // position loaded after the wait and then its row (H100, the bench's timing, two runs, us at 1 / 64 / 1100 /
+    // 4096 tokens): V4-Pro 1.63 / 2.74-2.78 / 16.25 / 53.9-54.1 -> 1.48-1.49 / 1.94-1.96 / 15.4 / 52.75, V4-Flash
+    // 1.30-1.32 / 2.01-2.02 / 9.06-9.09 / 28.4 -> 1.36-1.40 / 1.75 / 8.24-8.27 / 27.0 (the one slower case: a lone
+    // block's threads stall on the early position's load before they reach the wait).
+    const int32_t pos_early = early_position(table, positions + t, table_positions, first_pair);
+    for (int64_t h = threadIdx.x; h < n_heads; h += kThreads)
+        dsv4::prefetch_l2_bulk(ot + h * kHeadVecs, kRopeVecs * sizeof(Vec16));
+    dsv4::await_previous_kernel();
+    const int32_t pos = __ldg(positions + t);
+    CosSin4 cs;
+    bool in_table = load_cos_sin4(cs, table, pos_early, table_positions, first_pair);
     for (int base = threadIdx.x; base < units; base += kInverseUnroll * kThreads) {
         Vec16 v[kInverseUnroll];
-        CosSin4 cs[kInverseUnroll];
-        bool in_table[kInverseUnroll];
 #pragma unroll
         for (int i = 0; i < kInverseUnroll; ++i) {
             const int u = base + i * kThreads;
-            in_table[i] = u < units && load_cos_sin4(cs[i], table, pos, table_positions, (u % kRopeVecs) * 4);
             if (u < units) v[i] = ot[(u / kRopeVecs) * kHeadVecs + u % kRopeVecs];
         }
+        if (base == threadIdx.x && pos != pos_early)  // after the first units' loads are issued
+            in_table = load_cos_sin4(cs, table, pos, table_positions, first_pair);
 #pragma unroll
         for (int i = 0; i < kInverseUnroll; ++i) {
             const int u = base + i * kThreads;
             if (u >= units) continue;
             float f[8];
             dsv4::unpack_bf16x8(v[i], f);
-            rotate4<true>(f, cs[i], in_table[i]);
+            rotate4<true>(f, cs, in_table);
             ot[(u / kRopeVecs) * kHeadVecs + u % kRopeVecs] = dsv4::pack_bf16x8(f);
         }
     }
