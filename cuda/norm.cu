@@ -163,14 +163,32 @@ __device__ __forceinline__ void process_row(const Vec16 (&raw)[kVecs], const flo
     }
 }
 
+// Before the wait on the previous kernel (which may still be writing x), thread 0 warms L2 with the vectors `row_range`
+// of the row and, for the RMSNorm ops, the weights of `weight_range`, so that the loads after the wait hit L2. Against
+// no warming (H100, the bench's timing, two runs, us at 1 / 64 / 1024 / 4096 tokens), V4-Pro: rms 1.53-1.55 / 2.68-
+// 2.71 / 11.9-12.0 / 44.2 -> 1.43 / 2.25 / 10.9-11.0 / 43.4; rms_quant 1.71-1.72 / 2.69 / 11.4 / 34.2-34.3 -> 1.62 /
+// 2.16-2.17 / 9.6-9.7 / 32.0; act_quant /128 1.07-1.08 / 2.03 / 9.2-9.3 / 30.9 -> 1.00-1.04 / 1.45-1.47 / 8.3 / 29.9
+// (V4-Flash alike: rms_quant 1.55 / 2.16-2.17 / 6.8 / 19.8 -> 1.46-1.53 / 1.69 / 6.4-6.5 / 18.6-18.7).
+template <bool kNorm>
+__device__ __forceinline__ void prefetch_row(const RowArgs& args, int64_t row, RowRange row_range,
+                                             RowRange weight_range) {
+    if (threadIdx.x != 0) return;
+    dsv4::prefetch_l2_bulk(args.x + row * args.x_stride_vecs + row_range.first,
+                           static_cast<uint32_t>((row_range.end - row_range.first) * sizeof(Vec16)));
+    if (kNorm)
+        dsv4::prefetch_l2_bulk(args.weight + 2 * weight_range.first,
+                               static_cast<uint32_t>((weight_range.end - weight_range.first) * 2 * sizeof(float4)));
+}
+
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(const RowArgs args, int64_t n_rows) {
-    dsv4::await_previous_kernel();
     constexpr bool kNorm = kOp != RowOp::kQuant;
+    const RowRange range{0, args.vecs_per_row};
+    prefetch_row<kNorm>(args, blockIdx.x, range, range);  // the block's first row
+    dsv4::await_previous_kernel();
     // [kVecs * kThreads * 2] float4: thread tid's weights of vector i at 2 * (i * kThreads + tid); only that
     // thread writes and reads them, so no barrier is needed.
     extern __shared__ float4 weight_smem[];
-    const RowRange range{0, args.vecs_per_row};
     Vec16 raw[kVecs];
     int64_t row = blockIdx.x;
     load_row<kThreads, kVecs>(raw, args, row, range);
@@ -195,13 +213,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_kernel(con
 // operations in every CTA, so the same inv_rms bits, with no exchange between the CTAs. Grid: n_rows * kSplit blocks.
 template <RowOp kOp, int kThreads, int kVecs, int kGroupLanes, int kSplit>
 __global__ void __launch_bounds__(kThreads) row_split_kernel(const RowArgs args, int64_t part_vecs) {
-    dsv4::await_previous_kernel();
     constexpr bool kNorm = kOp != RowOp::kQuant;
     __shared__ float4 weight_smem[kNorm ? 2 * kVecs * kThreads : 1];
     const int64_t row = blockIdx.x / kSplit;
     const int rank = blockIdx.x % kSplit;
     auto part = [&](int p) { return RowRange{p * part_vecs, min((p + 1) * part_vecs, args.vecs_per_row)}; };
     const RowRange range = part(rank);
+    prefetch_row<kNorm>(args, row, kNorm ? RowRange{0, args.vecs_per_row} : range, range);  // (norms read every part)
+    dsv4::await_previous_kernel();
     Vec16 raw[kVecs];
     float sumsq = 0.0f;
     if constexpr (kNorm) {
