@@ -126,20 +126,35 @@ __global__ void __launch_bounds__(kHeadsPerBlock * dsv4::kWarpSize)
                        const int32_t* __restrict__ positions,  // [n_tokens]
                        const float2* __restrict__ table,       // [table_positions, 32]
                        int64_t n_heads_total, int64_t n_heads, int64_t q_stride_vecs, int64_t table_positions,
-                       float eps) {
-    dsv4::await_previous_kernel();
+                       float eps, bool warm_early) {
     const int64_t head = blockIdx.x * int64_t(kHeadsPerBlock) + threadIdx.x / dsv4::kWarpSize;
-    if (head >= n_heads_total) return;  // whole warps
     const int lane = threadIdx.x % dsv4::kWarpSize;
     const int64_t t = head / n_heads;
     Vec16* qh = q + t * q_stride_vecs + (head % n_heads) * kHeadVecs;
-    const Vec16 va = qh[lane], vb = qh[lane + 32];
     constexpr int kFirstRopeLane = kHeadVecs - kRopeVecs - 32;  // 24
     const bool rope_lane = lane >= kFirstRopeLane;
-    // The table row is fetched as soon as the position arrives, overlapping the q loads and the reduction.
+    const int first_pair = (lane - kFirstRopeLane) * 4;
+    // Before the wait, as the kv path does: the head's row and the table row of the early position warmed in L2, when
+    // the grid is one wave (warm_early). Blocks of later waves start once the previous kernel has ended, where the
+    // early position's load only adds a round trip before the row's loads. H100, the bench's timing, two runs, us
+    // at 1 / 64 / 1024 / 4096 tokens, the position loaded after the wait and then its row -> every block warming:
+    // V4-Pro 1.83-1.84 / 8.80-8.81 / 95.7 / 372.8-372.9 -> 1.52-1.55 / 7.88-7.95 / 97.9-98.1 / 385.1-385.3, V4-Flash
+    // 1.81-1.82 / 5.40-5.43 / 50.3 / 190.5-190.6 -> 1.46-1.47 / 4.44-4.47 / 50.4-50.6 / 195.7-195.9; one wave only
+    // (as here; the later waves' position loaded before the rows, not after), against 1.83 / 8.78 / 95.5 / 372.5 and
+    // 1.78 / 5.33-5.34 / 50.2 / 190.4 in the same runs: V4-Pro 1.51-1.55 / 7.68-7.69 / 91.2 / 358.7, V4-Flash 1.48-
+    // 1.49 / 4.47-4.50 / 46.9-47.0 / 180.9.
+    int32_t pos_early = -1;
+    if (warm_early && head < n_heads_total) {
+        if (rope_lane) pos_early = early_position(table, positions + t, table_positions, first_pair);
+        if (lane == 0) dsv4::prefetch_l2_bulk(qh, kHeadVecs * sizeof(Vec16));
+    }
+    dsv4::await_previous_kernel();
+    if (head >= n_heads_total) return;  // whole warps
+    const int32_t pos = __ldg(positions + t);
+    const Vec16 va = qh[lane], vb = qh[lane + 32];
     CosSin4 cs;
-    const bool in_table = rope_lane && load_cos_sin4(cs, table, __ldg(positions + t), table_positions,
-                                                     (lane - kFirstRopeLane) * 4);
+    bool in_table = rope_lane && load_cos_sin4(cs, table, pos_early, table_positions, first_pair);
+    if (rope_lane && pos != pos_early) in_table = load_cos_sin4(cs, table, pos, table_positions, first_pair);
 
     float a[8], b[8];
     dsv4::unpack_bf16x8(va, a);
@@ -333,6 +348,21 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
     }
 }
 
+// Blocks of q_norm_rope_kernel the device holds at once (0 when the query fails: no block then warms L2 early).
+int64_t q_resident_blocks() {
+    static int64_t blocks = -1;  // the device does not change under a loaded library
+    if (blocks < 0) {
+        int per_sm = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q_norm_rope_kernel, kHeadsPerBlock * dsv4::kWarpSize,
+                                                          0) != cudaSuccess) {
+            cudaGetLastError();  // not sticky
+            per_sm = 0;
+        }
+        blocks = int64_t(per_sm) * dsv4::sm_count();
+    }
+    return blocks;
+}
+
 int check_table_positions(int64_t table_positions) {
     DSV4_CHECK_ARG(table_positions > 0 && table_positions <= kMaxTablePositions, DSV4_ERR_SHAPE,
                    "table_positions = %lld is not in [1, 2^24]", (long long)table_positions);
@@ -393,7 +423,8 @@ DSV4_API int dsv4_rope_q_norm_rope_bf16(void* q, const int32_t* positions, const
                                               static_cast<unsigned>(blocks), kHeadsPerBlock * dsv4::kWarpSize, 0,
                                               stream, static_cast<Vec16*>(q), positions,
                                               reinterpret_cast<const float2*>(table), heads, n_heads,
-                                              q_stride / kBf16PerVec, table_positions, eps));
+                                              q_stride / kBf16PerVec, table_positions, eps,
+                                              blocks <= q_resident_blocks()));
         return DSV4_OK;
     });
 }
