@@ -249,6 +249,24 @@ constexpr int kKvTokensPerBlock = 4;  // one warp per token
 // 1.46-1.48 / 4.21 for 4): 1 token a block 1.38 / 1.50-1.60 / 5.96, 2 1.36 / 1.45-1.46 / 4.14, 8 1.37 / 1.65 / 4.00.
 // At 64 tokens the launch is one round trip (1.11 us for the same bytes' copy): the block shape does not move it.
 
+// slot / block_size as a multiply and a shift, for slot, block_size < 2^31: with 2^(l - 1) < block_size <= 2^l,
+// multiplier = ceil(2^(31 + l) / block_size) < 2^32 exceeds 2^(31 + l) / block_size by e < 1, and slot e / 2^(31 + l) <
+// 2^-l <= 1 / block_size stays short of the next multiple of 1 / block_size: the quotient is exact. Set on the host.
+struct PageDivisor {
+    uint32_t multiplier;
+    uint32_t shift;  // 31 + l
+    __device__ __forceinline__ uint32_t page_of(uint32_t slot) const {
+        return static_cast<uint32_t>((uint64_t(slot) * multiplier) >> shift);
+    }
+};
+
+PageDivisor page_divisor(int64_t block_size) {  // block_size in [1, 2^31)
+    uint32_t l = 0;
+    while ((int64_t(1) << l) < block_size) ++l;
+    const uint64_t whole = uint64_t(1) << (31 + l);
+    return PageDivisor{static_cast<uint32_t>((whole + uint64_t(block_size) - 1) / uint64_t(block_size)), 31 + l};
+}
+
 __device__ __forceinline__ void load_weight8(float (&w)[8], const float4* weight, int vec) {
     const float4 w0 = __ldg(weight + 2 * vec), w1 = __ldg(weight + 2 * vec + 1);
     w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
@@ -265,7 +283,8 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
                             const int32_t* __restrict__ positions,      // [n_tokens]
                             const int32_t* __restrict__ slot_mapping,   // [n_tokens]
                             const float2* __restrict__ table,           // [table_positions, 32]
-                            int64_t n_tokens, int64_t n_slots, int64_t block_size, int64_t block_stride_bytes,
+                            int64_t n_tokens, int64_t n_slots, uint32_t block_size, PageDivisor pages,
+                            int64_t block_stride_bytes,
                             int64_t kv_stride_vecs, int64_t table_positions, float eps) {
     const int64_t t = blockIdx.x * int64_t(kKvTokensPerBlock) + threadIdx.x / dsv4::kWarpSize;
     const int lane = threadIdx.x % dsv4::kWarpSize;
@@ -294,6 +313,15 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
     bool in_table = rope_lane && load_cos_sin4(cs, table, pos_early, table_positions, first_pair);
     if (slot < 0 || slot >= n_slots) return;  // skipped token (whole warp)
     if (rope_lane && pos != pos_early) in_table = load_cos_sin4(cs, table, pos, table_positions, first_pair);
+    // The record's addresses as soon as the slot is in, overlapping the sums' shuffles. Against the 64-bit division
+    // behind the quantizer they replace (V4-Pro on the H100, the bench's timing, three runs, us at 1 / 64 / 4096
+    // tokens): 1.31-1.33 / 1.39-1.44 / 4.11-4.14 -> 1.28-1.29 / 1.30-1.36 / 3.67-3.70; a 32-bit division in the same
+    // place, 1.28-1.29 / 1.33-1.36 / 3.81-3.83.
+    const uint32_t page = pages.page_of(static_cast<uint32_t>(slot));
+    const uint32_t in_page = static_cast<uint32_t>(slot) - page * block_size;
+    uint8_t* page_base = cache + page * block_stride_bytes;
+    uint8_t* scales = page_base + int64_t(block_size) * kKvDataBytes + int64_t(in_page) * kKvScaleBytes;
+    uint2* data = reinterpret_cast<uint2*>(page_base + int64_t(in_page) * kKvDataBytes);  // 72 uint2
 
     float a[8], b[8];
     dsv4::unpack_bf16x8(va, a);
@@ -322,20 +350,16 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
     // exp_b is meaningless in the rope lanes and never stored from there.
     const int exp_b = dsv4::group_e4m3_exponent<kKvBlock / 8>(b);
 
-    const int64_t page = slot / block_size, in_page = slot % block_size;
-    uint8_t* page_base = cache + page * block_stride_bytes;
     // Scale bytes: blocks 0..3 from lanes 0, 8, 16, 24 (first vector), 4..6 from lanes 0, 8, 16 (second vector),
     // and the zero byte 7 from lane 24, each group's first lane storing its own byte. Against lane 0 gathering them
     // by 7 shuffles into one 8-byte store (V4-Pro on the H100, the bench's timing, three runs, with the trees above):
     // 64 tokens 1.41-1.45 -> 1.36-1.41 us, 1 token 1.34 -> 1.26-1.38, 4096 4.13-4.16 -> 4.09-4.13 (the sums' tree
     // alone: 1.39-1.44 at 64 tokens; no arithmetic at all, timing only: 1.29-1.34; wait and exit: 0.87-0.90).
     static_assert(kKvScales == 7 && kKvScaleBytes == 8, "lanes 0, 8, 16, 24 store bytes g and 4 + g");
-    uint8_t* scales = page_base + block_size * kKvDataBytes + in_page * kKvScaleBytes;
     if (lane % 8 == 0) {
         scales[lane / 8] = dsv4::e8m0_byte(exp_a);
         scales[4 + lane / 8] = rope_lane ? uint8_t(0) : dsv4::e8m0_byte(exp_b);
     }
-    uint2* data = reinterpret_cast<uint2*>(page_base + in_page * kKvDataBytes);  // 72 uint2
     data[lane] = dsv4::e4m3x8(a, exp_a);                                              // bytes [0, 256)
     if (!rope_lane) {
         data[32 + lane] = dsv4::e4m3x8(b, exp_b);  // bytes [256, 448)
@@ -458,8 +482,8 @@ DSV4_API int dsv4_rope_kv_fp8(const dsv4_rope_kv_params* params, cudaStream_t st
                        "n_tokens = %lld is not in [0, 2^31)", (long long)p.n_tokens);
         DSV4_CHECK_ARG(p.n_slots >= 0 && p.n_slots <= INT32_MAX, DSV4_ERR_SHAPE, "n_slots = %lld is not in [0, 2^31)",
                        (long long)p.n_slots);
-        DSV4_CHECK_ARG(p.block_size > 0, DSV4_ERR_SHAPE, "block_size = %lld is not positive",
-                       (long long)p.block_size);
+        DSV4_CHECK_ARG(p.block_size > 0 && p.block_size <= INT32_MAX, DSV4_ERR_SHAPE,
+                       "block_size = %lld is not in [1, 2^31)", (long long)p.block_size);
         DSV4_CHECK_ARG(p.block_stride_bytes >= p.block_size * kKvRecordBytes && p.block_stride_bytes % 8 == 0,
                        DSV4_ERR_STRIDE, "block_stride_bytes = %lld is smaller than block_size * 584 = %lld or not a "
                        "multiple of 8", (long long)p.block_stride_bytes, (long long)(p.block_size * kKvRecordBytes));
@@ -481,7 +505,8 @@ DSV4_API int dsv4_rope_kv_fp8(const dsv4_rope_kv_params* params, cudaStream_t st
             kKvTokensPerBlock * dsv4::kWarpSize, 0, stream,
             static_cast<uint8_t*>(p.cache), static_cast<const Vec16*>(p.kv), reinterpret_cast<const float4*>(p.weight),
             p.positions, p.slot_mapping, reinterpret_cast<const float2*>(p.table), p.n_tokens, p.n_slots,
-            p.block_size, p.block_stride_bytes, p.kv_stride / kBf16PerVec, p.table_positions, p.eps));
+            static_cast<uint32_t>(p.block_size), page_divisor(p.block_size), p.block_stride_bytes,
+            p.kv_stride / kBf16PerVec, p.table_positions, p.eps));
         return DSV4_OK;
     });
 }

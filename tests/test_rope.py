@@ -294,6 +294,7 @@ def test_inverse_bad_arguments(table, stream):
 LAYOUTS = {
     "records": (1, rope.KV_RECORD_BYTES),  # the 584-byte records of the window ring / contiguous buffers
     "paged64": (64, -(-64 * rope.KV_RECORD_BYTES // 576) * 576),  # FlashMLA page blocks, padded to 576 bytes
+    "paged48": (48, 48 * rope.KV_RECORD_BYTES + 8),  # not a power of two: the kernel's page divisor rounds
 }
 
 
@@ -463,6 +464,7 @@ def test_kv_path_bad_arguments(table, stream):
     cases = [
         (params(n_tokens=-1), bindings.DSV4_ERR_SHAPE, "n_tokens = -1"),
         (params(block_size=0), bindings.DSV4_ERR_SHAPE, "block_size = 0"),
+        (params(block_size=2**31, block_stride_bytes=2**31 * 584), bindings.DSV4_ERR_SHAPE, "block_size = 2147483648"),
         (params(block_stride_bytes=576), bindings.DSV4_ERR_STRIDE, "block_stride_bytes = 576"),
         (params(block_size=2, block_stride_bytes=1172), bindings.DSV4_ERR_STRIDE, "block_stride_bytes = 1172"),
         (params(kv_stride=500), bindings.DSV4_ERR_STRIDE, "kv_stride = 500"),
