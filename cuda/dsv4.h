@@ -159,7 +159,7 @@ typedef struct dsv4_rope_kv_params {
     const float* table;          /* [table_positions, 32, 2] fp32 */
     int64_t n_tokens;
     int64_t n_slots;             /* slots the cache holds */
-    int64_t block_size;          /* tokens per page block */
+    int64_t block_size;          /* tokens per page block, in [1, 2^31) */
     int64_t block_stride_bytes;
     int64_t kv_stride;           /* elements */
     int64_t table_positions;
