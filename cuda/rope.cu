@@ -249,14 +249,17 @@ constexpr int kKvTokensPerBlock = 4;  // one warp per token
 // 1.46-1.48 / 4.21 for 4): 1 token a block 1.38 / 1.50-1.60 / 5.96, 2 1.36 / 1.45-1.46 / 4.14, 8 1.37 / 1.65 / 4.00.
 // At 64 tokens the launch is one round trip (1.11 us for the same bytes' copy): the block shape does not move it.
 
-// slot / block_size as a multiply and a shift, for slot, block_size < 2^31: with 2^(l - 1) < block_size <= 2^l,
-// multiplier = ceil(2^(31 + l) / block_size) < 2^32 exceeds 2^(31 + l) / block_size by e < 1, and slot e / 2^(31 + l) <
-// 2^-l <= 1 / block_size stays short of the next multiple of 1 / block_size: the quotient is exact. Set on the host.
+// A slot's page and place in it, slot / block_size as a multiply and a shift, for slot, block_size < 2^31: with
+// 2^(l - 1) < block_size <= 2^l, multiplier = ceil(2^(31 + l) / block_size) < 2^32 exceeds 2^(31 + l) / block_size by
+// e < 1, and slot e / 2^(31 + l) < 2^-l <= 1 / block_size stays short of the next multiple of 1 / block_size: the
+// quotient is exact. Set on the host (page_divisor).
 struct PageDivisor {
+    uint32_t block_size;
     uint32_t multiplier;
     uint32_t shift;  // 31 + l
-    __device__ __forceinline__ uint32_t page_of(uint32_t slot) const {
-        return static_cast<uint32_t>((uint64_t(slot) * multiplier) >> shift);
+    __device__ __forceinline__ void split(uint32_t slot, uint32_t& page, uint32_t& in_page) const {
+        page = static_cast<uint32_t>((uint64_t(slot) * multiplier) >> shift);
+        in_page = slot - page * block_size;
     }
 };
 
@@ -264,7 +267,8 @@ PageDivisor page_divisor(int64_t block_size) {  // block_size in [1, 2^31)
     uint32_t l = 0;
     while ((int64_t(1) << l) < block_size) ++l;
     const uint64_t whole = uint64_t(1) << (31 + l);
-    return PageDivisor{static_cast<uint32_t>((whole + uint64_t(block_size) - 1) / uint64_t(block_size)), 31 + l};
+    return PageDivisor{static_cast<uint32_t>(block_size),
+                       static_cast<uint32_t>((whole + uint64_t(block_size) - 1) / uint64_t(block_size)), 31 + l};
 }
 
 __device__ __forceinline__ void load_weight8(float (&w)[8], const float4* weight, int vec) {
@@ -283,8 +287,7 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
                             const int32_t* __restrict__ positions,      // [n_tokens]
                             const int32_t* __restrict__ slot_mapping,   // [n_tokens]
                             const float2* __restrict__ table,           // [table_positions, 32]
-                            int64_t n_tokens, int64_t n_slots, uint32_t block_size, PageDivisor pages,
-                            int64_t block_stride_bytes,
+                            int64_t n_tokens, int64_t n_slots, PageDivisor pages, int64_t block_stride_bytes,
                             int64_t kv_stride_vecs, int64_t table_positions, float eps) {
     const int64_t t = blockIdx.x * int64_t(kKvTokensPerBlock) + threadIdx.x / dsv4::kWarpSize;
     const int lane = threadIdx.x % dsv4::kWarpSize;
@@ -317,10 +320,10 @@ __global__ void __launch_bounds__(kKvTokensPerBlock * dsv4::kWarpSize)
     // behind the quantizer they replace (V4-Pro on the H100, the bench's timing, three runs, us at 1 / 64 / 4096
     // tokens): 1.31-1.33 / 1.39-1.44 / 4.11-4.14 -> 1.28-1.29 / 1.30-1.36 / 3.67-3.70; a 32-bit division in the same
     // place, 1.28-1.29 / 1.33-1.36 / 3.81-3.83.
-    const uint32_t page = pages.page_of(static_cast<uint32_t>(slot));
-    const uint32_t in_page = static_cast<uint32_t>(slot) - page * block_size;
+    uint32_t page, in_page;
+    pages.split(static_cast<uint32_t>(slot), page, in_page);
     uint8_t* page_base = cache + page * block_stride_bytes;
-    uint8_t* scales = page_base + int64_t(block_size) * kKvDataBytes + int64_t(in_page) * kKvScaleBytes;
+    uint8_t* scales = page_base + int64_t(pages.block_size) * kKvDataBytes + int64_t(in_page) * kKvScaleBytes;
     uint2* data = reinterpret_cast<uint2*>(page_base + int64_t(in_page) * kKvDataBytes);  // 72 uint2
 
     float a[8], b[8];
@@ -505,8 +508,7 @@ DSV4_API int dsv4_rope_kv_fp8(const dsv4_rope_kv_params* params, cudaStream_t st
             kKvTokensPerBlock * dsv4::kWarpSize, 0, stream,
             static_cast<uint8_t*>(p.cache), static_cast<const Vec16*>(p.kv), reinterpret_cast<const float4*>(p.weight),
             p.positions, p.slot_mapping, reinterpret_cast<const float2*>(p.table), p.n_tokens, p.n_slots,
-            static_cast<uint32_t>(p.block_size), page_divisor(p.block_size), p.block_stride_bytes,
-            p.kv_stride / kBf16PerVec, p.table_positions, p.eps));
+            page_divisor(p.block_size), p.block_stride_bytes, p.kv_stride / kBf16PerVec, p.table_positions, p.eps));
         return DSV4_OK;
     });
 }
