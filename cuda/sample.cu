@@ -1480,6 +1480,13 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // with its list), so CTA 0's finish forms Philox blocks only for double logs. H100, Flash vocab, the bench's timing:
 // T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p unchanged, 16.28 / 16.75 /
 // 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
+// Measured and not kept: each warp forming the close Gumbels of its own range of the list at the end of the load pass
+// (after the lane lists' loop, before the CTA's barrier), so that CTA 1 pushes them with its list at once. H100, the
+// bench's timing, two runs, T,p at 32 / 64 rows 19.71-19.95 / 22.41-22.53 -> 20.24-20.54 / 22.91-23.07 us, and with
+// the next launch let in before those Gumbels 20.32-20.44 / 22.90-23.05. Stamps (%globaltimer, 64 rows, CTA 0 medians,
+// us after the wait): the lists done 13.54 -> 15.04, the bins cleared 15.66 -> 15.87, the peer's list in 16.08 ->
+// 16.80. Formed by the warps, the Gumbels cost ~1.5 us of the load pass, and the step that forms them here costs ~1.3
+// (of its 2.1 us, ~0.8 are the CTA's max, the clears and a barrier, which remain).
 // The frontier finish replaced a walk of the mass bins to the crossing bin, whose entries gave the cut (crossing_cut),
 // then the bounds of the entries above it and a pass for the contenders (four more CTA barriers): T,p at 32 / 48 / 64 /
 // 96 / 128 / 256 rows 20.93 / 22.13 / 23.91 / 54.46 / 42.05 / 67.34 -> 20.52 / 21.90 / 23.32 / 53.72 / 40.77 / 67.73
