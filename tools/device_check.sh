@@ -24,9 +24,11 @@ for step in "${steps[@]}"; do
     tests) python3 -m pytest -m gpu -q -rs 2>&1 | tee "$out/gpu-tests.log" | tail -n 25 || status=1 ;;
     bench) python3 -m pydsv4.bench ops --json "$out/bench.json" 2>&1 | tee "$out/bench.log" || status=1 ;;
     sanitize)
-        # memcheck slows kernels ~10-100x: the largest token counts are left to the plain run
+        # Every GPU test but the bench's and test_head_single_read_on_fewer_sms_than_assumed, whose refused
+        # cooperative launch (and the capture it invalidates) is the API error it asserts, which memcheck would count
+        # as 5 errors (its fallback's kernels run in the other hc_head tests). ~3.5 minutes on an H100.
         compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
-            python3 -m pytest -m gpu -q -p no:cacheprovider -k "not 4000 and not 4096 and not 2048 and not bench" 2>&1 |
+            python3 -m pytest -m gpu -q -p no:cacheprovider -k "not bench and not fewer_sms" 2>&1 |
             tee "$out/sanitizer.log" | tail -n 15 || status=1 ;;
     *) echo "unknown step $step (tests, bench, sanitize)"; status=2 ;;
     esac
