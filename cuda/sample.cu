@@ -2956,6 +2956,13 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // T,p at a CTA a row from 67 rows on: 80 / 112 / 128 rows 39.7 / 40.4 / 42.3 -> 36.3 / 37.8 / 38.8 us, but the
     // bench's 96-row set with a row off the fast path (kListBudget) 54.8 -> 74.3: one CTA takes the radix path over the
     // whole row, and a CTA a row cannot list more (floors at 7 would keep ~4000 z of a row, kKeptCapacity): not kept.
+    // What the radix rows cost at large batches (H100, the bench's sets and timing; a probe that skips the radix path
+    // and marks its rows, timing only): T,p at 256 / 512 / 1024 rows 67.9 / 212.9 / 292.9 us, 0 / 2 / 2 rows radix;
+    // skipping them, 67.7 / 152.5 / 289.9, and with a CTA a row from 133 rows on as well 67.9 / 131.9 / 263.2
+    // (same-bytes copy 55.8 / 110.0 / 218.3), but 274.2 / 394.7 at 512 / 1024 rows with the radix rows (one CTA walks a
+    // row's levels alone). T,k,p, no radix rows, 60.0 / 137.0 / 264.4 in pairs, 59.9 / 131.9 / 264.0 at a CTA a row. So
+    // T,p past one wave is bound by a few rows whose nucleus reaches below the lists' floor (a level-0 digit: z >= 8
+    // here); a finer floor that no nucleus of such rows reaches below (z >= 7.5: ~2900 z a row) would remove them.
     // ncu of T,p at 64 rows (a3d60ce, one CTA an SM): 27.5% of issue slots busy; stalls on loads 28% of samples, fixed
     // latencies 20%, instruction fetch 15%, barriers 8%; 9% on CTA 0's warps polling their mbarrier for CTA 1's pushes.
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1

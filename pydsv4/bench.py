@@ -37,6 +37,7 @@ L2_FOOTPRINT = 200 << 20      # cycle over >= 4x the H100's 50 MB L2
 MAX_SETS = 64
 GRAPH_LAUNCHES = 64           # launches per captured graph
 REPLAYS = 15
+MAX_SAMPLE_ROWS = 1024        # sampling's batches: the rows of one decode step (at Flash vocab, 529 MB of logits)
 
 
 @dataclass
@@ -277,9 +278,10 @@ def mhc_cases(width, d, H, tokens):
 
 
 def sample_cases(width, d, H, tokens):
-    """Sampling is latency-bound: `tokens` is the batch (rows of VOCAB logits), at most 64."""
+    """`tokens` is the batch (rows of VOCAB logits), up to MAX_SAMPLE_ROWS: one decode step's rows. Small batches are
+    latency-bound, large ones bandwidth-bound (a step of many sequences samples every row)."""
     from pydsv4.cuda import lib
-    if width != "flash" or tokens > 64:
+    if width != "flash" or tokens > MAX_SAMPLE_ROWS:
         return []
 
     def make(greedy, top_k=0, top_p=1.0):
@@ -433,7 +435,8 @@ def run_ops(args):
                                      bytes=case.bytes_moved, peer_us=peer_us, note=case.note))
     if not rows:
         print(f"bench: nothing to time: no op matching {args.only!r} at widths {','.join(args.widths)} and tokens "
-              f"{','.join(map(str, args.tokens))} (sampling runs at the flash width, up to 64 rows)", file=sys.stderr)
+              f"{','.join(map(str, args.tokens))} (sampling runs at the flash width, up to {MAX_SAMPLE_ROWS} rows)",
+              file=sys.stderr)
         return 2
     if args.json:
         with open(args.json, "w") as f:

@@ -40,3 +40,10 @@ def test_bench_runs_and_reports_a_roofline_fraction(capsys, tmp_path):
     import json
     rows = json.load(open(out))["rows"]
     assert rows and all(0 < r["copy_fraction"] < 1.5 and r["us"] > 0 for r in rows)
+
+
+def test_sampling_rows_reach_a_decode_step_at_flash_width_only():
+    assert [c.op for c in bench.sample_cases("flash", 0, 0, bench.MAX_SAMPLE_ROWS)] == [
+        "sample_greedy_f32", "sample_tokens_f32(T)", "sample_tokens_f32(T,k,p)", "sample_tokens_f32(T,p)"]
+    assert bench.sample_cases("flash", 0, 0, bench.MAX_SAMPLE_ROWS + 1) == []
+    assert bench.sample_cases("pro", 0, 0, 64) == []  # the vocab does not change with the width
