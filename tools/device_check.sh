@@ -22,7 +22,10 @@ status=0
 for step in "${steps[@]}"; do
     case "$step" in
     tests) python3 -m pytest -m gpu -q -rs 2>&1 | tee "$out/gpu-tests.log" | tail -n 25 || status=1 ;;
-    bench) python3 -m pydsv4.bench ops --json "$out/bench.json" 2>&1 | tee "$out/bench.log" || status=1 ;;
+    bench)  # every entry at 1, 64 and 4096 tokens; sampling also at decode steps of 128 to 1024 rows
+        { python3 -m pydsv4.bench ops --json "$out/bench.json" &&
+            python3 -m pydsv4.bench ops --widths flash --tokens 128,256,512,1024 --only sample \
+                --json "$out/bench-sample.json"; } 2>&1 | tee "$out/bench.log" || status=1 ;;
     sanitize)
         # Every GPU test but the bench's and test_head_single_read_on_fewer_sms_than_assumed, whose refused
         # cooperative launch (and the capture it invalidates) is the API error it asserts, which memcheck would count
