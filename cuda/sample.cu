@@ -174,8 +174,9 @@ struct alignas(16) Exchange {
 // Top-k fast path: a CTA's candidate list (and CTA 0's gathered list) lives in an exchange buffer's histogram.
 constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long long);  // 2048
 // Unstaged fast paths (see filtered_sample), in dynamic shared memory: the z a CTA keeps in its load pass (32 KB), and
-// the logits that reach the floor: at two CTAs an SM in each warp's list (32 KB), at one in each lane's (96 KB).
+// the logits that reach the floor: at two CTAs an SM in each warp's list (44 KB), at one in each lane's (96 KB).
 constexpr int kKeptCapacity = 4096;
+constexpr int kListLost = 1 << 24;  // added to the kept count by a warp whose list overflowed: the row leaves the path
 // Unstaged top-p: about as many z a CTA aims to keep (the digits are coarse: a pair's CTA keeps z >= 8 or z >= 7 of
 // N(0, 3.75^2) z, ~1060 or ~2000). A row whose nucleus reaches below the higher floor takes the radix path: in NumPy,
 // 3 of 1500 such rows at top_p 0.9 (nuclei of 1137 z at the median, 2175 at most), and one of the bench's 96-row sets
@@ -186,7 +187,24 @@ constexpr int kListBudget = 1024;
 // Unstaged top-p: the entries CTA 0's finish gathers from the bins that hold the frontier (unstaged_top_p; ~8 for the
 // bench's rows, ~200 for flat ones).
 constexpr int kGatherCapacity = 512;
-constexpr int kWarpReached = 256;
+// Unstaged top-p at one CTA a row (Mode::kTopP: past the rows that pairs hold in one wave, launch_sample): the floor is
+// the half level-0 digit (the key's top 12 bits: z >= 7 or >= 7.5 where level-0 digits give 7 or 8) of the first
+// batch's largest z whose count scaled to the row reaches kRowListBudget. The level-0 digit of kListBudget's rank
+// (floor 8 for the bench's rows) sent every row whose nucleus reaches below z = 8 to the radix path: 2 of the bench's
+// 512 rows (cut 7.96), each ~140 us of a CTA walking the row's levels while the others load. In NumPy, on the bench's
+// sets at 256 / 512 / 1024 rows, this floor is 7.5 for ~84% of rows, 8 for ~12.5% and 7 for 3-4%, no nucleus reaches
+// below it, and the lists hold ~2870 z (~2130 at z >= 8); a list that overflows kKeptCapacity at floor 7 (~3970 z) is
+// kept again from 7.5 (filtered_sample). Flash vocab on the H100, the bench's timing, T,p at 200 / 256 / 512 / 1024
+// rows, no row off the path at any budget (a probe that marks them): budget 2400 62.3 / 69.7 / 135.5 / 267.9 us, 2700
+// 64.1 / 70.8 / 137.1 / 270.7 (level-0 floor: 60.0 / 67.9 / 212.8 / 292.6, radix rows included). One wave ends with
+// its slowest rows, those at floor 7. Measured and not kept: 4 vectors a thread in the first batch (8192 z: fewer rows
+// at 7 or 8), 2560 z, 72.5 / 142.0 / 286.3 at 256 / 512 / 1024 rows (in the top-k kernel's instance, which then
+// spilled); lists over 3400 z kept again from the next half digit as well, budget 2400 / 2700 / 3000: 71.6 / 73.1 /
+// 80.1 at 256 rows and 137.1 / 139.3 / 141.6 at 512.
+constexpr int kRowListBudget = 2400;
+constexpr int kRowFloorShift = 20;  // half level-0 digits: 4096 of them, over ex[0].hist[0] and [1]
+// The warps' lists at two CTAs an SM: up to ~310 of a warp's 8080 logits reach floor 7 at one CTA a row.
+constexpr int kWarpReached = 352;
 constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
 // At one CTA an SM the unstaged top-p path also keeps the close Gumbels of both CTAs' kept lists (unstaged_top_p),
 // after the lanes' lists: this CTA's [kKeptCapacity], then (CTA 0) its peer's [kKeptCapacity].
@@ -500,7 +518,7 @@ struct PeerList {  // what CTA 1 pushes with its list
     int bad;      // a NaN or +inf z seen
     int n;        // entries on its list; -1: the list overflowed
     float floor;  // every z of its slice at or above it is on the list
-    float tail;   // the mass of its other z, in units of exp(floor)
+    float tail;   // the mass of its other z, in units of exp(floor) (a pair never keeps its list again: see tail_floor)
 };
 
 struct PeerRegion {  // what CTA 1 of the unstaged top-k fast path pushes with its region (unstaged_top_k)
@@ -530,6 +548,7 @@ struct alignas(16) Shared {
     int count;  // fast paths: entries in this CTA's gathered candidate list
     int kept;   // unstaged fast paths: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
     float list_floor;  // unstaged top-p fast path: every z of the slice at or above it is on the kept list
+    float tail_floor;  // its tail mass (the z off the list) is in units of exp(tail_floor): list_floor but re-kept
     uint32_t raise_count[kMaxFloorRaises];  // unstaged top-k fast path: logits seen above each raised floor's digit
     // top-p fast path: this CTA's range of bins combined over the cluster (mass and count), and its total mass
     unsigned long long bin_mass[kMassBinsPerCta];
@@ -840,15 +859,23 @@ __device__ bool candidate_digit(unsigned long long k, float zmax, cg::cluster_gr
     return sh.above <= kMaxCandidates;
 }
 
-// Unstaged top-k fast path: the level-0 digit of the k-th largest z this CTA has counted into ex[0].hist[0] so far (its
-// own bins only, no cluster), or 0 when it has counted fewer than k. Every z of the row at or above the k-th largest
-// has a digit at least this high.
+// Unstaged fast paths: the digit (of the key's top log2(kDigits) bits) of the k-th largest z this CTA has counted into
+// ex[0].hist so far (its own bins only, no cluster; kDigits > kBins runs on into ex[0].hist[1]), or 0 when it has
+// counted fewer than k. Every z of the row at or above the k-th largest has a digit at least this high.
+template <int kDigits>
 __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
+    static_assert(kDigits % (4 * kThreads) == 0 && kDigits <= 2 * kBins, "whole vectors of ex[0].hist a thread");
+    constexpr int kVectors = kDigits / (4 * kThreads);
     const int tid = threadIdx.x;
     __syncthreads();  // every warp's counts have landed (a partial count gives a lower floor: longer lists)
-    const int low_bin = kBins - kBinsPerThread * (tid + 1);
-    const uint4 counts = *reinterpret_cast<const uint4*>(&sh.ex[0].hist[0][low_bin]);
-    const unsigned long long mine = counts.x + counts.y + counts.z + counts.w;
+    const int low_bin = kDigits - 4 * kVectors * (tid + 1);
+    uint4 counts[kVectors];  // [j]: bins low_bin + 4 j .. + 3
+    unsigned long long mine = 0;
+#pragma unroll
+    for (int j = 0; j < kVectors; ++j) {
+        counts[j] = *reinterpret_cast<const uint4*>(&sh.ex[0].hist[0][0] + low_bin + 4 * j);
+        mine += counts[j].x + counts[j].y + counts[j].z + counts[j].w;
+    }
     unsigned long long total;
     const unsigned long long inclusive = block_scan(mine, total, sh);
     if (tid == 0) sh.digit = 0u;
@@ -856,10 +883,10 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
     if (inclusive >= k && inclusive - mine < k) {
         unsigned long long c = inclusive - mine;
 #pragma unroll
-        for (int i = 0; i < kBinsPerThread; ++i) {  // bin low_bin + 3 - i: vector component 3 - i
-            c += word_of(counts, 3 - i);
+        for (int i = 4 * kVectors - 1; i >= 0; --i) {  // bin low_bin + i, from the top
+            c += word_of(counts[i / 4], i % 4);
             if (c >= k) {
-                sh.digit = static_cast<uint32_t>(low_bin + 3 - i);
+                sh.digit = static_cast<uint32_t>(low_bin + i);
                 break;
             }
         }
@@ -868,15 +895,16 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
     return sh.digit;
 }
 
-// The logits bounding level-0 digit d of z = RN(x / T) (a moderate T): a logit below `below` has a z of digit < d, one
-// at or above `above` a z of digit >= d (the margins cover the roundings of d's least z times T and of the division
-// and, near 0, the smallest subnormal). False when d is past the last digit, or that product is not finite and moderate
-// (so also for the digits whose least key is a NaN's).
-__device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, float& below, float& above) {
-    const float scaled = __fmul_rn(key_to_float(digit << digit_shift(0)), t);
+// The logits bounding digit d (the key's bits from `shift` up; level 0 by default) of z = RN(x / T) (a moderate T): a
+// logit below `below` has a z of digit < d, one at or above `above` a z of digit >= d (the margins cover the roundings
+// of d's least z times T and of the division and, near 0, the smallest subnormal). False when d is past the last digit,
+// or that product is not finite and moderate (so also for the digits whose least key is a NaN's).
+__device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, float& below, float& above,
+                                                   int shift = 21) {
+    const float scaled = __fmul_rn(key_to_float(digit << shift), t);
     below = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
     above = fmaf(fabsf(scaled), 0x1p-20f, scaled) + 0x1p-100f;
-    return digit < kBins && fabsf(scaled) < 0x1p100f;
+    return digit < (1u << (32 - shift)) && fabsf(scaled) < 0x1p100f;
 }
 
 // The top-p fast paths' histogram of z by mass_bin in shared memory: bin b's count and fixed-point mass as its high
@@ -1749,7 +1777,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         const uint32_t warp_gathered = __reduce_add_sync(0xFFFFFFFFu, gathered_here);
         if (lane == 0) sh.warp_floor[warp] = warp_gathered;
         // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
-        row_mass += __float2ull_rn(own_tail * (expf(own_floor - zmax) * kMassScale));
+        row_mass += __float2ull_rn(own_tail * (expf(sh.tail_floor - zmax) * kMassScale));
         if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
         target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
         __syncthreads();
@@ -2087,8 +2115,9 @@ __device__ void gumbel_pass(const SampleArgs& a, const Slice& slice,
 }
 
 // What a launch computes: greedy; temperature only (gumbel_pass, nothing staged); top-k and / or top-p, or an extreme
-// temperature (z staged).
-enum class Mode { kGreedy, kTemperature, kFiltered };
+// temperature (z staged); top-p alone at one CTA a row (filtered_sample's kTopPAlone: its own instance, the floor in
+// half digits).
+enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 
 // Warm L2 with the first sixteenths / 16 of this CTA's slice while the previous kernel runs, in 4 KB requests (the
 // last one rounded up to 16 bytes: inside the row's stride). Flash vocab on the H100, the whole slice against none:
@@ -2227,16 +2256,20 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
-// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row for batches that only one CTA a row fits in one
-// wave, launch_sample), the load pass keeps the candidates in a list (see below), and a row that leaves the fast path
-// (ties, a list that overflows, a nucleus below the list's floor) re-reads its slice's logits from L2 for every later
-// pass. Top-p alone lets the next launch in (whose CTAs warm L2 with their own logits) only after its load pass:
-// letting it in at the start measured 38.6 us at 64 rows against 35.6 (and with a second pass over the logits for the
-// row's mass, 66.8 against 58.8).
+// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row past what pairs hold in one wave: top-k while
+// one CTA a row fits one wave, top-p alone in waves too, launch_sample), the load pass keeps the candidates in a list
+// (see below), and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor)
+// re-reads its slice's logits from L2 for every later pass. Top-p alone lets the next launch in (whose CTAs warm L2
+// with their own logits) only after its load pass: letting it in at the start measured 38.6 us at 64 rows against 35.6
+// (and with a second pass over the logits for the row's mass, 66.8 against 58.8).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
-template <int kRanks, int kCtasPerSm>
+// kTopPAlone (Mode::kTopP, launched for top-p without top-k only): one CTA a row, the floor in half digits
+// (kRowFloorShift), an instance of its own so that the top-k path's code and registers stay as they were measured.
+// (With the filters' flags constant in it, ptxas spilled 24 bytes; as run-time flags, none.)
+template <int kRanks, int kCtasPerSm, bool kTopPAlone = false>
 __device__ void filtered_sample(const SampleArgs& a) {
+    static_assert(!kTopPAlone || (kRanks == 1 && kCtasPerSm == 2), "top-p alone has an instance at one CTA a row");
     constexpr bool kStaged = kRanks == kCluster;
     constexpr bool kLaneLists = !kStaged && kCtasPerSm == 1;  // the load pass's lists: each lane's own (see below)
     __shared__ Shared sh;
@@ -2274,9 +2307,13 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p).
     const bool keeps_list = !kStaged && (fast_top_k || list_top_p);
     const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
+    // Top-p at one CTA a row: the first batch's histogram and the floor in half level-0 digits (kRowFloorShift).
+    constexpr bool fine_floor = kTopPAlone;
+    constexpr int floor_shift = fine_floor ? kRowFloorShift : 21;  // (21: digit_shift(0))
+    uint32_t* const first_hist = &sh.ex[0].hist[0][0];  // [kBins], or [2 kBins] (fine_floor) into ex[0].hist[1]
     int phase = 0;
     if (counts_digits) {
-        for (int b = tid; b < kBins; b += kThreads) sh.ex[0].hist[0][b] = 0u;
+        for (int b = tid; b < (fine_floor ? 2 * kBins : kBins); b += kThreads) first_hist[b] = 0u;
     }
     if (fast_top_k || fast_top_p || list_top_p) {
         if (tid == 0) {
@@ -2299,7 +2336,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             if (4 * v + c < n_local) {
                 bad |= !(e[c] < INFINITY);  // NaN or +inf
                 if (e[c] > best) best = e[c], best_i = static_cast<int>(begin) + 4 * v + c;  // ids rise per thread
-                if (counts_digits) atomicAdd(&sh.ex[0].hist[0][float_to_key(e[c]) >> digit_shift(0)], 1u);
+                if (counts_digits) atomicAdd(first_hist + (float_to_key(e[c]) >> floor_shift), 1u);
             }
         }
     };
@@ -2408,18 +2445,21 @@ __device__ void filtered_sample(const SampleArgs& a) {
     } else {
         const int prefix = min(n_local, 4 * kFirstBatchVectors * kThreads);  // the first batch's tokens
         for_each_z(SliceZ<false>{logits, prefix, t, reciprocal_t, moderate_t}, count_and_max);
-        // Top-p keeps the z whose digit reaches that of the first batch's kListBudget-th largest, scaled to the batch.
+        // Top-p keeps the z whose digit reaches that of the first batch's kListBudget-th largest (kRowListBudget at
+        // one CTA a row), scaled to the batch.
         const int64_t keep_rank =
-            fast_top_k ? a.top_k : (int64_t(kListBudget) * prefix + n_local - 1) / max(n_local, 1);
-        const uint32_t keep_digit = local_kth_digit(static_cast<unsigned long long>(keep_rank), sh);
+            fast_top_k ? a.top_k
+                       : (int64_t(fine_floor ? kRowListBudget : kListBudget) * prefix + n_local - 1) / max(n_local, 1);
+        const uint32_t keep_digit =
+            local_kth_digit<fine_floor ? 2 * kBins : kBins>(static_cast<unsigned long long>(keep_rank), sh);
         // This CTA has started, and (top-p) its ex[] is free from here on: the wait at the start of unstaged_top_k /
         // unstaged_top_p matches this arrival, before their first write to another CTA (the reads are done: no fence).
         if (kRanks > 1) cluster_arrive_relaxed();
         // The least z of digit keep_digit (NaN below -inf's digit); a logit below logit_floor has a z below it.
-        const float keep_min = key_to_float(keep_digit << digit_shift(0));
+        const float keep_min = key_to_float(keep_digit << floor_shift);
         float logit_floor, unused;
-        const bool bounded = moderate_t && digit_logit_bounds(keep_digit, t, logit_floor, unused);
-        if (tid == 0) sh.list_floor = keep_min;
+        const bool bounded = moderate_t && digit_logit_bounds(keep_digit, t, logit_floor, unused, floor_shift);
+        if (tid == 0) sh.list_floor = keep_min, sh.tail_floor = keep_min;
         // Top-p: the mass of the slice's z off the list (z < keep_min), in units of exp(keep_min), as exp2 of
         // x log2(e) / T - keep_min log2(e) (see unstaged_top_p), so that the row's mass needs no second pass.
         const float mass_slope = kLog2e * reciprocal_t, mass_offset = keep_min * kLog2e;
@@ -2527,7 +2567,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             if (kLaneLists ? __any_sync(0xFFFFFFFFu, lane_reached() > kLaneSlots) : n_reached > kWarpReached) {
                 // Overflow: the list lost z, perhaps the max, a NaN or a +inf, which the max exchange and the radix
                 // path after it need: the warp's threads take them from their vectors again (from L2).
-                if (lane == 0) atomicAdd(&sh.kept, kKeptCapacity + 1);
+                if (lane == 0) atomicAdd(&sh.kept, kListLost);
                 for_each_z(from_logits, [&](float4 zv, int v) {
                     const float e[4] = {zv.x, zv.y, zv.z, zv.w};
 #pragma unroll
@@ -2545,7 +2585,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 bad |= !(zz < INFINITY);
                 take_better(best, best_i, zz, static_cast<int>(entry.y));
                 const uint32_t key = float_to_key(zz);
-                const bool keep = zz > -INFINITY && (key >> digit_shift(0)) >= keep_digit + raised;
+                const bool keep = zz > -INFINITY && (key >> floor_shift) >= keep_digit + raised;
                 const int at = warp_slot(keep, &sh.kept);
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
                 if (list_top_p && keep) tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
@@ -2589,6 +2629,30 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
             }
             __syncthreads();
+            // Top-p at one CTA a row: a kept list that overflowed (the warps' lists whole) is kept again from the next
+            // half digit up, its z there back in the tail at exp(z - keep_min) (tail_term stops at 1), until it fits.
+            // The tail stays in units of exp(keep_min) (sh.tail_floor). Against the radix path such a row takes ~140
+            // us longer past one wave (launch_sample).
+            if constexpr (fine_floor) {
+                for (int n = sh.kept; n > kKeptCapacity && n < kListLost && raised < kMaxFloorRaises; n = sh.kept) {
+                    __syncthreads();  // every thread has read sh.kept
+                    if (tid == 0) sh.kept = 0;
+                    __syncthreads();
+                    ++raised;
+                    for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize) {
+                        const float x = i < n_reached ? __uint_as_float(reached[i].x) : -INFINITY;
+                        const float zz = divide_by_temperature(x, t, reciprocal_t, moderate_t);
+                        const uint32_t key = float_to_key(zz), digit = key >> floor_shift;
+                        const bool keep = zz > -INFINITY && digit >= keep_digit + raised;
+                        if (zz > -INFINITY && digit + 1 == keep_digit + raised)
+                            tail_mass += ex2_approx(fmaf(x, mass_slope, -mass_offset));
+                        const int at = warp_slot(keep, &sh.kept);
+                        if (keep && at < kKeptCapacity) kept[at] = candidate(key, reached[i].y);
+                    }
+                    __syncthreads();
+                }
+                if (tid == 0) sh.list_floor = key_to_float((keep_digit + raised) << floor_shift);
+            }
             // The kept z crowd a few bins: one atomic a warp per distinct digit.
             const int n_kept = !fast_top_k || sh.kept > kKeptCapacity ? 0 : sh.kept;  // (an overflow leaves the path)
             for (int i = tid; i - lane < n_kept; i += kThreads) {
@@ -2763,11 +2827,13 @@ __device__ void filtered_sample(const SampleArgs& a) {
 template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
-    static_assert(kMode != Mode::kFiltered || kBlockThreads == kThreads, "the filtered path runs kThreads threads");
-    static_assert(kMode == Mode::kFiltered || kRanks == kCluster || (kMode == Mode::kTemperature && kCtasPerSm == 1),
+    static_assert(kMode < Mode::kFiltered || kBlockThreads == kThreads, "the filtered paths run kThreads threads");
+    static_assert(kMode >= Mode::kFiltered || kRanks == kCluster || (kMode == Mode::kTemperature && kCtasPerSm == 1),
                   "greedy runs kCluster ranks, temperature only kCluster or (at one CTA an SM) fewer");
     if constexpr (kMode == Mode::kFiltered)
         filtered_sample<kRanks, kCtasPerSm>(a);
+    else if constexpr (kMode == Mode::kTopP)
+        filtered_sample<kRanks, kCtasPerSm, true>(a);
     else
         unstaged_sample<kMode == Mode::kGreedy, kBlockThreads, kRanks, kRanks == kCluster ? kGumbelBatch
                                                                                          : kPairGumbelBatch>(a);
@@ -2810,7 +2876,7 @@ int raise_smem_limit() {
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
         for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                            sample_kernel<Mode::kFiltered, kThreads, 1, 2>})
+                            sample_kernel<Mode::kFiltered, kThreads, 1, 2>, sample_kernel<Mode::kTopP, kThreads, 1, 2>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(unstaged_smem(2))));
         DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
@@ -2961,8 +3027,11 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // skipping them, 67.7 / 152.5 / 289.9, and with a CTA a row from 133 rows on as well 67.9 / 131.9 / 263.2
     // (same-bytes copy 55.8 / 110.0 / 218.3), but 274.2 / 394.7 at 512 / 1024 rows with the radix rows (one CTA walks a
     // row's levels alone). T,k,p, no radix rows, 60.0 / 137.0 / 264.4 in pairs, 59.9 / 131.9 / 264.0 at a CTA a row. So
-    // T,p past one wave is bound by a few rows whose nucleus reaches below the lists' floor (a level-0 digit: z >= 8
-    // here); a finer floor that no nucleus of such rows reaches below (z >= 7.5: ~2900 z a row) would remove them.
+    // T,p past one wave was bound by a few rows whose nucleus reaches below the lists' floor (a level-0 digit: z >= 8
+    // here). Top-p alone now takes a CTA a row from 133 rows on, in waves too (Mode::kTopP), its floor in half digits
+    // (kRowListBudget: no bench row leaves the path): T,p at 256 / 320 / 512 / 1024 rows 67.9 / 144.5 / 212.8 / 292.6
+    // -> 69.7 / 100.5 / 135.5 / 267.9 us. T,k,p in waves stays in pairs: at a CTA a row (the same kernel), 320 / 1024
+    // rows measured 97.5 / 269.1 against 92.2 / 265.1.
     // ncu of T,p at 64 rows (a3d60ce, one CTA an SM): 27.5% of issue slots busy; stalls on loads 28% of samples, fixed
     // latencies 20%, instruction fetch 15%, barriers 8%; 9% on CTA 0's warps polling their mbarrier for CTA 1's pushes.
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
@@ -2973,11 +3042,13 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 1>(one_per_sm_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 2>(two_per_sm_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<1, 2>(single_rank_rows)));
-    const bool single_rank = batch > two_per_sm_rows && batch <= single_rank_rows;
+    const bool top_p_alone = !top_k_active && args.top_p < 1.0f;  // (else the top-k fast path, or an extreme T alone)
+    const bool single_rank = batch > two_per_sm_rows && (top_p_alone || batch <= single_rank_rows);
     const int ranks = single_rank ? 1 : kWideBatchRanks;
     auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
-                  : single_rank            ? sample_kernel<Mode::kFiltered, kThreads, 1, 2>
-                                           : sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>;
+                  : !single_rank           ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>
+                  : top_p_alone            ? sample_kernel<Mode::kTopP, kThreads, 1, 2>
+                                           : sample_kernel<Mode::kFiltered, kThreads, 1, 2>;
     args.slice = slice_of(args.vocab, ranks);
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
                                           kThreads, unstaged_smem(batch <= one_per_sm_rows ? 1 : 2), stream, args));

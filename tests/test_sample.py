@@ -320,6 +320,28 @@ def test_wide_batches_match_the_cpu_sampler(rng, stream):
     ledger.assert_rare()
 
 
+def test_one_cta_a_row_keeps_its_list_again_from_a_higher_floor(rng, stream):
+    """Past the rows that pairs of CTAs hold in one wave (160 rows), top-p alone takes one CTA a row, whose floor is the
+    half level-0 digit of its first 4096 z's 77th largest. Rows 0-15 put 120 z at 7.2 there (floor 7.0), 2680 more in
+    [7.0, 7.5) and 1400 in [7.5, 10) elsewhere, the rest N(0, 1): 4200 z reach 7.0, more than the kept list holds, so
+    the CTA keeps its warps' lists again from 7.5, the z in [7.0, 7.5) back in the tail mass (~27% of the row's). At
+    top_p 0.5 the cut is ~9.0; a tail without them puts it at ~9.37, and ~26% of rows would then draw another token.
+    The other rows are N(0, 3^2)."""
+    batch, planted = 160, 16
+    logits = random_logits(rng, batch, VOCAB, 3.0)
+    logits[:planted] = random_logits(rng, planted, VOCAB, 1.0)
+    for row in range(planted):
+        logits[row, rng.choice(4096, 120, replace=False)] = 7.2
+        rest = 4096 + rng.choice(VOCAB - 4096, 4080, replace=False)
+        logits[row, rest[:2680]] = rng.uniform(7.0, 7.5, 2680)
+        logits[row, rest[2680:]] = rng.uniform(7.5, 10.0, 1400)
+    gpu = run_sample(logits, stream, 1.0, 0, 0.5, seed=61, step=9)
+    assert (logits[np.arange(planted), gpu[:planted]] >= 8.5).all(), gpu[:planted]
+    ledger = MismatchLedger()
+    ledger.compare(logits, gpu, 1.0, 0, 0.5, 61, 9)
+    ledger.assert_rare()
+
+
 def test_overflowing_lists_recompute_the_max(rng, stream):
     """Unstaged, a CTA's floor comes from its slice's first batch: in an ascending row almost every z of the upper slice
     reaches it and the warps' reached lists overflow, losing the row's max; a warp whose list overflowed takes its max
