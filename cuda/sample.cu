@@ -187,7 +187,7 @@ constexpr int kListBudget = 1024;
 // Unstaged top-p: the entries CTA 0's finish gathers from the bins that hold the frontier (unstaged_top_p; ~8 for the
 // bench's rows, ~200 for flat ones).
 constexpr int kGatherCapacity = 512;
-// Unstaged top-p at one CTA a row (Mode::kTopP: past the rows that pairs hold in one wave, launch_sample): the floor is
+// Unstaged top-p at one CTA a row (Mode::kTopP: past the rows pairs hold at one CTA an SM, launch_sample): the floor is
 // the half level-0 digit (the key's top 12 bits: z >= 7 or >= 7.5 where level-0 digits give 7 or 8) of the first
 // batch's largest z whose count scaled to the row reaches kRowListBudget. The level-0 digit of kListBudget's rank
 // (floor 8 for the bench's rows) sent every row whose nucleus reaches below z = 8 to the radix path: 2 of the bench's
@@ -2256,12 +2256,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
-// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row past what pairs hold in one wave: top-k while
-// one CTA a row fits one wave, top-p alone in waves too, launch_sample), the load pass keeps the candidates in a list
-// (see below), and a row that leaves the fast path (ties, a list that overflows, a nucleus below the list's floor)
-// re-reads its slice's logits from L2 for every later pass. Top-p alone lets the next launch in (whose CTAs warm L2
-// with their own logits) only after its load pass: letting it in at the start measured 38.6 us at 64 rows against 35.6
-// (and with a second pass over the logits for the row's mass, 66.8 against 58.8).
+// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row past what pairs hold in one wave for top-k,
+// while one CTA a row fits one wave; for top-p alone past the pairs at one CTA an SM, launch_sample), the load pass
+// keeps the candidates in a list (see below), and a row that leaves the fast path (ties, a list that overflows, a
+// nucleus below the list's floor) re-reads its slice's logits from L2 for every later pass. Top-p alone lets the next
+// launch in (whose CTAs warm L2 with their own logits) only after its load pass: letting it in at the start measured
+// 38.6 us at 64 rows against 35.6 (and with a second pass over the logits for the row's mass, 66.8 against 58.8).
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
 // kTopPAlone (Mode::kTopP, launched for top-p without top-k only): one CTA a row, the floor in half digits
@@ -3021,7 +3021,8 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9 / 33.1).
     // T,p at a CTA a row from 67 rows on: 80 / 112 / 128 rows 39.7 / 40.4 / 42.3 -> 36.3 / 37.8 / 38.8 us, but the
     // bench's 96-row set with a row off the fast path (kListBudget) 54.8 -> 74.3: one CTA takes the radix path over the
-    // whole row, and a CTA a row cannot list more (floors at 7 would keep ~4000 z of a row, kKeptCapacity): not kept.
+    // whole row, and a CTA a row could not list more with level-0 digits (floors at 7 keep ~4000 z of a row,
+    // kKeptCapacity): not kept then (see below for the half digits that do).
     // What the radix rows cost at large batches (H100, the bench's sets and timing; a probe that skips the radix path
     // and marks its rows, timing only): T,p at 256 / 512 / 1024 rows 67.9 / 212.9 / 292.9 us, 0 / 2 / 2 rows radix;
     // skipping them, 67.7 / 152.5 / 289.9, and with a CTA a row from 133 rows on as well 67.9 / 131.9 / 263.2
@@ -3030,8 +3031,11 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // T,p past one wave was bound by a few rows whose nucleus reaches below the lists' floor (a level-0 digit: z >= 8
     // here). Top-p alone now takes a CTA a row from 133 rows on, in waves too (Mode::kTopP), its floor in half digits
     // (kRowListBudget: no bench row leaves the path): T,p at 256 / 320 / 512 / 1024 rows 67.9 / 144.5 / 212.8 / 292.6
-    // -> 69.7 / 100.5 / 135.5 / 267.9 us. T,k,p in waves stays in pairs: at a CTA a row (the same kernel), 320 / 1024
-    // rows measured 97.5 / 269.1 against 92.2 / 265.1.
+    // -> 69.7 / 100.5 / 135.5 / 267.9 us; and from 67 rows on, past the pairs at one CTA an SM (the level-0 floor's
+    // row off the path in the 96-row sets is gone; probe timing without it, two runs): at 80 / 96 / 112 / 128 / 132
+    // rows 38.0 / 38.3 / 38.9 / 40.5-40.7 / 41.1 -> 37.6-38.4 / 37.9-38.0 / 38.6-38.9 / 39.5-39.7 / 39.9-40.0 us. T,k,p
+    // in waves stays in pairs: at a CTA a row (the same kernel), 320 / 1024 rows measured 97.5 / 269.1 against 92.2 /
+    // 265.1.
     // ncu of T,p at 64 rows (a3d60ce, one CTA an SM): 27.5% of issue slots busy; stalls on loads 28% of samples, fixed
     // latencies 20%, instruction fetch 15%, barriers 8%; 9% on CTA 0's warps polling their mbarrier for CTA 1's pushes.
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
@@ -3043,7 +3047,8 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 2>(two_per_sm_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<1, 2>(single_rank_rows)));
     const bool top_p_alone = !top_k_active && args.top_p < 1.0f;  // (else the top-k fast path, or an extreme T alone)
-    const bool single_rank = batch > two_per_sm_rows && (top_p_alone || batch <= single_rank_rows);
+    const bool single_rank =
+        top_p_alone ? batch > one_per_sm_rows : batch > two_per_sm_rows && batch <= single_rank_rows;
     const int ranks = single_rank ? 1 : kWideBatchRanks;
     auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
                   : !single_rank           ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>

@@ -321,8 +321,8 @@ def test_wide_batches_match_the_cpu_sampler(rng, stream):
 
 
 def test_one_cta_a_row_keeps_its_list_again_from_a_higher_floor(rng, stream):
-    """Past the rows that pairs of CTAs hold in one wave (160 rows), top-p alone takes one CTA a row, whose floor is the
-    half level-0 digit of its first 4096 z's 77th largest. Rows 0-15 put 120 z at 7.2 there (floor 7.0), 2680 more in
+    """Past the rows that pairs of CTAs hold at one CTA an SM (160 rows), top-p alone takes one CTA a row, whose floor
+    is the half level-0 digit of its first 4096 z's 77th largest. Rows 0-15 put 120 z at 7.2 there (floor 7.0), 2680 more in
     [7.0, 7.5) and 1400 in [7.5, 10) elsewhere, the rest N(0, 1): 4200 z reach 7.0, more than the kept list holds, so
     the CTA keeps its warps' lists again from 7.5, the z in [7.0, 7.5) back in the tail mass (~27% of the row's). At
     top_p 0.5 the cut is ~9.0; a tail without them puts it at ~9.37, and ~26% of rows would then draw another token.
