@@ -160,7 +160,8 @@ constexpr int kMassBins = 1024;
 constexpr float kMassBinsPerUnit = kMassBins / 22.25f;
 constexpr int kMassBinsPerCta = kMassBins / kCluster;
 
-__device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
+constexpr int kLevel0Shift = 21;  // the key's bits below level 0's digit
+__device__ __forceinline__ int digit_shift(int level) { return level == 0 ? kLevel0Shift : level == 1 ? 10 : 0; }
 __device__ __forceinline__ uint32_t digit_mask(int level) { return level < 2 ? 0x7FFu : 0x3FFu; }
 
 // What one CTA contributes to a cluster-wide combination. 16-byte aligned: read back as 4-bin vectors.
@@ -900,7 +901,7 @@ __device__ uint32_t local_kth_digit(unsigned long long k, Shared& sh) {
 // of d's least z times T and of the division and, near 0, the smallest subnormal). False when d is past the last digit,
 // or that product is not finite and moderate (so also for the digits whose least key is a NaN's).
 __device__ __forceinline__ bool digit_logit_bounds(uint32_t digit, float t, float& below, float& above,
-                                                   int shift = 21) {
+                                                   int shift = kLevel0Shift) {
     const float scaled = __fmul_rn(key_to_float(digit << shift), t);
     below = fmaf(-fabsf(scaled), 0x1p-20f, scaled) - 0x1p-100f;
     above = fmaf(fabsf(scaled), 0x1p-20f, scaled) + 0x1p-100f;
@@ -2309,7 +2310,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
     // Top-p at one CTA a row: the first batch's histogram and the floor in half level-0 digits (kRowFloorShift).
     constexpr bool fine_floor = kTopPAlone;
-    constexpr int floor_shift = fine_floor ? kRowFloorShift : 21;  // (21: digit_shift(0))
+    constexpr int floor_shift = fine_floor ? kRowFloorShift : kLevel0Shift;
     uint32_t* const first_hist = &sh.ex[0].hist[0][0];  // [kBins], or [2 kBins] (fine_floor) into ex[0].hist[1]
     int phase = 0;
     if (counts_digits) {
