@@ -268,6 +268,7 @@ struct SampleArgs {
     // (round 0's first word, but for the row) and lo(step M1) ^ round_key[1][0] (round 0's second word, with the key
     // it meets in round 1).
     uint32_t step_high_key, step_low_key;
+    int32_t prefetch_ahead;  // top-p alone (Mode::kTopP): its list loop's batches prefetched into L2 ahead (for_each_z)
 };
 
 // Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare
@@ -636,13 +637,16 @@ struct SliceZ {
 };
 
 // The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight, in whole batches
-// (the vector the slice ends inside: visit_partial).
-template <int kLoadBatch>
+// (the vector the slice ends inside: visit_partial); kPrefetchesAhead: the batch `ahead` batches on prefetched into L2
+// as each batch loads.
+template <int kLoadBatch, bool kPrefetchesAhead = false>
 struct SliceLogits {
     static constexpr int kBatch = kLoadBatch;
     static constexpr bool kWholeBatches = true;
+    static constexpr bool kAhead = kPrefetchesAhead;
     const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
     int n_local;
+    int ahead;  // kPrefetchesAhead: batches (0: none)
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
     __device__ __forceinline__ float4 finish(float4 x, int) const { return x; }
     // After for_each_z, the vector the slice ends inside (n_local % 4 != 0), if any: visit(its logits, its index) by
@@ -669,23 +673,44 @@ struct NoBatchEnd {
     __device__ void operator()() const {}
 };
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
-// Vector v goes to thread v % kThreads. With Z::kWholeBatches, the vectors wholly inside the slice come in batches with
-// no bound checks (a lane past the last loads it again and skips it); the vector the slice ends inside, if any, is the
-// caller's (SliceLogits::visit_partial: the unstaged list loop only). The list loop took ~89 instructions a vector at
-// 64 rows (ncu source counters, T,k,p): ~10 of them the bound checks, the zeroed registers and the predicated loads of
-// a batch's vectors. Without them, and with the listing's slots from three ballots (filtered_sample), the one-CTA-an-SM
-// kernel holds 92 registers against 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 /
-// 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a warp-uniform
-// loop (lanes past the slice visit a stale vector, marked dead) so that the listing's votes take a full mask with no
-// divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us. Also measured slower: the batches wholly
-// inside the slice for every thread in a loop of their own with no per-vector check (the one-CTA-an-SM kernel only),
-// T,k,p at 32 / 48 / 64 rows 15.67 / 16.37 / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99 -> 20.75 /
-// 21.89 / 23.84; and (no change) a running max.NaN over the listing's vectors in place of a NaN test a vector.
+// Vector v goes to thread v % kThreads. With Z::kAhead, each warp's lane 0 prefetches into L2 the warp's part
+// (Z::kBatch x 32 vectors, 2 KB at 4) of the batch z.ahead batches on: a thread's loads alone keep 32 KB of a
+// 512-thread CTA's logits in flight at 4, which leaves an SM that holds one such CTA short of its share of the DRAM
+// bandwidth. Top-p alone (Mode::kTopP) at one CTA an SM (67-132 rows on the H100) prefetches 1 batch ahead: with 3
+// sixteenths prefetched first (prefetch_sixteenths), T,p at 80 / 96 / 128 rows 37.6 / 38.3 / 39.9 -> 35.9 / 36.3 / 37.0
+// us (2 batches ahead 36.0 / 36.3 / 38.6, 4 ahead 36.7 / 37.3 / 49.6; 2 ahead with none first 37.3 / 38.0 / 40.2-45.1).
+// At two CTAs an SM the loads suffice: 1 ahead at 256 / 512 / 1024 rows 62.0 / 120.3 / 231.8 -> 64.0 / 122.0 / 229.8.
+// Measured and not kept: 1 batch ahead (of 8 vectors) in the pairs at one CTA an SM, T,k,p at 32 / 48 / 64 rows 15.7 /
+// 16.4 / 17.8 -> 17.0 / 18.0 / 19.1 us, T,p 19.8 / 20.5 / 22.5 -> 21.1 / 22.1 / 23.6; top-p alone at one CTA an SM in
+// an instance of its own (128 registers: 8 vectors a batch, 94 registers used, warp lists), 1 batch ahead, at 67 / 80 /
+// 96 / 112 / 128 / 132 rows 35.7 / 36.0 / 36.3 / 36.5 / 37.0 / 37.0 -> 33.9 / 34.4 / 34.8 / 35.2 / 36.8 / 37.5 (none
+// ahead 35.2 / 35.6 / 36.3 / 36.9 / 37.8 / 38.0): a fifth instance for nothing at the bench's 128 rows. With
+// Z::kWholeBatches, the vectors wholly inside the slice come in batches with no bound checks (a lane past the last
+// loads it again and skips it); the vector the slice ends inside, if any, is the caller's (SliceLogits::visit_partial:
+// the unstaged list loop only). The list loop took ~89 instructions a vector at 64 rows (ncu source counters, T,k,p):
+// ~10 of them the bound checks, the zeroed registers and the predicated loads of a batch's vectors. Without them, and
+// with the listing's slots from three ballots (filtered_sample), the one-CTA-an-SM kernel holds 92 registers against
+// 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 / 20.9 / 30.0 / 33.7 us, T,p 29.4 /
+// 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a warp-uniform loop (lanes past the slice visit a
+// stale vector, marked dead) so that the listing's votes take a full mask with no divergence checks, T,k,p at 48 / 64
+// rows 19.3 / 20.9 -> 19.5 / 21.1 us. Also measured slower: the batches wholly inside the slice for every thread in a
+// loop of their own with no per-vector check (the one-CTA-an-SM kernel only), T,k,p at 32 / 48 / 64 rows 15.67 / 16.37
+// / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99 -> 20.75 / 21.89 / 23.84; and (no change) a running
+// max.NaN over the listing's vectors in place of a NaN test a vector.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     if constexpr (Z::kWholeBatches) {
         const int whole = z.n_local / 4;
         for (int first = threadIdx.x; first < whole; first += Z::kBatch * kThreads) {
+            if constexpr (Z::kAhead) {
+                constexpr int kWarpPart = Z::kBatch * dsv4::kWarpSize;  // vectors
+                const int batch_first = first - static_cast<int>(threadIdx.x);
+                const int ahead = batch_first + z.ahead * Z::kBatch * kThreads +
+                                  static_cast<int>(threadIdx.x / dsv4::kWarpSize) * kWarpPart;
+                if (z.ahead > 0 && threadIdx.x % dsv4::kWarpSize == 0 && ahead < whole)
+                    dsv4::prefetch_l2_bulk(z.vectors + ahead,
+                                           static_cast<uint32_t>(sizeof(float4) * min(kWarpPart, whole - ahead)));
+            }
             float4 loaded[Z::kBatch];
 #pragma unroll
             for (int b = 0; b < Z::kBatch; ++b) loaded[b] = z.load(min(first + b * kThreads, whole - 1));
@@ -1582,6 +1607,12 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // warps waiting at a barrier while others work, 14% fixed-latency dependencies and 13% instruction fetch (no_inst:
 // the finish's code is cold, run once a launch), against 3% over the kernel's lines after this function, the load
 // pass's among them.
+// At one CTA a row (8479ae6, H100, the bench's timing): a token right after the load pass took 35.5 / 39.0 / 66.1 /
+// 129.0 us at 96 / 128 / 256 / 512 rows against 38.0 / 39.6 / 69.3 / 135.2 for the whole, so this finish costs 0.6
+// (one CTA an SM) to 3.2 us (two). Measured and not kept there: pass A's masses alone, then the scan, the bin that
+// holds the cut, and the bounds of only the entries in it and before it (~1100 Philox blocks of a row's ~2870; two
+// more CTA barriers and a pass over the entries), 39.7 / 41.4 / 61.0 / 69.2 / 137.1 at 96 / 128 / 192 / 256 / 512
+// rows against 38.0 / 39.6 / 60.7 / 69.3 / 135.2.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
@@ -2141,7 +2172,14 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     22.8-22.9 -> 20.0-20.1 / 20.7 / 22.6 (6: 20.1-20.3 / 21.1-21.3 / 22.9-23.0, 12: 20.1 / 20.8 / 23.1; two runs).
 //     At 28.65 us a launch, with the finish it had then, it had kept the whole slice (3/4 28.85, 10/16 28.9, half
 //     29.45, none 30.7); the staged filtered paths and the unstaged ones at two CTAs an SM keep it (not measured
-//     otherwise); 1 row moved by none of these.
+//     otherwise); 1 row moved by none of these;
+//   T,p at a CTA a row (Mode::kTopP) 3: its rows' logits outgrow L2 (50 MB) from ~100 rows on, so that the whole
+//     slice of every CTA pushes out what others have prefetched; at 80 / 128 / 256 / 512 / 1024 rows, two runs, 37.5
+//     / 39.6 / 69.4 / 135.4 / 267.8 -> 37.7 / 39.8 / 61.9 / 120.3 / 231.7 (none 38.3 / 40.7 / 64.0 / 122.2 / 232.2;
+//     6: 37.6 / 39.6 / 62.4 / 122.2 / 238.0; 9: 37.7 / 39.5 / 63.2 / 125.5 / 248.0; 12: 37.6 / 39.4 / 65.7 / 129.9 /
+//     258.2); with its list loop's prefetch ahead at one CTA an SM (for_each_z), at 80 / 112 / 128 / 132 rows 36.2 /
+//     36.9 / 37.3 / 37.4 against the whole slice's 36.8 / 37.7 / 38.5 / 39.0 and none's 36.9 / 38.0 / 38.5 / 38.8.
+//     At 133 / 160 rows (some SMs hold two rows) 55.1 / 57.9 -> 56.7 / 58.2, the row counts found slower.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
@@ -2178,6 +2216,7 @@ __device__ __forceinline__ int prefetch_sixteenths(bool lists) {
     constexpr bool kNarrow = kBlockThreads == kNarrowThreads;
     if constexpr (kMode == Mode::kGreedy) return kNarrow ? 3 : 6;
     if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kWideBatchRanks ? 2 : kPrefetchWhole;
+    if constexpr (kMode == Mode::kTopP) return 3;
     return kRanks != kCluster && kCtasPerSm == 1 && lists ? 9 : kPrefetchWhole;
 }
 
@@ -2287,7 +2326,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const SliceZ<false> from_logits{logits, n_local, t, reciprocal_t, moderate_t};
     const SliceZ<kStaged> z{kStaged ? z4 : logits, n_local, t, reciprocal_t, moderate_t};
     prefetch_slice(a, slice,
-                   prefetch_sixteenths<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>(
+                   prefetch_sixteenths<kTopPAlone ? Mode::kTopP : Mode::kFiltered, kThreads, kRanks, kCtasPerSm>(
                        (a.top_k > 0 && a.top_k <= kMaxCandidates && a.top_k < a.vocab) ||
                        (!(a.top_k > 0 && a.top_k < a.vocab) && a.top_p < 1.0f)));
     // The unstaged top-p fast path lets the next launch in after its load pass (see above; at its start, as the other
@@ -2490,7 +2529,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
             float raise_at;
             bool raising = fast_top_k && digit_logit_bounds(keep_digit + 1, t, unused, raise_at);
             int counted = 0;  // entries of the warp's list counted by raise_floor
-            const SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch> slice_logits{logits, n_local};
+            const SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch, kTopPAlone> slice_logits{
+                logits, n_local, a.prefetch_ahead};
             auto list_reaching = [&](float4 xv, int v) {  // (the first batch again, from L2)
                 const float x_max =
                     max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
@@ -3056,6 +3096,7 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
                   : top_p_alone            ? sample_kernel<Mode::kTopP, kThreads, 1, 2>
                                            : sample_kernel<Mode::kFiltered, kThreads, 1, 2>;
     args.slice = slice_of(args.vocab, ranks);
+    args.prefetch_ahead = batch <= kWideBatchRanks * one_per_sm_rows ? 1 : 0;  // top-p alone at one CTA an SM
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
                                           kThreads, unstaged_smem(batch <= one_per_sm_rows ? 1 : 2), stream, args));
     return DSV4_OK;

@@ -144,6 +144,7 @@ CASES = [
     (19, 5, 3, VOCAB, 1.0, 0, 0.1, 0.5),
     (41, 3, 64, VOCAB, 1.0, 0, 0.1, 1.0),     # unstaged top-p: ~85% of the mass lies off the kept lists
     (43, 6, 48, VOCAB, 0.8, 0, 0.9, 3.0),     # unstaged top-p at the bench's rows
+    (47, 2, 100, VOCAB, 0.8, 0, 0.9, 3.0),    # top-p alone at a CTA a row, one an SM (H100): prefetching ahead
     (23, 6, 8, VOCAB, 1.3, 1000, 0.8, 6.0),
     (29, 8, 64, VOCAB, 1.0, 0, 0.99, 8.0),
     (31, 0, 3, 1, 1.0, 0, 0.5, 1.0),
