@@ -1608,11 +1608,18 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // the finish's code is cold, run once a launch), against 3% over the kernel's lines after this function, the load
 // pass's among them.
 // At one CTA a row (8479ae6, H100, the bench's timing): a token right after the load pass took 35.5 / 39.0 / 66.1 /
-// 129.0 us at 96 / 128 / 256 / 512 rows against 38.0 / 39.6 / 69.3 / 135.2 for the whole, so this finish costs 0.6
-// (one CTA an SM) to 3.2 us (two). Measured and not kept there: pass A's masses alone, then the scan, the bin that
-// holds the cut, and the bounds of only the entries in it and before it (~1100 Philox blocks of a row's ~2870; two
-// more CTA barriers and a pass over the entries), 39.7 / 41.4 / 61.0 / 69.2 / 137.1 at 96 / 128 / 192 / 256 / 512
-// rows against 38.0 / 39.6 / 60.7 / 69.3 / 135.2.
+// 129.0 us at 96 / 128 / 256 / 512 rows against 38.0 / 39.6 / 69.3 / 135.2 for the whole. With the load pass
+// shortened (3 / 16 prefetched first, 1 batch ahead at one CTA an SM: prefetch_sixteenths, for_each_z), a token
+// written at each step, at 80 / 128 / 256 rows: after the load pass 29.3 / 30.8 / 55.2, at this function's start 29.3
+// / 31.1 / 55.1, after pass A 33.3 / 34.3 / 59.7, after the scan 34.3 / 35.4 / 60.8, after pass B 35.8 / 36.7 / 62.5,
+// the whole 36.1 / 37.1 / 63.0: this finish now costs ~6.3 us at 128 rows, pass A the most. (The load pass with its
+// list loop's work left out, timing only: 20.4 / 26.4 / 50.3 us, against a 28.6 us copy at 128 rows.) Measured and
+// not kept: pass A's masses alone, then the scan, the bin that holds the cut, and the bounds of only the entries in it
+// and before it (~1100 Philox blocks of a row's ~2870; two more CTA barriers and a pass over the entries), at 8479ae6
+// 39.7 / 41.4 / 61.0 / 69.2 / 137.1 us at 96 / 128 / 192 / 256 / 512 rows against 38.0 / 39.6 / 60.7 / 69.3 / 135.2,
+// and with the shorter load pass 38.0 / 38.8 / 64.8 / 125.9 at 80 / 128 / 256 / 512 rows against 36.3 / 37.1 / 62.9
+// / 121.9: the Philox blocks are not what pass A waits on. Not tried: its five shared atomics an entry into the few
+// crowded bins aggregated per warp and bin.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
@@ -2179,7 +2186,11 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     6: 37.6 / 39.6 / 62.4 / 122.2 / 238.0; 9: 37.7 / 39.5 / 63.2 / 125.5 / 248.0; 12: 37.6 / 39.4 / 65.7 / 129.9 /
 //     258.2); with its list loop's prefetch ahead at one CTA an SM (for_each_z), at 80 / 112 / 128 / 132 rows 36.2 /
 //     36.9 / 37.3 / 37.4 against the whole slice's 36.8 / 37.7 / 38.5 / 39.0 and none's 36.9 / 38.0 / 38.5 / 38.8.
-//     At 133 / 160 rows (some SMs hold two rows) 55.1 / 57.9 -> 56.7 / 58.2, the row counts found slower.
+//     At 133 / 160 rows (some SMs hold two rows) 55.1 / 57.9 -> 56.7 / 58.2, the row counts found slower. Measured
+//     and not kept: its list loop's loads and ahead prefetches with an L2 evict-first policy (createpolicy.fractional;
+//     so that the finish's cold code stays in L2), at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 /
+//     37.4 / 61.5 / 119.4 (one run; the loads alone 36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 /
+//     62.3 / 120.5): nothing at one CTA an SM, where the finish costs the most.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
