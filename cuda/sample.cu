@@ -643,7 +643,7 @@ template <int kLoadBatch, bool kPrefetchesAhead = false>
 struct SliceLogits {
     static constexpr int kBatch = kLoadBatch;
     static constexpr bool kWholeBatches = true;
-    static constexpr bool kAhead = kPrefetchesAhead;
+    static constexpr bool kPrefetches = kPrefetchesAhead;
     const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
     int n_local;
     int ahead;  // kPrefetchesAhead: batches (0: none)
@@ -673,7 +673,7 @@ struct NoBatchEnd {
     __device__ void operator()() const {}
 };
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
-// Vector v goes to thread v % kThreads. With Z::kAhead, each warp's lane 0 prefetches into L2 the warp's part
+// Vector v goes to thread v % kThreads. With Z::kPrefetches, each warp's lane 0 prefetches into L2 the warp's part
 // (Z::kBatch x 32 vectors, 2 KB at 4) of the batch z.ahead batches on: a thread's loads alone keep 32 KB of a
 // 512-thread CTA's logits in flight at 4, which leaves an SM that holds one such CTA short of its share of the DRAM
 // bandwidth. Top-p alone (Mode::kTopP) at one CTA an SM (67-132 rows on the H100) prefetches 1 batch ahead: with 3
@@ -702,14 +702,14 @@ __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd bat
     if constexpr (Z::kWholeBatches) {
         const int whole = z.n_local / 4;
         for (int first = threadIdx.x; first < whole; first += Z::kBatch * kThreads) {
-            if constexpr (Z::kAhead) {
+            if constexpr (Z::kPrefetches) {
                 constexpr int kWarpPart = Z::kBatch * dsv4::kWarpSize;  // vectors
                 const int batch_first = first - static_cast<int>(threadIdx.x);
-                const int ahead = batch_first + z.ahead * Z::kBatch * kThreads +
-                                  static_cast<int>(threadIdx.x / dsv4::kWarpSize) * kWarpPart;
-                if (z.ahead > 0 && threadIdx.x % dsv4::kWarpSize == 0 && ahead < whole)
-                    dsv4::prefetch_l2_bulk(z.vectors + ahead,
-                                           static_cast<uint32_t>(sizeof(float4) * min(kWarpPart, whole - ahead)));
+                const int part_first = batch_first + z.ahead * Z::kBatch * kThreads +
+                                       static_cast<int>(threadIdx.x / dsv4::kWarpSize) * kWarpPart;
+                if (z.ahead > 0 && threadIdx.x % dsv4::kWarpSize == 0 && part_first < whole)
+                    dsv4::prefetch_l2_bulk(z.vectors + part_first,
+                                           static_cast<uint32_t>(sizeof(float4) * min(kWarpPart, whole - part_first)));
             }
             float4 loaded[Z::kBatch];
 #pragma unroll
