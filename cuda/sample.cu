@@ -268,7 +268,6 @@ struct SampleArgs {
     // (round 0's first word, but for the row) and lo(step M1) ^ round_key[1][0] (round 0's second word, with the key
     // it meets in round 1).
     uint32_t step_high_key, step_low_key;
-    int32_t prefetch_ahead;  // top-p alone (Mode::kTopP): its list loop's batches prefetched into L2 ahead (for_each_z)
 };
 
 // Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare
@@ -637,16 +636,15 @@ struct SliceZ {
 };
 
 // The slice's logits themselves (no division), for for_each_z, kLoadBatch vectors a thread in flight, in whole batches
-// (the vector the slice ends inside: visit_partial); kPrefetchesAhead: the batch `ahead` batches on prefetched into L2
-// as each batch loads.
-template <int kLoadBatch, bool kPrefetchesAhead = false>
+// (the vector the slice ends inside: visit_partial); the batch kBatchesAhead batches on prefetched into L2 as each
+// batch loads (0: none).
+template <int kLoadBatch, int kBatchesAhead = 0>
 struct SliceLogits {
     static constexpr int kBatch = kLoadBatch;
     static constexpr bool kWholeBatches = true;
-    static constexpr bool kPrefetches = kPrefetchesAhead;
+    static constexpr int kAhead = kBatchesAhead;
     const float4* vectors;  // [ceil(n_local / 4)]: the logits from the slice's begin
     int n_local;
-    int ahead;  // kPrefetchesAhead: batches (0: none)
     __device__ __forceinline__ float4 load(int v) const { return __ldg(vectors + v); }
     __device__ __forceinline__ float4 finish(float4 x, int) const { return x; }
     // After for_each_z, the vector the slice ends inside (n_local % 4 != 0), if any: visit(its logits, its index) by
@@ -673,41 +671,44 @@ struct NoBatchEnd {
     __device__ void operator()() const {}
 };
 // visit(z of vector v, v) over the slice's vectors, Z::kBatch loads a thread in flight; batch_end() after each batch.
-// Vector v goes to thread v % kThreads. With Z::kPrefetches, each warp's lane 0 prefetches into L2 the warp's part
-// (Z::kBatch x 32 vectors, 2 KB at 4) of the batch z.ahead batches on: a thread's loads alone keep 32 KB of a
+// Vector v goes to thread v % kThreads. With Z::kAhead, each warp's lane 0 prefetches into L2 the warp's part
+// (Z::kBatch x 32 vectors, 2 KB at 4) of the batch Z::kAhead batches on: a thread's loads alone keep 32 KB of a
 // 512-thread CTA's logits in flight at 4, which leaves an SM that holds one such CTA short of its share of the DRAM
-// bandwidth. Top-p alone (Mode::kTopP) at one CTA an SM (67-132 rows on the H100) prefetches 1 batch ahead: with 3
-// sixteenths prefetched first (prefetch_sixteenths), T,p at 80 / 96 / 128 rows 37.6 / 38.3 / 39.9 -> 35.9 / 36.3 / 37.0
-// us (2 batches ahead 36.0 / 36.3 / 38.6, 4 ahead 36.7 / 37.3 / 49.6; 2 ahead with none first 37.3 / 38.0 / 40.2-45.1).
-// At two CTAs an SM the loads suffice: 1 ahead at 256 / 512 / 1024 rows 62.0 / 120.3 / 231.8 -> 64.0 / 122.0 / 229.8.
-// Measured and not kept: 1 batch ahead (of 8 vectors) in the pairs at one CTA an SM, T,k,p at 32 / 48 / 64 rows 15.7 /
-// 16.4 / 17.8 -> 17.0 / 18.0 / 19.1 us, T,p 19.8 / 20.5 / 22.5 -> 21.1 / 22.1 / 23.6; top-p alone at one CTA an SM in
-// an instance of its own (128 registers: 8 vectors a batch, 94 registers used, warp lists), 1 batch ahead, at 67 / 80 /
-// 96 / 112 / 128 / 132 rows 35.7 / 36.0 / 36.3 / 36.5 / 37.0 / 37.0 -> 33.9 / 34.4 / 34.8 / 35.2 / 36.8 / 37.5 (none
-// ahead 35.2 / 35.6 / 36.3 / 36.9 / 37.8 / 38.0): a fifth instance for nothing at the bench's 128 rows. With
-// Z::kWholeBatches, the vectors wholly inside the slice come in batches with no bound checks (a lane past the last
-// loads it again and skips it); the vector the slice ends inside, if any, is the caller's (SliceLogits::visit_partial:
-// the unstaged list loop only). The list loop took ~89 instructions a vector at 64 rows (ncu source counters, T,k,p):
-// ~10 of them the bound checks, the zeroed registers and the predicated loads of a batch's vectors. Without them, and
-// with the listing's slots from three ballots (filtered_sample), the one-CTA-an-SM kernel holds 92 registers against
-// 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 / 34.7 -> 19.3 / 20.9 / 30.0 / 33.7 us, T,p 29.4 /
-// 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a warp-uniform loop (lanes past the slice visit a
-// stale vector, marked dead) so that the listing's votes take a full mask with no divergence checks, T,k,p at 48 / 64
-// rows 19.3 / 20.9 -> 19.5 / 21.1 us. Also measured slower: the batches wholly inside the slice for every thread in a
-// loop of their own with no per-vector check (the one-CTA-an-SM kernel only), T,k,p at 32 / 48 / 64 rows 15.67 / 16.37
-// / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99 -> 20.75 / 21.89 / 23.84; and (no change) a running
-// max.NaN over the listing's vectors in place of a NaN test a vector.
+// bandwidth. Top-p alone (Mode::kTopP) at one CTA an SM (67-132 rows on the H100) prefetches 1 batch ahead. Measured on
+// the instance it then ran in (4 vectors a batch, warps' lists), with 3 sixteenths prefetched first
+// (prefetch_sixteenths), T,p at 80 / 96 / 128 rows 37.6 / 38.3 / 39.9 -> 35.9 / 36.3 / 37.0 us (2 batches ahead 36.0 /
+// 36.3 / 38.6, 4 ahead 36.7 / 37.3 / 49.6; 2 ahead with none first 37.3 / 38.0 / 40.2-45.1); on its own instance now (8
+// vectors a batch, 4 KB a warp's part, lanes' lists: launch_sample), none ahead took 31.4 / 32.5 / 35.7-35.9 / 36.1 us
+// at 67 / 96 / 128 / 132 rows against 29.6 / 31.4 / 35.3 / 35.9-36.1. At two CTAs an SM the loads suffice: 1 ahead at
+// 256 / 512 / 1024 rows 62.0 / 120.3 / 231.8 -> 64.0 / 122.0 / 229.8. Measured and not kept: 1 batch ahead (of 8
+// vectors) in the pairs at one CTA an SM, T,k,p at 32 / 48 / 64 rows 15.7 / 16.4 / 17.8 -> 17.0 / 18.0 / 19.1 us, T,p
+// 19.8 / 20.5 / 22.5 -> 21.1 / 22.1 / 23.6. Rolling loads (each vector's register loaded again, a batch on, as soon as
+// it is visited) spilled at 64 registers and at 8 vectors a batch; on top-p alone's own instance at 4 / 6 vectors a
+// batch (92 / 112 registers), T,p at 67 / 96 / 128 rows 33.7 / 34.9 / 37.2 and 31.9 / 33.9 / 36.2 us against 28.1 /
+// 30.7 / 33.7 for the loop as it is (8 vectors). With Z::kWholeBatches, the vectors wholly inside the slice come in
+// batches with no bound checks (a lane past the last loads it again and skips it); the vector the slice ends inside, if
+// any, is the caller's (SliceLogits::visit_partial: the unstaged list loop only). The list loop took ~89 instructions a
+// vector at 64 rows (ncu source counters, T,k,p): ~10 of them the bound checks, the zeroed registers and the predicated
+// loads of a batch's vectors. Without them, and with the listing's slots from three ballots (filtered_sample), the
+// one-CTA-an-SM kernel holds 92 registers against 96, and T,k,p at 48 / 64 / 96 / 128 rows took 20.2 / 21.6 / 31.5 /
+// 34.7 -> 19.3 / 20.9 / 30.0 / 33.7 us, T,p 29.4 / 31.6 / 57.1 / 45.6 -> 28.6 / 30.9 / 56.1 / 45.8. Measured slower: a
+// warp-uniform loop (lanes past the slice visit a stale vector, marked dead) so that the listing's votes take a full
+// mask with no divergence checks, T,k,p at 48 / 64 rows 19.3 / 20.9 -> 19.5 / 21.1 us. Also measured slower: the
+// batches wholly inside the slice for every thread in a loop of their own with no per-vector check (the one-CTA-an-SM
+// kernel only), T,k,p at 32 / 48 / 64 rows 15.67 / 16.37 / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99
+// -> 20.75 / 21.89 / 23.84; and (no change) a running max.NaN over the listing's vectors in place of a NaN test a
+// vector.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     if constexpr (Z::kWholeBatches) {
         const int whole = z.n_local / 4;
         for (int first = threadIdx.x; first < whole; first += Z::kBatch * kThreads) {
-            if constexpr (Z::kPrefetches) {
+            if constexpr (Z::kAhead > 0) {
                 constexpr int kWarpPart = Z::kBatch * dsv4::kWarpSize;  // vectors
                 const int batch_first = first - static_cast<int>(threadIdx.x);
-                const int part_first = batch_first + z.ahead * Z::kBatch * kThreads +
+                const int part_first = batch_first + Z::kAhead * Z::kBatch * kThreads +
                                        static_cast<int>(threadIdx.x / dsv4::kWarpSize) * kWarpPart;
-                if (z.ahead > 0 && threadIdx.x % dsv4::kWarpSize == 0 && part_first < whole)
+                if (threadIdx.x % dsv4::kWarpSize == 0 && part_first < whole)
                     dsv4::prefetch_l2_bulk(z.vectors + part_first,
                                            static_cast<uint32_t>(sizeof(float4) * min(kWarpPart, whole - part_first)));
             }
@@ -1529,10 +1530,10 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // the one a walk over the whole row finds. The token is the best kept score, found from the frontier of the entries by
 // z (see the finish below) with close bounds on every entry's score (no double logs), the entries whose upper bound
 // reaches the largest kept lower bound contending, and double logs only when more than one does.
-// At one CTA an SM (kKeptGumbels) those bounds come from close Gumbels formed ahead: each CTA forms those of its own
-// list after its load pass (form_close_gumbels; CTA 0 while the peer's list is on its way, CTA 1 before pushing them
-// with its list), so CTA 0's finish forms Philox blocks only for double logs. H100, Flash vocab, the bench's timing:
-// T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p unchanged, 16.28 / 16.75 /
+// Pairs at one CTA an SM (kKeptGumbels) take those bounds from close Gumbels formed ahead: each CTA forms those of its
+// own list after its load pass (form_close_gumbels; CTA 0 while the peer's list is on its way, CTA 1 before pushing
+// them with its list), so CTA 0's finish forms Philox blocks only for double logs. H100, Flash vocab, the bench's
+// timing: T,p at 32 / 48 / 64 rows 25.29 / 25.22 / 26.57 -> 23.44 / 23.60 / 25.75 us (T,k,p unchanged, 16.28 / 16.75 /
 // 17.93). A mutant that read the peer's Gumbels at the own list's index failed 5 tests.
 // Measured and not kept: each warp forming the close Gumbels of its own range of the list at the end of the load pass
 // (after the lane lists' loop, before the CTA's barrier), so that CTA 1 pushes them with its list at once. H100, the
@@ -1628,8 +1629,7 @@ template <int kRanks, int kCtasPerSm>
 __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long long* scratch, uint32_t row,
                                const SampleArgs& a, cg::cluster_group& cluster, Shared& sh) {
     static_assert(kRanks <= 2, "one peer list fits CTA 0's exchange buffers");
-    constexpr bool kKeptGumbels = kCtasPerSm == 1;  // the lists' close Gumbels formed ahead (see above)
-    static_assert(!kKeptGumbels || kRanks == 2, "one CTA an SM runs pairs");
+    constexpr bool kKeptGumbels = kCtasPerSm == 1 && kRanks == 2;  // the lists' close Gumbels formed ahead (see above)
     // kKeptGumbels: this CTA's [kKeptCapacity] and CTA 0's copy of its peer's, after the lane lists (unstaged_smem).
     float* own_gumbels = reinterpret_cast<float*>(scratch + size_t(kLaneSlots) * kThreads);
     float* peer_gumbels = own_gumbels + kKeptCapacity;
@@ -2186,11 +2186,14 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     6: 37.6 / 39.6 / 62.4 / 122.2 / 238.0; 9: 37.7 / 39.5 / 63.2 / 125.5 / 248.0; 12: 37.6 / 39.4 / 65.7 / 129.9 /
 //     258.2); with its list loop's prefetch ahead at one CTA an SM (for_each_z), at 80 / 112 / 128 / 132 rows 36.2 /
 //     36.9 / 37.3 / 37.4 against the whole slice's 36.8 / 37.7 / 38.5 / 39.0 and none's 36.9 / 38.0 / 38.5 / 38.8.
-//     At 133 / 160 rows (some SMs hold two rows) 55.1 / 57.9 -> 56.7 / 58.2, the row counts found slower. Measured
-//     and not kept: its list loop's loads and ahead prefetches with an L2 evict-first policy (createpolicy.fractional;
-//     so that the finish's cold code stays in L2), at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 /
-//     37.4 / 61.5 / 119.4 (one run; the loads alone 36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 /
-//     62.3 / 120.5): nothing at one CTA an SM, where the finish costs the most.
+//     At 133 / 160 rows (some SMs hold two rows) 55.1 / 57.9 -> 56.7 / 58.2, the row counts found slower. On its own
+//     instance at one CTA an SM now (launch_sample), at 67 / 96 / 128 / 132 rows against 29.4-29.6 / 31.3-31.5 /
+//     35.3-35.4 / 35.9-36.1: 6, 29.3-29.7 / 31.4 / 35.0-35.2 / 35.7-36.0 (within the noise); none, 30.7 / 33.5 / 38.7 /
+//     39.5; whole, 30.2 / 31.8-32.0 / 37.5-37.6 / 38.4-38.5. Measured and not kept: its list loop's loads and ahead
+//     prefetches with an L2 evict-first policy (createpolicy.fractional; so that the finish's cold code stays in L2),
+//     at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 / 37.4 / 61.5 / 119.4 (one run; the loads alone
+//     36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 / 62.3 / 120.5): nothing at one CTA an SM, where the
+//     finish costs the most.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
@@ -2304,6 +2307,54 @@ __device__ void unstaged_sample(const SampleArgs& a) {
     }
 }
 
+// What keep_lists_again returns.
+struct ListsKeptAgain {
+    uint32_t raised;  // half digits
+    float tail_mass;  // this thread's, with the z left out
+};
+// Top-p at one CTA a row (floors in half level-0 digits): a kept list that overflowed (the lists whole) is kept again
+// from the next half digit up, its z there back in the tail at exp(z - keep_min) (tail_term stops at 1), until it fits
+// (sh.kept is the overflowing count on entry). The tail stays in units of exp(keep_min) (sh.tail_floor). Against the
+// radix path such a row takes ~140 us longer past one wave (launch_sample).
+// entries (x, token): kLaneLists, this lane's slot j at entries[j kThreads] (the lane lists kept every listed z, those
+// below keep_digit among them); else the warp's list, entry i at entries[i] (kept from keep_digit up); j, i < listed.
+template <bool kLaneLists>
+__device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, int listed, unsigned long long* kept,
+                                                        uint32_t keep_digit, float t, float reciprocal_t,
+                                                        bool moderate_t, float mass_slope, float mass_offset,
+                                                        float tail_mass, Shared& sh) {
+    const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize;
+    uint32_t raised = 0;
+    // A listed logit (valid: every lane calls) kept again if its digit reaches the raised floor; one left out for the
+    // first time puts its term back in the tail.
+    auto keep_again = [&](uint2 entry, bool valid) {
+        const float x = valid ? __uint_as_float(entry.x) : -INFINITY;
+        const float zz = divide_by_temperature(x, t, reciprocal_t, moderate_t);
+        const uint32_t key = float_to_key(zz), digit = key >> kRowFloorShift;
+        const bool keep = zz > -INFINITY && digit >= keep_digit + raised;
+        const bool left_out_now = digit + 1 == keep_digit + raised || (kLaneLists && raised == 1 && digit < keep_digit);
+        if (zz > -INFINITY && left_out_now) tail_mass += ex2_approx(fmaf(x, mass_slope, -mass_offset));
+        const int at = warp_slot(keep, &sh.kept);
+        if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
+    };
+    for (int n = sh.kept; n > kKeptCapacity && n < kListLost && raised < kMaxFloorRaises; n = sh.kept) {
+        __syncthreads();  // every thread has read sh.kept
+        if (tid == 0) sh.kept = 0;
+        __syncthreads();
+        ++raised;
+        if constexpr (kLaneLists) {
+            const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
+            for (int j = 0; j < steps; ++j)
+                keep_again(j < listed ? entries[j * kThreads] : make_uint2(0u, 0u), j < listed);
+        } else {
+            for (int i = lane; i - lane < listed; i += dsv4::kWarpSize)
+                keep_again(i < listed ? entries[i] : make_uint2(0u, 0u), i < listed);
+        }
+        __syncthreads();
+    }
+    return {raised, tail_mass};
+}
+
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
@@ -2316,11 +2367,12 @@ __device__ void unstaged_sample(const SampleArgs& a) {
 // The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
 // T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
 // kTopPAlone (Mode::kTopP, launched for top-p without top-k only): one CTA a row, the floor in half digits
-// (kRowFloorShift), an instance of its own so that the top-k path's code and registers stay as they were measured.
+// (kRowFloorShift), instances of its own (one and two CTAs an SM) so that the top-k path's code and registers stay as
+// they were measured.
 // (With the filters' flags constant in it, ptxas spilled 24 bytes; as run-time flags, none.)
 template <int kRanks, int kCtasPerSm, bool kTopPAlone = false>
 __device__ void filtered_sample(const SampleArgs& a) {
-    static_assert(!kTopPAlone || (kRanks == 1 && kCtasPerSm == 2), "top-p alone has an instance at one CTA a row");
+    static_assert(!kTopPAlone || kRanks == 1, "top-p alone has instances at one CTA a row");
     constexpr bool kStaged = kRanks == kCluster;
     constexpr bool kLaneLists = !kStaged && kCtasPerSm == 1;  // the load pass's lists: each lane's own (see below)
     __shared__ Shared sh;
@@ -2540,8 +2592,8 @@ __device__ void filtered_sample(const SampleArgs& a) {
             float raise_at;
             bool raising = fast_top_k && digit_logit_bounds(keep_digit + 1, t, unused, raise_at);
             int counted = 0;  // entries of the warp's list counted by raise_floor
-            const SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch, kTopPAlone> slice_logits{
-                logits, n_local, a.prefetch_ahead};
+            const SliceLogits<kCtasPerSm == 1 ? kWideLoadBatch : kSampleLoadBatch, kTopPAlone && kCtasPerSm == 1>
+                slice_logits{logits, n_local};
             auto list_reaching = [&](float4 xv, int v) {  // (the first batch again, from L2)
                 const float x_max =
                     max_propagating_nan(max_propagating_nan(xv.x, xv.y), max_propagating_nan(xv.z, xv.w));
@@ -2681,27 +2733,15 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
             }
             __syncthreads();
-            // Top-p at one CTA a row: a kept list that overflowed (the warps' lists whole) is kept again from the next
-            // half digit up, its z there back in the tail at exp(z - keep_min) (tail_term stops at 1), until it fits.
-            // The tail stays in units of exp(keep_min) (sh.tail_floor). Against the radix path such a row takes ~140
-            // us longer past one wave (launch_sample).
             if constexpr (fine_floor) {
-                for (int n = sh.kept; n > kKeptCapacity && n < kListLost && raised < kMaxFloorRaises; n = sh.kept) {
-                    __syncthreads();  // every thread has read sh.kept
-                    if (tid == 0) sh.kept = 0;
-                    __syncthreads();
-                    ++raised;
-                    for (int i = lane; i - lane < min(n_reached, kWarpReached); i += dsv4::kWarpSize) {
-                        const float x = i < n_reached ? __uint_as_float(reached[i].x) : -INFINITY;
-                        const float zz = divide_by_temperature(x, t, reciprocal_t, moderate_t);
-                        const uint32_t key = float_to_key(zz), digit = key >> floor_shift;
-                        const bool keep = zz > -INFINITY && digit >= keep_digit + raised;
-                        if (zz > -INFINITY && digit + 1 == keep_digit + raised)
-                            tail_mass += ex2_approx(fmaf(x, mass_slope, -mass_offset));
-                        const int at = warp_slot(keep, &sh.kept);
-                        if (keep && at < kKeptCapacity) kept[at] = candidate(key, reached[i].y);
-                    }
-                    __syncthreads();
+                if (sh.kept > kKeptCapacity && sh.kept < kListLost) {
+                    const ListsKeptAgain again =
+                        keep_lists_again<kLaneLists>(kLaneLists ? lane_slots : reached,
+                                                     kLaneLists ? min(lane_reached(), kLaneSlots)
+                                                                : min(n_reached, kWarpReached),
+                                                     kept, keep_digit, t, reciprocal_t, moderate_t, mass_slope,
+                                                     mass_offset, tail_mass, sh);
+                    raised = again.raised, tail_mass = again.tail_mass;
                 }
                 if (tid == 0) sh.list_floor = key_to_float((keep_digit + raised) << floor_shift);
             }
@@ -2873,9 +2913,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
 // grid (batch * kRanks), clusters of kRanks along x, kBlockThreads threads (kThreads for kFiltered, whose histogram and
 // scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
 // kCtasPerSm CTAs an SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of
-// kNarrowThreads); the unstaged filtered kernel and temperature only in pairs also come at one CTA an SM
-// (launch_sample). More warps an SM measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64
-// rows 22.4 -> 23.8 us; 6, spilling: 29.8).
+// kNarrowThreads); the unstaged filtered kernel and temperature only in pairs, and top-p alone at a CTA a row, also
+// come at one CTA an SM (launch_sample). More warps an SM measured slower for temperature only (5 CTAs of
+// kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling: 29.8).
 template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
@@ -2931,9 +2971,10 @@ int raise_smem_limit() {
                             sample_kernel<Mode::kFiltered, kThreads, 1, 2>, sample_kernel<Mode::kTopP, kThreads, 1, 2>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(unstaged_smem(2))));
-        DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(unstaged_smem(1))));
+        for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
+                            sample_kernel<Mode::kTopP, kThreads, 1, 1>})
+            DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(unstaged_smem(1))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
     }
     return DSV4_OK;
@@ -2970,12 +3011,12 @@ int pair_rows_resident(int& rows) {
                              0, rows);
 }
 
-// Rows of the unstaged filtered kernel, kRanks CTAs a row and kCtasPerSm an SM, that the device holds at once (H100:
-// 66 for 2 and 1, 132 for 2 and 2, 264 for 1 and 2).
-template <int kRanks, int kCtasPerSm>
+// Rows of an unstaged filtered kernel (kFiltered or kTopP), kRanks CTAs a row and kCtasPerSm an SM, that the device
+// holds at once (H100: 66 for 2 and 1, 132 for 2 and 2, 264 for 1 and 2; top-p alone 132 for 1 and 1).
+template <Mode kMode, int kRanks, int kCtasPerSm>
 int unstaged_rows_resident(int& rows) {
     static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
-    return clusters_resident(cache, sample_kernel<Mode::kFiltered, kThreads, kRanks, kCtasPerSm>, kRanks,
+    return clusters_resident(cache, sample_kernel<kMode, kThreads, kRanks, kCtasPerSm>, kRanks,
                              unstaged_smem(kCtasPerSm), rows);
 }
 
@@ -3088,28 +3129,39 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // rows 38.0 / 38.3 / 38.9 / 40.5-40.7 / 41.1 -> 37.6-38.4 / 37.9-38.0 / 38.6-38.9 / 39.5-39.7 / 39.9-40.0 us. T,k,p
     // in waves stays in pairs: at a CTA a row (the same kernel), 320 / 1024 rows measured 97.5 / 269.1 against 92.2 /
     // 265.1.
+    // Top-p alone at a CTA a row while the rows fit one CTA an SM (67-132 rows on the H100) has an instance of its own
+    // (Mode::kTopP, 1 rank, 1 CTA an SM): up to 128 registers (92 used), 8 vectors a batch, and each lane's own list
+    // (kLaneLists, as the pairs: a predicated store a logit, 96 KB) in place of the warps' lists (a vote and three
+    // ballots a vector that holds a logit at the floor, ~94% of a warp's vectors here). Probes of the instance these
+    // rows ran in before (a token written after the load pass, timing only): its load pass took 30.6 us at 128 rows,
+    // 26.0 without the warps' listing, 28.8 without the tail's exponentials. H100, the bench's timing, the same run:
+    // T,p at 67 / 96 / 128 / 132 rows 35.8 / 36.5 / 37.1 / 37.3 -> 29.6 / 31.4 / 35.3 / 36.0 us (64 and 133-512 rows
+    // unchanged); on another H100, 28.2-28.4 / 30.8-30.9 / 33.9-34.0 at 67 / 96 / 128 rows. An overflowing kept list
+    // is kept again from the lanes' lists (keep_lists_again).
     // ncu of T,p at 64 rows (a3d60ce, one CTA an SM): 27.5% of issue slots busy; stalls on loads 28% of samples, fixed
     // latencies 20%, instruction fetch 15%, barriers 8%; 9% on CTA 0's warps polling their mbarrier for CTA 1's pushes.
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
     // slower).
-    int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0;
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 1>(one_per_sm_rows)));
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<kWideBatchRanks, 2>(two_per_sm_rows)));
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<1, 2>(single_rank_rows)));
+    int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0, row_per_sm_rows = 0;
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 1>(one_per_sm_rows)));
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 2>(two_per_sm_rows)));
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, 1, 2>(single_rank_rows)));
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kTopP, 1, 1>(row_per_sm_rows)));
     const bool top_p_alone = !top_k_active && args.top_p < 1.0f;  // (else the top-k fast path, or an extreme T alone)
     const bool single_rank =
         top_p_alone ? batch > one_per_sm_rows : batch > two_per_sm_rows && batch <= single_rank_rows;
+    const bool one_cta_an_sm = batch <= one_per_sm_rows || (top_p_alone && batch <= row_per_sm_rows);
     const int ranks = single_rank ? 1 : kWideBatchRanks;
     auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
                   : !single_rank           ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>
-                  : top_p_alone            ? sample_kernel<Mode::kTopP, kThreads, 1, 2>
-                                           : sample_kernel<Mode::kFiltered, kThreads, 1, 2>;
+                  : !top_p_alone           ? sample_kernel<Mode::kFiltered, kThreads, 1, 2>
+                  : one_cta_an_sm          ? sample_kernel<Mode::kTopP, kThreads, 1, 1>
+                                           : sample_kernel<Mode::kTopP, kThreads, 1, 2>;
     args.slice = slice_of(args.vocab, ranks);
-    args.prefetch_ahead = batch <= kWideBatchRanks * one_per_sm_rows ? 1 : 0;  // top-p alone at one CTA an SM
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
-                                          kThreads, unstaged_smem(batch <= one_per_sm_rows ? 1 : 2), stream, args));
+                                          kThreads, unstaged_smem(one_cta_an_sm ? 1 : 2), stream, args));
     return DSV4_OK;
 }
 

@@ -321,14 +321,16 @@ def test_wide_batches_match_the_cpu_sampler(rng, stream):
     ledger.assert_rare()
 
 
-def test_one_cta_a_row_keeps_its_list_again_from_a_higher_floor(rng, stream):
-    """Past the rows that pairs of CTAs hold at one CTA an SM (160 rows), top-p alone takes one CTA a row, whose floor
-    is the half level-0 digit of its first 4096 z's 77th largest. Rows 0-15 put 120 z at 7.2 there (floor 7.0), 2680 more in
-    [7.0, 7.5) and 1400 in [7.5, 10) elsewhere, the rest N(0, 1): 4200 z reach 7.0, more than the kept list holds, so
-    the CTA keeps its warps' lists again from 7.5, the z in [7.0, 7.5) back in the tail mass (~27% of the row's). At
-    top_p 0.5 the cut is ~9.0; a tail without them puts it at ~9.37, and ~26% of rows would then draw another token.
-    The other rows are N(0, 3^2)."""
-    batch, planted = 160, 16
+@pytest.mark.parametrize("batch", [100, 160])
+def test_one_cta_a_row_keeps_its_list_again_from_a_higher_floor(batch, rng, stream):
+    """Past the rows that pairs of CTAs hold at one CTA an SM, top-p alone takes one CTA a row (on a 132-SM device:
+    at 100 rows one CTA an SM, whose lanes list their own logits; at 160 two, whose warps list theirs), whose floor is
+    the half level-0 digit of its first 4096 z's 77th largest. Rows 0-15 put 120 z at 7.2 there (floor 7.0), 2680 more
+    in [7.0, 7.5) and 1400 in [7.5, 10) elsewhere, the rest N(0, 1): 4200 z reach 7.0, more than the kept list holds,
+    so the CTA keeps its lists again from 7.5, the z in [7.0, 7.5) back in the tail mass (~27% of the row's). At top_p
+    0.5 the cut is ~9.0; a tail without them puts it at ~9.37, and ~26% of rows would then draw another token. The
+    other rows are N(0, 3^2)."""
+    planted = 16
     logits = random_logits(rng, batch, VOCAB, 3.0)
     logits[:planted] = random_logits(rng, planted, VOCAB, 1.0)
     for row in range(planted):
@@ -378,11 +380,12 @@ def test_lists_of_a_slice_ending_inside_a_vector(fillers, rng, stream):
     ledger.assert_rare()
 
 
-@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+@pytest.mark.parametrize("fillers", BATCH_FILLERS + [99])
 def test_a_lane_whose_list_overflows(fillers, rng, stream):
-    """Unstaged at one CTA an SM, each lane lists the logits of its own vectors that reach the floor, in 24 slots:
-    thread 5 of CTA 0 (vectors 5, 517, ..., 3589: tokens 20-23, 2068-2071, ...) holds 32 such logits here, the row's
-    winner the last of them, so its list overflows and the row must leave the fast path rather than lose the winner."""
+    """Unstaged at one CTA an SM (pairs of CTAs; with 99 fillers on a 132-SM device, top-p alone at a CTA a row), each
+    lane lists the logits of its own vectors that reach the floor, in 24 slots: thread 5 of CTA 0 (vectors 5, 517, ...,
+    3589: tokens 20-23, 2068-2071, ...) holds 32 such logits here, the row's winner the last of them, so its list
+    overflows and the row must leave the fast path rather than lose the winner."""
     logits = random_logits(rng, 1 + fillers, VOCAB, 2.0)
     tokens = (4 * (5 + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
     logits[0, tokens] = np.linspace(20.0, 30.0, tokens.size, dtype=np.float32)
