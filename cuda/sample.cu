@@ -2178,8 +2178,7 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //   T,p, unstaged at one CTA an SM, 9 as well: with its finish as it is now, 32 / 48 / 64 rows 20.0-20.1 / 21.2 /
 //     22.8-22.9 -> 20.0-20.1 / 20.7 / 22.6 (6: 20.1-20.3 / 21.1-21.3 / 22.9-23.0, 12: 20.1 / 20.8 / 23.1; two runs).
 //     At 28.65 us a launch, with the finish it had then, it had kept the whole slice (3/4 28.85, 10/16 28.9, half
-//     29.45, none 30.7); the staged filtered paths and the unstaged ones at two CTAs an SM keep it (not measured
-//     otherwise); 1 row moved by none of these;
+//     29.45, none 30.7); the staged filtered paths keep it (not measured otherwise); 1 row moved by none of these;
 //   T,p at a CTA a row (Mode::kTopP) 3: its rows' logits outgrow L2 (50 MB) from ~100 rows on, so that the whole
 //     slice of every CTA pushes out what others have prefetched; at 80 / 128 / 256 / 512 / 1024 rows, two runs, 37.5
 //     / 39.6 / 69.4 / 135.4 / 267.8 -> 37.7 / 39.8 / 61.9 / 120.3 / 231.7 (none 38.3 / 40.7 / 64.0 / 122.2 / 232.2;
@@ -2193,7 +2192,17 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     prefetches with an L2 evict-first policy (createpolicy.fractional; so that the finish's cold code stays in L2),
 //     at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 / 37.4 / 61.5 / 119.4 (one run; the loads alone
 //     36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 / 62.3 / 120.5): nothing at one CTA an SM, where the
-//     finish costs the most.
+//     finish costs the most;
+//   T,k,p unstaged at two CTAs an SM, in pairs (67-132 rows on the H100) 6 and at a CTA a row (past them, in waves
+//     too: launch_sample) 3, for the same reason: 264 CTAs' whole slices are 68 MB. The bench's timing, two runs, at
+//     100 / 128 / 133 / 160 / 200 / 264 / 265 / 320 / 400 / 512 / 1024 rows, whole slices (a CTA a row up to 264 rows,
+//     pairs past them) 29.3 / 32.2 / 44.3-44.4 / 47.2 / 53.5-53.6 / 60.6-60.7 / 78.6-78.7 / 91.9-92.0 / 110.7-110.8 /
+//     136.7-137.1 / 265.0-265.3 -> 27.8-27.9 / 30.5 / 39.2 / 41.3 / 46.1 / 52.8 / 72.4-72.6 / 77.7-77.8 / 90.5-90.7 /
+//     100.6-100.7 / 195.9-196.0 us. 3 for both: 28.0 / 30.8 / 39.2 / 41.2-41.3 / 46.0-46.1 / 52.7-53.0 / 72.3 / 77.6 /
+//     90.4 / 100.6-100.7 / 196.0-196.2; 6 for both: 27.8-27.9 / 30.5-30.6 / 39.6-39.7 / 41.9 / 47.0 / 53.9-54.0 /
+//     71.8-71.9 / 80.0-80.1 / 93.0-93.1 / 106.3-106.6 / 210.1-210.5; 2 for both: 28.4 / 31.9-32.0 / 39.2-39.3 / 41.2 /
+//     45.7-45.9 / 52.6 / 73.7 / 77.5-77.8 / 90.3-90.7 / 100.4-100.6 / 194.6-194.7; none, the CTAs a row as they were,
+//     at 128 / 256 / 512 / 1024 rows: 32.4-32.5 / 53.2-53.3 / 116.8-116.9 / 218.7-219.0.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
@@ -2231,7 +2240,8 @@ __device__ __forceinline__ int prefetch_sixteenths(bool lists) {
     if constexpr (kMode == Mode::kGreedy) return kNarrow ? 3 : 6;
     if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kWideBatchRanks ? 2 : kPrefetchWhole;
     if constexpr (kMode == Mode::kTopP) return 3;
-    return kRanks != kCluster && kCtasPerSm == 1 && lists ? 9 : kPrefetchWhole;
+    if (kRanks != kCluster && lists) return kCtasPerSm == 1 ? 9 : kRanks == 1 ? 3 : 6;
+    return kPrefetchWhole;
 }
 
 // Greedy and temperature only: one pass over the logits, nothing staged. Every warp's best goes straight into rank 0's
@@ -3012,7 +3022,7 @@ int pair_rows_resident(int& rows) {
 }
 
 // Rows of an unstaged filtered kernel (kFiltered or kTopP), kRanks CTAs a row and kCtasPerSm an SM, that the device
-// holds at once (H100: 66 for 2 and 1, 132 for 2 and 2, 264 for 1 and 2; top-p alone 132 for 1 and 1).
+// holds at once (H100: 66 for 2 and 1, 132 for 2 and 2; top-p alone 132 for 1 and 1).
 template <Mode kMode, int kRanks, int kCtasPerSm>
 int unstaged_rows_resident(int& rows) {
     static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
@@ -3127,8 +3137,10 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // -> 69.7 / 100.5 / 135.5 / 267.9 us; and from 67 rows on, past the pairs at one CTA an SM (the level-0 floor's
     // row off the path in the 96-row sets is gone; probe timing without it, two runs): at 80 / 96 / 112 / 128 / 132
     // rows 38.0 / 38.3 / 38.9 / 40.5-40.7 / 41.1 -> 37.6-38.4 / 37.9-38.0 / 38.6-38.9 / 39.5-39.7 / 39.9-40.0 us. T,k,p
-    // in waves stays in pairs: at a CTA a row (the same kernel), 320 / 1024 rows measured 97.5 / 269.1 against 92.2 /
-    // 265.1.
+    // in waves stayed in pairs while every CTA prefetched its whole slice first (at a CTA a row, 320 / 1024 rows 97.5 /
+    // 269.1 against 92.2 / 265.1); with 3 / 16 of it first (prefetch_sixteenths) it takes a CTA a row past 132 rows, in
+    // waves too: 320 / 512 / 1024 rows 76.6-76.8 / 113.1-113.2 / 216.0-216.1 us in pairs, 77.6-77.8 / 100.6-100.7 /
+    // 195.9-196.2 at a CTA a row.
     // Top-p alone at a CTA a row while the rows fit one CTA an SM (67-132 rows on the H100) has an instance of its own
     // (Mode::kTopP, 1 rank, 1 CTA an SM): up to 128 registers (92 used), 8 vectors a batch, and each lane's own list
     // (kLaneLists, as the pairs: a predicated store a logit, 96 KB) in place of the warps' lists (a vote and three
@@ -3144,14 +3156,12 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
     // slower).
-    int one_per_sm_rows = 0, two_per_sm_rows = 0, single_rank_rows = 0, row_per_sm_rows = 0;
+    int one_per_sm_rows = 0, two_per_sm_rows = 0, row_per_sm_rows = 0;
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 1>(one_per_sm_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 2>(two_per_sm_rows)));
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, 1, 2>(single_rank_rows)));
     DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kTopP, 1, 1>(row_per_sm_rows)));
     const bool top_p_alone = !top_k_active && args.top_p < 1.0f;  // (else the top-k fast path, or an extreme T alone)
-    const bool single_rank =
-        top_p_alone ? batch > one_per_sm_rows : batch > two_per_sm_rows && batch <= single_rank_rows;
+    const bool single_rank = top_p_alone ? batch > one_per_sm_rows : batch > two_per_sm_rows;
     const bool one_cta_an_sm = batch <= one_per_sm_rows || (top_p_alone && batch <= row_per_sm_rows);
     const int ranks = single_rank ? 1 : kWideBatchRanks;
     auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
