@@ -2193,16 +2193,16 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 / 37.4 / 61.5 / 119.4 (one run; the loads alone
 //     36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 / 62.3 / 120.5): nothing at one CTA an SM, where the
 //     finish costs the most;
-//   T,k,p unstaged at two CTAs an SM, in pairs (67-132 rows on the H100) 6 and at a CTA a row (past them, in waves
-//     too: launch_sample) 3, for the same reason: 264 CTAs' whole slices are 68 MB. The bench's timing, two runs, at
-//     100 / 128 / 133 / 160 / 200 / 264 / 265 / 320 / 400 / 512 / 1024 rows, whole slices (a CTA a row up to 264 rows,
-//     pairs past them) 29.3 / 32.2 / 44.3-44.4 / 47.2 / 53.5-53.6 / 60.6-60.7 / 78.6-78.7 / 91.9-92.0 / 110.7-110.8 /
-//     136.7-137.1 / 265.0-265.3 -> 27.8-27.9 / 30.5 / 39.2 / 41.3 / 46.1 / 52.8 / 72.4-72.6 / 77.7-77.8 / 90.5-90.7 /
-//     100.6-100.7 / 195.9-196.0 us. 3 for both: 28.0 / 30.8 / 39.2 / 41.2-41.3 / 46.0-46.1 / 52.7-53.0 / 72.3 / 77.6 /
-//     90.4 / 100.6-100.7 / 196.0-196.2; 6 for both: 27.8-27.9 / 30.5-30.6 / 39.6-39.7 / 41.9 / 47.0 / 53.9-54.0 /
-//     71.8-71.9 / 80.0-80.1 / 93.0-93.1 / 106.3-106.6 / 210.1-210.5; 2 for both: 28.4 / 31.9-32.0 / 39.2-39.3 / 41.2 /
-//     45.7-45.9 / 52.6 / 73.7 / 77.5-77.8 / 90.3-90.7 / 100.4-100.6 / 194.6-194.7; none, the CTAs a row as they were,
-//     at 128 / 256 / 512 / 1024 rows: 32.4-32.5 / 53.2-53.3 / 116.8-116.9 / 218.7-219.0.
+//   T,k,p unstaged at two CTAs an SM, in pairs (67-132 rows on the H100) 6 and at a CTA a row (past them, in waves too:
+//     launch_sample) 3, for the same reason: 264 CTAs' whole slices are 68 MB in pairs, 136 MB at a CTA a row. The
+//     bench's timing, two runs, at 100 / 128 / 133 / 160 / 200 / 264 / 265 / 320 / 400 / 512 / 1024 rows, whole slices
+//     (a CTA a row up to 264 rows, pairs past them) 29.3 / 32.2 / 44.3-44.4 / 47.2 / 53.5-53.6 / 60.6-60.7 / 78.6-78.7
+//     / 91.9-92.0 / 110.7-110.8 / 136.7-137.1 / 265.0-265.3 -> 27.8-27.9 / 30.5 / 39.2 / 41.3 / 46.1 / 52.8 / 72.4-72.6
+//     / 77.7-77.8 / 90.5-90.7 / 100.6-100.7 / 195.9-196.0 us. 3 for both: 28.0 / 30.8 / 39.2 / 41.2-41.3 / 46.0-46.1 /
+//     52.7-53.0 / 72.3 / 77.6 / 90.4 / 100.6-100.7 / 196.0-196.2; 6 for both: 27.8-27.9 / 30.5-30.6 / 39.6-39.7 / 41.9
+//     / 47.0 / 53.9-54.0 / 71.8-71.9 / 80.0-80.1 / 93.0-93.1 / 106.3-106.6 / 210.1-210.5; 2 for both: 28.4 / 31.9-32.0
+//     / 39.2-39.3 / 41.2 / 45.7-45.9 / 52.6 / 73.7 / 77.5-77.8 / 90.3-90.7 / 100.4-100.6 / 194.6-194.7; none, the CTAs
+//     a row as they were, at 128 / 256 / 512 / 1024 rows: 32.4-32.5 / 53.2-53.3 / 116.8-116.9 / 218.7-219.0.
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
