@@ -2236,7 +2236,12 @@ __global__ void __launch_bounds__(kPostMixThreads, 1) post_mix_kernel(const Post
 // are added in shared memory in warp order. post_mix at V4-Pro on the H100: 1 token 10.7 -> 5.1 us, 64 tokens 12.5 ->
 // 8.9 us (now 3.6 and 7.4: 32-token tiles, lean loads); from 128 tokens the pipelined kernel is faster (14.1 against
 // 16.2 us). fn is read once per tile: with its loads left out (a diagnostic, wrong results, before the lean loads)
-// 64 tokens took 7.2 us and 1 token 3.5 us.
+// 64 tokens took 7.2 us and 1 token 3.5 us. Where standalone hc_pre / hc_head spend V4-Pro x 64 tokens (H100, the
+// bench's timing, two runs; diagnostics with wrong results): whole 9.91-9.92 / 6.82 us; fn's loads left out of this
+// kernel 9.69-9.72 / 6.61-6.63; this kernel returning right after its wait 6.82-6.83 / 4.80-4.83; the finalize
+// returning right after its wait 6.71-6.78 / 4.68-4.75 (hc_pre from given partials: 4.74 -> 1.30). So each kernel's
+// work past its wait costs ~3.1 us (hc_pre) or ~2.0 (hc_head), and reading fn once per 64 tokens (64-dim chunks,
+// 56 KB a block instead of 80) could save at most the ~0.2 us all of fn's loads cost: not built.
 constexpr int64_t kPostMixSmallMaxTokens = 96;
 // Standalone hc_pre / hc_head form their partials here below this many tokens, in place of kernel 1 (which
 // reads fn once per 128 tokens, not per 16). V4-Pro on the H100, us, kernel 1 -> mix_small: hc_pre 96 tokens
