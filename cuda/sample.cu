@@ -178,12 +178,20 @@ constexpr int kMaxCandidates = sizeof(Exchange::hist) / sizeof(unsigned long lon
 // the logits that reach the floor: at two CTAs an SM in each warp's list (44 KB), at one in each lane's (96 KB).
 constexpr int kKeptCapacity = 4096;
 constexpr int kListLost = 1 << 24;  // added to the kept count by a warp whose list overflowed: the row leaves the path
-// Unstaged top-p: about as many z a CTA aims to keep (the digits are coarse: a pair's CTA keeps z >= 8 or z >= 7 of
-// N(0, 3.75^2) z, ~1060 or ~2000). A row whose nucleus reaches below the higher floor takes the radix path: in NumPy,
-// 3 of 1500 such rows at top_p 0.9 (nuclei of 1137 z at the median, 2175 at most), and one of the bench's 96-row sets
-// (set 4, row 86: cut 7.97, both floors 8), which makes its T,p time 54.4 us against 42.1 at 128 rows. A budget of 1536
-// (floors at 7: no such row in 1500) took T,p at 32 / 48 / 64 / 96 / 128 rows 21.47 / 21.95 / 24.09 / 54.12 / 41.87 ->
-// 22.38 / 22.68 / 24.69 / 40.87 / 43.63 us (H100): the longer lists cost the finish where no row leaves the path.
+// Unstaged top-p: about as many z a CTA aims to keep (the digits are coarse: a pair's CTA at one CTA an SM keeps z >= 8
+// or z >= 7.5 of N(0, 3.75^2) z, ~1060 or ~1470; at two, level-0 digits, z >= 8 or z >= 7, ~1060 or ~2000). A row whose
+// nucleus reaches below the higher floor takes the radix path: in NumPy, 3 of 1500 such rows at top_p 0.9 (level-0
+// floors; nuclei of 1137 z at the median, 2175 at most), and one of the bench's 96-row sets (set 4, row 86: cut 7.97,
+// both floors 8), which made its T,p time 54.4 us against 42.1 at 128 rows. A budget of 1536 (floors at 7: no such row
+// in 1500) took T,p at 32 / 48 / 64 / 96 / 128 rows 21.47 / 21.95 / 24.09 / 54.12 / 41.87 -> 22.38 / 22.68 / 24.69 /
+// 40.87 / 43.63 us (H100): the longer lists cost the finish where no row leaves the path.
+// Half digits for the pairs at one CTA an SM (filtered_sample's half_digits; level-0 digits before, so the ~40% of CTAs
+// whose first batch put the floor at 7 now take 7.5): in NumPy, on the bench's sets at 32 / 48 / 64 rows, no nucleus
+// reaches below the higher floor either way (the closest cut lies 0.078 above it, both floors 8), and a row's two lists
+// hold 2433 z on average against 2834, 2893 against 3937 at the 90th percentile. H100, the bench's timing, three runs:
+// T,p at 32 / 48 / 64 rows 19.84-19.93 / 20.53-20.75 / 22.60-22.67 -> 18.76-18.81 / 19.88-20.90 / 21.46-21.48 us
+// (T,k,p, whose floor is the top-k's: 15.69-15.75 / 16.37-16.46 / 17.84-17.93 -> 15.51-15.59 / 16.30-16.40 /
+// 17.78-17.80).
 constexpr int kListBudget = 1024;
 // Unstaged top-p: the entries CTA 0's finish gathers from the bins that hold the frontier (unstaged_top_p; ~8 for the
 // bench's rows, ~200 for flat ones).
@@ -229,8 +237,8 @@ constexpr size_t unstaged_smem(int ctas_per_sm) {
 // = 8, for timing only): no first batch 21.37 us; its loads and divisions alone 21.71; with its histogram 22.03; with
 // local_kth_digit too (floor max(8, its digit)) 23.10; HEAD 23.88. So local_kth_digit's barriers, whose first waits
 // for the slowest warp's loads, cost ~1.1 us, and the floor's noise ~0.8: the first batch's kListBudget-scaled rank
-// (the 65th largest of 4096 z of N(0, 3.75^2)) lies within ~0.2 of the digit boundary 8, so ~40% of CTAs take floor 7
-// and list ~2000 z instead of ~1060. Measured and not kept:
+// (the 65th largest of 4096 z of N(0, 3.75^2)) lies within ~0.2 of the digit boundary 8, so ~40% of CTAs took floor 7
+// and listed ~2000 z instead of ~1060 (now 7.5 and ~1470 in half digits: see kListBudget). Measured and not kept:
 //  - each warp's own floor, with no first batch and no barrier: the list loop's first batch (8 vectors a lane, the
 //    loop running on from the next) counted by its vectors' maxima, from the digit of the warp's largest z down to
 //    the one reaching kListBudget 1024 / n_local; the CTA's floor the highest of its warps' and each warp's tail
@@ -2420,13 +2428,14 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p).
     const bool keeps_list = !kStaged && (fast_top_k || list_top_p);
     const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
-    // Top-p at one CTA a row: the first batch's histogram and the floor in half level-0 digits (kRowFloorShift).
-    constexpr bool fine_floor = kTopPAlone;
-    constexpr int floor_shift = fine_floor ? kRowFloorShift : kLevel0Shift;
-    uint32_t* const first_hist = &sh.ex[0].hist[0][0];  // [kBins], or [2 kBins] (fine_floor) into ex[0].hist[1]
+    // Top-p at one CTA a row (kTopPAlone) and in pairs at one CTA an SM: the first batch's histogram and the floor in
+    // half level-0 digits (kRowFloorShift; for the pairs see kListBudget).
+    const bool half_digits = kTopPAlone || (kRanks > 1 && kCtasPerSm == 1 && list_top_p);
+    const int floor_shift = half_digits ? kRowFloorShift : kLevel0Shift;
+    uint32_t* const first_hist = &sh.ex[0].hist[0][0];  // [kBins], or [2 kBins] (half_digits) into ex[0].hist[1]
     int phase = 0;
     if (counts_digits) {
-        for (int b = tid; b < (fine_floor ? 2 * kBins : kBins); b += kThreads) first_hist[b] = 0u;
+        for (int b = tid; b < (half_digits ? 2 * kBins : kBins); b += kThreads) first_hist[b] = 0u;
     }
     if (fast_top_k || fast_top_p || list_top_p) {
         if (tid == 0) {
@@ -2562,9 +2571,10 @@ __device__ void filtered_sample(const SampleArgs& a) {
         // one CTA a row), scaled to the batch.
         const int64_t keep_rank =
             fast_top_k ? a.top_k
-                       : (int64_t(fine_floor ? kRowListBudget : kListBudget) * prefix + n_local - 1) / max(n_local, 1);
+                       : (int64_t(kTopPAlone ? kRowListBudget : kListBudget) * prefix + n_local - 1) / max(n_local, 1);
         const uint32_t keep_digit =
-            local_kth_digit<fine_floor ? 2 * kBins : kBins>(static_cast<unsigned long long>(keep_rank), sh);
+            half_digits ? local_kth_digit<2 * kBins>(static_cast<unsigned long long>(keep_rank), sh)
+                        : local_kth_digit<kBins>(static_cast<unsigned long long>(keep_rank), sh);
         // This CTA has started, and (top-p) its ex[] is free from here on: the wait at the start of unstaged_top_k /
         // unstaged_top_p matches this arrival, before their first write to another CTA (the reads are done: no fence).
         if (kRanks > 1) cluster_arrive_relaxed();
@@ -2743,7 +2753,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
             }
             __syncthreads();
-            if constexpr (fine_floor) {
+            if constexpr (kTopPAlone) {
                 if (sh.kept > kKeptCapacity && sh.kept < kListLost) {
                     const ListsKeptAgain again =
                         keep_lists_again<kLaneLists>(kLaneLists ? lane_slots : reached,
