@@ -2427,7 +2427,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     const bool fast_top_p = kStaged && !top_k_active && a.top_p < 1.0f;
     // Unstaged, the top-p fast path keeps a list in the load pass as the top-k one does (see unstaged_top_p).
     const bool keeps_list = !kStaged && (fast_top_k || list_top_p);
-    const bool counts_digits = fast_top_k || list_top_p;  // the load pass's level-0 histogram (unstaged: first batch)
+    const bool counts_digits = fast_top_k || list_top_p;  // the load pass's digit histogram (unstaged: first batch)
     // Top-p at one CTA a row (kTopPAlone) and in pairs at one CTA an SM: the first batch's histogram and the floor in
     // half level-0 digits (kRowFloorShift; for the pairs see kListBudget).
     const bool half_digits = kTopPAlone || (kRanks > 1 && kCtasPerSm == 1 && list_top_p);
