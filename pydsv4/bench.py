@@ -11,7 +11,11 @@ Each op is timed as a CUDA graph of many launches replayed several times (median
 sets that they do not fit in L2, so the numbers are HBM numbers, not cache numbers (small-batch kernels warm L2 with
 their inputs while the launch before runs, as they would behind the kernel that wrote them in a forward pass: their
 DRAM latency then overlaps that launch, their bytes still come from HBM). Where torch is importable
-(on the GPU machine only; never a dependency) the matching torch op is timed on the same data as the peer.
+(on the GPU machine only; never a dependency) the matching torch op is timed as the peer, the same way (a CUDA
+graph over rotating sets): rms_norm for RMSNorm, index_select for the embedding gather, argmax for greedy sampling,
+and for temperature / top-k / top-p sampling vLLM's torch-native sampler (peer_sample: what vLLM runs on CUDA
+without FlashInfer). The other entries (FP8 block quantization, RoPE, mHC) have no torch op of their own; a chain
+of eager elementwise ops would be a strawman, not a peer.
 Consecutive launches overlap through programmatic dependent launch, as in a forward pass (the copies do not);
 DSV4_PDL=0 times every kernel launched plainly.
 """
@@ -96,8 +100,20 @@ def embed_cases(width, d, H, tokens):
         out = _empty((tokens, HC, d), ml_dtypes.bfloat16)
         return lambda s: lib.dsv4_embed_gather_bf16(out, table, ids, tokens, VOCAB, d, HC, s)
 
+    torch = _torch()
+    peer_table = None
+
+    def peer(i):  # one gather of each id's row hc times (the rows after the first come from L2)
+        nonlocal peer_table
+        if peer_table is None:
+            peer_table = torch.randn(VOCAB, d, device="cuda", dtype=torch.bfloat16)
+        ids = torch.randint(0, VOCAB, (tokens,), device="cuda").repeat_interleave(HC)
+        out = torch.empty(tokens * HC, d, device="cuda", dtype=torch.bfloat16)
+        return lambda: torch.index_select(peer_table, 0, ids, out=out)
+
     # rows read once, hc copies written
-    return [Case("embed_gather_bf16", width, tokens, tokens * d * 2 + tokens * HC * d * 2 + tokens * 4, make)]
+    return [Case("embed_gather_bf16", width, tokens, tokens * d * 2 + tokens * HC * d * 2 + tokens * 4, make,
+                 peer if torch else None)]
 
 
 def norm_cases(width, d, H, tokens):
@@ -284,21 +300,60 @@ def sample_cases(width, d, H, tokens):
     if width != "flash" or tokens > MAX_SAMPLE_ROWS:
         return []
 
+    temperature = 0.8
+
     def make(greedy, top_k=0, top_p=1.0):
         def make_set(i):
             logits = _upload(_rng(i).standard_normal((tokens, VOCAB), np.float32) * np.float32(3))
             out = _empty(tokens, np.int32)
             if greedy:
                 return lambda s: lib.dsv4_sample_greedy_f32(out, logits, tokens, VOCAB, VOCAB, s)
-            return lambda s: lib.dsv4_sample_tokens_f32(out, logits, tokens, VOCAB, VOCAB, 0.8, top_k, top_p, 1234, i,
-                                                        s)
+            return lambda s: lib.dsv4_sample_tokens_f32(out, logits, tokens, VOCAB, VOCAB, temperature, top_k, top_p,
+                                                        1234, i, s)
         return make_set
 
+    torch = _torch()
+
+    def peer(greedy, top_k=0, top_p=1.0):
+        def make_set(i):
+            logits = torch.randn(tokens, VOCAB, device="cuda") * 3
+            if greedy:
+                return lambda: torch.argmax(logits, dim=-1)
+            return lambda: peer_sample(torch, logits, temperature, top_k, top_p)
+        return make_set if torch else None
+
     nbytes = tokens * VOCAB * 4 + tokens * 4
-    return [Case("sample_greedy_f32", "vocab", tokens, nbytes, make(True)),
-            Case("sample_tokens_f32(T)", "vocab", tokens, nbytes, make(False), note="generate's default: T only"),
-            Case("sample_tokens_f32(T,k,p)", "vocab", tokens, nbytes, make(False, 50, 0.9)),
-            Case("sample_tokens_f32(T,p)", "vocab", tokens, nbytes, make(False, 0, 0.9))]
+    return [Case("sample_greedy_f32", "vocab", tokens, nbytes, make(True), peer(True)),
+            Case("sample_tokens_f32(T)", "vocab", tokens, nbytes, make(False), peer(False),
+                 note="generate's default: T only"),
+            Case("sample_tokens_f32(T,k,p)", "vocab", tokens, nbytes, make(False, 50, 0.9), peer(False, 50, 0.9)),
+            Case("sample_tokens_f32(T,p)", "vocab", tokens, nbytes, make(False, 0, 0.9), peer(False, 0, 0.9))]
+
+
+def peer_filter(torch, z, top_k, top_p):
+    """z [rows, vocab] fp32 with -inf outside the top-k / top-p filters, as vLLM's torch-native apply_top_k_top_p
+    does it: sort ascending, mask what lies below the k-th largest, then, from softmax and cumsum of the sorted row,
+    the low tail whose mass is at most 1 - top_p (the largest z always stays), and scatter back."""
+    z_sorted, order = z.sort(dim=-1)
+    if 0 < top_k < z.shape[-1]:
+        z_sorted.masked_fill_(z_sorted < z_sorted[:, z.shape[-1] - top_k, None], -math.inf)
+    if top_p < 1.0:
+        cumulative = torch.cumsum(z_sorted.softmax(dim=-1), dim=-1)
+        low_tail = cumulative <= 1.0 - top_p
+        low_tail[:, -1] = False
+        z_sorted.masked_fill_(low_tail, -math.inf)
+    return z_sorted.scatter(-1, order, z_sorted)
+
+
+def peer_sample(torch, logits, temperature, top_k, top_p):
+    """The peer of dsv4_sample_tokens_f32: vLLM's torch-native sampler (TopKTopPSampler.forward_native): z = logits / T
+    (vLLM divides in place, the same bytes read and written), the filters (peer_filter) when any is on, then the
+    exponential race argmax(softmax(z) / q), q ~ Exp(1): Gumbel-max's law from another random stream."""
+    z = logits / temperature
+    if (0 < top_k < z.shape[-1]) or top_p < 1.0:
+        z = peer_filter(torch, z, top_k, top_p)
+    probs = z.softmax(dim=-1)
+    return probs.div_(torch.empty_like(probs).exponential_()).argmax(dim=-1)
 
 
 FAMILIES = {"embed": embed_cases, "norm": norm_cases, "rope": rope_cases, "mhc": mhc_cases, "sample": sample_cases}
@@ -370,21 +425,31 @@ def time_same_bytes_copy(bytes_moved, stream):
 
 
 def time_peer(case):
+    """Median microseconds per call of the torch peer, timed as time_case times ours: a CUDA graph of GRAPH_LAUNCHES
+    calls over rotating sets (timed eagerly instead, small problems would measure the host's launch overhead)."""
     torch = _torch()
     n_sets = _sets_needed(case.bytes_moved)
     calls = [case.peer(i) for i in range(n_sets)]
-    for c in calls:
-        c()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):    # warm up (library handles, workspaces) on a side stream, as capture requires
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):    # temporaries of one call are freed before the next: the graph's pool reuses them
+        for k in range(GRAPH_LAUNCHES):
+            calls[k % n_sets]()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(REPLAYS + 2):
         start.record()
-        for k in range(GRAPH_LAUNCHES):
-            calls[k % n_sets]()
+        graph.replay()
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
+    del graph
     return statistics.median(times[2:]) * 1e3 / GRAPH_LAUNCHES
 
 

@@ -1,4 +1,5 @@
 """The benchmark command: argument handling everywhere, a short real run on a GPU."""
+import numpy as np
 import pytest
 
 from pydsv4 import bench
@@ -40,6 +41,28 @@ def test_bench_runs_and_reports_a_roofline_fraction(capsys, tmp_path):
     import json
     rows = json.load(open(out))["rows"]
     assert rows and all(0 < r["copy_fraction"] < 1.5 and r["us"] > 0 for r in rows)
+    if bench._torch() is not None:  # the GPU machine's torch: every op with a torch peer was timed against it
+        with_peer = [r for r in rows if r["op"].startswith(("embed", "norm_rms_bf16", "sample"))]
+        assert len(with_peer) == 6 and all(r["peer_us"] > 0 for r in with_peer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("top_k, top_p", [(50, 0.9), (0, 0.9), (0, 0.3), (1, 1.0), (7, 0.999)])
+def test_the_sampling_peer_keeps_the_tokens_the_definition_keeps(top_k, top_p):
+    """The peer (vLLM's torch-native filters) does the work ours does: the same kept set per row, but for at most
+    the one token whose fp32 cumulative mass (summed in another order) lands on the other side of top_p."""
+    torch = bench._torch()
+    if torch is None:
+        pytest.skip("no torch with CUDA here: the bench's peers exist only on the GPU machine")
+    from pydsv4.sampling import top_p_mask
+    z = np.random.default_rng(top_k).standard_normal((16, 5000)).astype(np.float32) * np.float32(3 / 0.8)
+    ours = np.ones_like(z, dtype=bool)
+    if top_k:
+        ours &= z >= np.partition(z, z.shape[1] - top_k, axis=1)[:, z.shape[1] - top_k, None]
+    if top_p < 1.0:
+        ours = np.stack([top_p_mask(z[r], ours[r], top_p) for r in range(z.shape[0])])
+    peers = torch.isfinite(bench.peer_filter(torch, torch.from_numpy(z).cuda(), top_k, top_p)).cpu().numpy()
+    assert ours.any(axis=1).all() and (peers & ~ours | ours & ~peers).sum(axis=1).max() <= 1
 
 
 def test_sampling_rows_reach_a_decode_step_at_flash_width_only():
