@@ -1,6 +1,6 @@
 """`python -m pydsv4.bench ops`: every kernel entry's time, achieved bandwidth and roofline fraction.
 
-    python -m pydsv4.bench ops [--widths flash,pro] [--tokens 1,64,4096] [--only NAME] [--json FILE]
+    python -m pydsv4.bench ops [--widths flash,pro] [--tokens 1,64,4096] [--only NAME] [--json FILE] [--no-peer]
 
 Bytes are the fewest the op must move (each input read once, each output written once); the roofline is the
 device's copy bandwidth measured in the same run (large device-to-device copies, bytes read plus written). For
@@ -491,7 +491,7 @@ def run_ops(args):
                     us = time_case(case, stream)
                     gbs = case.bytes_moved / (us * 1e-6) / 1e9
                     copy_us = time_same_bytes_copy(case.bytes_moved, stream)
-                    peer_us = time_peer(case) if case.peer is not None else None
+                    peer_us = time_peer(case) if case.peer is not None and args.peers else None
                     peer = f"{peer_us:9.2f} {peer_us / us:9.2f}" if peer_us else f"{'-':>9} {'-':>9}"
                     print(f"{case.op:<26} {width:<6} {tokens:>6} {us:9.2f} {gbs:8.0f} "
                           f"{100 * gbs * 1e9 / copy_bw:5.0f}% {copy_us:8.2f} {copy_us / us:9.2f} {peer}", flush=True)
@@ -523,6 +523,8 @@ def main(argv=None):
     ops.add_argument("--tokens", type=_int_list, default=[1, 64, 4096], help="token counts, comma separated")
     ops.add_argument("--only", help="only the family, or the ops, whose name contains this")
     ops.add_argument("--json", help="also write the rows to this JSON file")
+    ops.add_argument("--no-peer", dest="peers", action="store_false",
+                     help="leave the torch peers out (a profile of our kernels alone: tools/profile.sh)")
     args = parser.parse_args(argv)
     for w in getattr(args, "widths", []):
         if w not in WIDTHS:

@@ -46,6 +46,16 @@ def test_bench_runs_and_reports_a_roofline_fraction(capsys, tmp_path):
         assert len(with_peer) == 6 and all(r["peer_us"] > 0 for r in with_peer)
 
 
+@pytest.mark.gpu("embed")
+def test_no_peer_leaves_the_torch_peers_out(tmp_path):
+    out = tmp_path / "rows.json"
+    assert bench.main(["ops", "--widths", "flash", "--tokens", "13", "--only", "embed", "--no-peer", "--json",
+                       str(out)]) == 0
+    import json
+    rows = json.load(open(out))["rows"]
+    assert [r["op"] for r in rows] == ["embed_gather_bf16"] and rows[0]["peer_us"] is None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("top_k, top_p", [(50, 0.9), (0, 0.9), (0, 0.3), (1, 1.0), (7, 0.999)])
 def test_the_sampling_peer_keeps_the_tokens_the_definition_keeps(top_k, top_p):

@@ -50,7 +50,7 @@ def test_profile_default_command_is_the_bench(fake_nsys, tmp_path):
     done = run_profile([], env, tmp_path)
     assert done.returncode == 0, done.stderr
     profile_call = calls.read_text().splitlines()[0]
-    assert profile_call.endswith(" python3 -m pydsv4.bench ops --tokens 1,64")
+    assert profile_call.endswith(" python3 -m pydsv4.bench ops --tokens 1,64 --no-peer")
     assert "--output=profile-" in profile_call
 
 

@@ -5,8 +5,9 @@
 #
 #   tools/profile.sh [-o NAME] [COMMAND ...]
 #
-# COMMAND defaults to `python3 -m pydsv4.bench ops --tokens 1,64`. The report is NAME.nsys-rep (default
-# profile-<date>-<time>), the summaries are printed and saved as NAME.txt. nsys is $NSYS, else the one on PATH.
+# COMMAND defaults to `python3 -m pydsv4.bench ops --tokens 1,64 --no-peer` (our kernels, without torch's peers).
+# The report is NAME.nsys-rep (default profile-<date>-<time>), the summaries are printed and saved as NAME.txt. nsys
+# is $NSYS, else the one on PATH.
 # DSV4_PDL=0 in the environment launches kernels without programmatic overlap, so each one's time is its own.
 set -euo pipefail
 
@@ -17,7 +18,7 @@ if [ "${1:-}" = "-o" ]; then
     shift 2
 fi
 [ "${1:-}" = "--" ] && shift
-[ $# -gt 0 ] || set -- python3 -m pydsv4.bench ops --tokens 1,64
+[ $# -gt 0 ] || set -- python3 -m pydsv4.bench ops --tokens 1,64 --no-peer
 
 nsys=${NSYS:-$(command -v nsys || true)}
 if [ -z "$nsys" ] || [ ! -x "$nsys" ]; then
