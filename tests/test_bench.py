@@ -18,6 +18,15 @@ def test_rotation_covers_l2_without_unbounded_sets():
     assert bench._sets_needed(1) == bench.MAX_SETS
 
 
+def test_the_same_bytes_copy_moves_whole_granules_of_at_least_half_the_bytes():
+    granule = bench.COPY_GRANULE
+    for moved in (2 * granule, 2 * granule + 2, 326987776, 64 * (129280 * 4 + 4)):
+        half = bench.same_bytes_copy_size(moved)
+        assert half % granule == 0 and moved // 2 <= half < moved // 2 + granule
+    assert bench.same_bytes_copy_size(326987776) == 163495936  # hc_pre at V4-Pro x 4096: 163493888 rounded up
+    assert bench.same_bytes_copy_size(1) == granule
+
+
 def test_only_selects_a_family_or_filters_op_names():
     assert bench.selected_families("norm") == ["norm"]
     assert bench.selected_families("mhc_pre") == list(bench.FAMILIES)  # op names decide, family by family
