@@ -139,7 +139,10 @@
 // 227 / 198, 299 / 217, 309 / 234, 394 / 300 us in those chunks); the finalizes' partials summed in batches
 // of 32 independent loads, 1 token 13.2 -> 12.5 us but hc_head at 4096 tokens 205 -> 221 us; post_mix (then one
 // warp doing both roles, see post_mix_kernel) over 256-dim chunks with a 3-deep ring, half the partials: the
-// finalize 143 -> 135 us but post_mix 259 -> 268 us.
+// finalize 143 -> 135 us but post_mix 259 -> 268 us. What the partials cost the finalize today (hc_pre from given
+// partials, V4-Pro, H100, the bench's timing, two runs; diagnostics that sum fewer splits, wrong results): all 56
+// splits 4.74-4.75 / 136.3-136.6 us at 64 / 4096 tokens, 28 splits 4.65-4.66 / 132.4-132.5, 1 split 4.50 /
+// 127.7 (a same-bytes copy 3.64 / 108.8 us).
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
