@@ -3078,6 +3078,9 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         // and 12.6 in 128 of 512 at one an SM. T only at 41 / 48 / 56 / 64 rows, narrow against pairs: 14.1 / 15.5 /
         // 16.8 / 18.7 against 14.6 / 15.4 / 16.1 / 16.5 us. Clusters of 4 such CTAs at 8 / 16 / 24 / 32 rows: 8.1 /
         // 8.5 / 9.2 / 14.0 against 5.9 / 8.8 / 9.1 / 14.0 for the wide clusters of 8, so not kept.
+        // Measured, not built yet: pairs at two CTAs an SM (64 registers: ptxas spills 108 bytes) past the rows of one
+        // CTA an SM, T only at 128 / 192 / 256 / 512 / 1024 rows 31.30 / 43.49 / 55.49 / 104.0 / 201.6 -> 30.13 /
+        // 50.63 / 57.11 / 109.1 / 207.0 us (H100, two runs): better only while one wave holds the rows (to 132).
         int wide_clusters = 0, pair_rows = 0;
         DSV4_RETURN_IF_FAILED(wide_clusters_resident(wide_clusters));
         const bool narrow = 3 * batch > 4 * int64_t(wide_clusters);
