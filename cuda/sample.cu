@@ -3,11 +3,12 @@
 // Philox4x32-10 noise g_i = fp32(-log(-log(u_i))) (u, g in double), u_i from word i % 4 of the block at counter
 // (i / 4, row, step, 0), key = seed: one block serves the 4 tokens of a 16-byte vector of z.
 //
-// Greedy and temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged.
-// Each CTA of a row's cluster takes a slice; for temperature only, it forms the Gumbel-max of its slice from cheap
-// bounds on every score and double logs for the few tokens whose bound reaches the best the row's CTAs have seen so
-// far (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch.
-// These run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond
+// Greedy and temperature only (no top-k, no top-p: generate's default): one pass over the logits, nothing staged. Each
+// CTA of a row's cluster takes a slice; for temperature only, it forms the Gumbel-max of its slice from cheap bounds on
+// every score and double logs for the few tokens whose bound reaches the best the row's CTAs have seen so far
+// (gumbel_pass). Every warp writes its best into CTA 0's shared memory, and one cluster barrier ends the launch. These
+// run CTAs of kThreads threads while the rows' clusters (nearly) fit the device at once, of kNarrowThreads beyond;
+// temperature only also runs in pairs of CTAs or at a CTA a row, one an SM, where those fill the device
 // (launch_sample). Flash vocab on the H100, T only: 1 row 5.6, 8 rows 5.9, 64 rows 18.7 us (the staged path took 11.6,
 // 12.4, 43.0); 64 rows in pairs of CTAs at one an SM (launch_sample) 16.5, and 14.5 with only the first eighth of each
 // slice prefetched (prefetch_slice). Before the threshold was shared by the row (20.7 us at 64 rows), latency-bound at
@@ -2179,7 +2180,8 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //   greedy, wide clusters (up to 40 rows) 6: 32 rows 10.2 -> 9.3; narrow CTAs 3: 48 / 64 / 128 rows 12.7 / 15.05 /
 //     27.3 -> 11.35 / 14.85 / 25.3 (4 of 16: 14.98 at 64 rows);
 //   T only, narrow CTAs 3: 48 / 128 rows 15.5 / 31.6 -> 13.85 / 30.85; pairs of CTAs 2: 64 rows 16.45 -> 14.4 (1: 14.6,
-//     3 and 4: 14.55); wide clusters keep the whole slice (32 rows 14.0 against 14.25-14.4 with 1-4);
+//     3 and 4: 14.55); wide clusters keep the whole slice (32 rows 14.0 against 14.25-14.4 with 1-4); a CTA a row 2
+//     (launch_sample has the sweep);
 //   T,k,p, unstaged at one CTA an SM, 9: 32 / 48 / 64 rows 19.2 / 18.9 / 20.6 -> 17.4 / 18.0 / 19.1 (6: 17.45 / 18.4 /
 //     19.6, 8: 17.5 / 18.25 / 19.6, 10: 17.75 / 17.95 / 19.3; 10 with the next launch let in after the load pass, as
 //     T,p does: 17.35 / 17.8 / 19.45, and the whole slice so: 17.5 / 18.2 / 20.1);
@@ -2201,8 +2203,8 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     at 80 / 128 / 256 / 512 rows 36.4 / 37.2 / 63.1 / 122.0 -> 36.6 / 37.4 / 61.5 / 119.4 (one run; the loads alone
 //     36.2 / 37.2 / 62.2 / 120.7, the prefetches alone 36.6 / 37.5 / 62.3 / 120.5): nothing at one CTA an SM, where the
 //     finish costs the most;
-//   T,k,p unstaged at two CTAs an SM, in pairs (67-132 rows on the H100) 6 and at a CTA a row (past them, in waves too:
-//     launch_sample) 3, for the same reason: 264 CTAs' whole slices are 68 MB in pairs, 136 MB at a CTA a row. The
+//   T,k,p unstaged at two CTAs an SM, in pairs (then 67-132 rows on the H100) 6 and at a CTA a row (past them, in waves
+//     too: launch_sample) 3, for the same reason: 264 CTAs' whole slices are 68 MB in pairs, 136 MB at a CTA a row. The
 //     bench's timing, two runs, at 100 / 128 / 133 / 160 / 200 / 264 / 265 / 320 / 400 / 512 / 1024 rows, whole slices
 //     (a CTA a row up to 264 rows, pairs past them) 29.3 / 32.2 / 44.3-44.4 / 47.2 / 53.5-53.6 / 60.6-60.7 / 78.6-78.7
 //     / 91.9-92.0 / 110.7-110.8 / 136.7-137.1 / 265.0-265.3 -> 27.8-27.9 / 30.5 / 39.2 / 41.3 / 46.1 / 52.8 / 72.4-72.6
@@ -2210,7 +2212,10 @@ enum class Mode { kGreedy, kTemperature, kFiltered, kTopP };
 //     52.7-53.0 / 72.3 / 77.6 / 90.4 / 100.6-100.7 / 196.0-196.2; 6 for both: 27.8-27.9 / 30.5-30.6 / 39.6-39.7 / 41.9
 //     / 47.0 / 53.9-54.0 / 71.8-71.9 / 80.0-80.1 / 93.0-93.1 / 106.3-106.6 / 210.1-210.5; 2 for both: 28.4 / 31.9-32.0
 //     / 39.2-39.3 / 41.2 / 45.7-45.9 / 52.6 / 73.7 / 77.5-77.8 / 90.3-90.7 / 100.4-100.6 / 194.6-194.7; none, the CTAs
-//     a row as they were, at 128 / 256 / 512 / 1024 rows: 32.4-32.5 / 53.2-53.3 / 116.8-116.9 / 218.7-219.0.
+//     a row as they were, at 128 / 256 / 512 / 1024 rows: 32.4-32.5 / 53.2-53.3 / 116.8-116.9 / 218.7-219.0. The pairs
+//     at two CTAs an SM are gone: a CTA a row at one CTA an SM took those rows (launch_sample), with 3 as well. 9, the
+//     pairs' value at one CTA an SM: 67 / 96 / 100 / 128 / 132 rows 23.7 / 25.6-25.8 / 26.1 / 28.3-28.4 / 28.9 against
+//     23.05-23.2 / 24.2-24.4 / 24.8-25.4 / 28.5 / 28.9-29.0 (two runs).
 // Measured and not kept: the whole slice and the same slice of row (row + rows / 2) % rows, for the rows whose CTAs
 // start late: slower everywhere (64 rows greedy 15.2 -> 17.65, T 16.5 -> 17.7, T,k,p 20.7 -> 20.9); T,k,p's leading
 // 9 / 16 (or 6 / 16) and the rest prefetched once the first batch is counted: 32 / 48 / 64 rows 18.35 / 19.65 / 19.8
@@ -2246,9 +2251,9 @@ template <Mode kMode, int kBlockThreads, int kRanks, int kCtasPerSm>
 __device__ __forceinline__ int prefetch_sixteenths(bool lists) {
     constexpr bool kNarrow = kBlockThreads == kNarrowThreads;
     if constexpr (kMode == Mode::kGreedy) return kNarrow ? 3 : 6;
-    if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kWideBatchRanks ? 2 : kPrefetchWhole;
+    if constexpr (kMode == Mode::kTemperature) return kNarrow ? 3 : kRanks == kCluster ? kPrefetchWhole : 2;
     if constexpr (kMode == Mode::kTopP) return 3;
-    if (kRanks != kCluster && lists) return kCtasPerSm == 1 ? 9 : kRanks == 1 ? 3 : 6;
+    if (kRanks != kCluster && lists) return kRanks == kWideBatchRanks ? 9 : 3;
     return kPrefetchWhole;
 }
 
@@ -2376,14 +2381,13 @@ __device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, in
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
-// waves) nothing is staged: clusters of 2 fill all 132 SMs (a CTA a row past what pairs hold in one wave for top-k,
-// while one CTA a row fits one wave; for top-p alone past the pairs at one CTA an SM, launch_sample), the load pass
-// keeps the candidates in a list (see below), and a row that leaves the fast path (ties, a list that overflows, a
-// nucleus below the list's floor) re-reads its slice's logits from L2 for every later pass. Top-p alone lets the next
-// launch in (whose CTAs warm L2 with their own logits) only after its load pass: letting it in at the start measured
-// 38.6 us at 64 rows against 35.6 (and with a second pass over the logits for the row's mass, 66.8 against 58.8).
-// The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured faster (1 row
-// T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
+// waves) nothing is staged: clusters of 2 fill all 132 SMs at one CTA an SM (a CTA a row past them, launch_sample), the
+// load pass keeps the candidates in a list (see below), and a row that leaves the fast path (ties, a list that
+// overflows, a nucleus below the list's floor) re-reads its slice's logits from L2 for every later pass. Top-p alone
+// lets the next launch in (whose CTAs warm L2 with their own logits) only after its load pass: letting it in at the
+// start measured 38.6 us at 64 rows against 35.6 (and with a second pass over the logits for the row's mass, 66.8
+// against 58.8). The staged load and Gumbel-max loops are written out rather than run through for_each_z: measured
+// faster (1 row T,k,p 12.4 -> 12.1 us, T,p 21.4 -> 20.9; 64 rows T,p 75.9 -> 74.3).
 // kTopPAlone (Mode::kTopP, launched for top-p without top-k only): one CTA a row, the floor in half digits
 // (kRowFloorShift), instances of its own (one and two CTAs an SM) so that the top-k path's code and registers stay as
 // they were measured.
@@ -2931,11 +2935,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
 }
 
 // grid (batch * kRanks), clusters of kRanks along x, kBlockThreads threads (kThreads for kFiltered, whose histogram and
-// scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only).
-// kCtasPerSm CTAs an SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of
-// kNarrowThreads); the unstaged filtered kernel and temperature only in pairs, and top-p alone at a CTA a row, also
-// come at one CTA an SM (launch_sample). More warps an SM measured slower for temperature only (5 CTAs of
-// kNarrowThreads, 48 registers: 64 rows 22.4 -> 23.8 us; 6, spilling: 29.8).
+// scan code assumes it); dynamic shared memory = slice floats (kFiltered with kCluster ranks only). kCtasPerSm CTAs an
+// SM: by default at most 64 registers a thread, 1024 threads an SM (2 CTAs of kThreads, 4 of kNarrowThreads); the
+// unstaged filtered kernels and temperature only, in pairs or at a CTA a row, also come at one CTA an SM
+// (launch_sample). More warps an SM measured slower for temperature only (5 CTAs of kNarrowThreads, 48 registers: 64
+// rows 22.4 -> 23.8 us; 6, spilling: 29.8).
 template <Mode kMode, int kBlockThreads, int kRanks = kCluster, int kCtasPerSm = 2048 / kBlockThreads / 2>
 __global__ void __cluster_dims__(kRanks, 1, 1)
     __launch_bounds__(kBlockThreads, kCtasPerSm) sample_kernel(const SampleArgs a) {
@@ -2987,12 +2991,11 @@ int raise_smem_limit() {
         DSV4_CHECK_CUDA(cudaFuncSetAttribute(sample_kernel<Mode::kFiltered, kThreads>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kMaxSlice * sizeof(float))));
-        for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks>,
-                            sample_kernel<Mode::kFiltered, kThreads, 1, 2>, sample_kernel<Mode::kTopP, kThreads, 1, 2>})
+        for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, 1, 2>, sample_kernel<Mode::kTopP, kThreads, 1, 2>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(unstaged_smem(2))));
         for (auto kernel : {sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>,
-                            sample_kernel<Mode::kTopP, kThreads, 1, 1>})
+                            sample_kernel<Mode::kFiltered, kThreads, 1, 1>, sample_kernel<Mode::kTopP, kThreads, 1, 1>})
             DSV4_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(unstaged_smem(1))));
         g_smem_limit_set[device].store(true, std::memory_order_release);
@@ -3031,8 +3034,14 @@ int pair_rows_resident(int& rows) {
                              0, rows);
 }
 
+// Rows of temperature only at a CTA a row, one an SM, that the device holds at once (132 on the H100).
+int single_rows_resident(int& rows) {
+    static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
+    return clusters_resident(cache, sample_kernel<Mode::kTemperature, kThreads, 1, 1>, 1, 0, rows);
+}
+
 // Rows of an unstaged filtered kernel (kFiltered or kTopP), kRanks CTAs a row and kCtasPerSm an SM, that the device
-// holds at once (H100: 66 for 2 and 1, 132 for 2 and 2; top-p alone 132 for 1 and 1).
+// holds at once (H100: 66 for 2 and 1, 132 for 1 and 1).
 template <Mode kMode, int kRanks, int kCtasPerSm>
 int unstaged_rows_resident(int& rows) {
     static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet
@@ -3078,21 +3087,44 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
         // and 12.6 in 128 of 512 at one an SM. T only at 41 / 48 / 56 / 64 rows, narrow against pairs: 14.1 / 15.5 /
         // 16.8 / 18.7 against 14.6 / 15.4 / 16.1 / 16.5 us. Clusters of 4 such CTAs at 8 / 16 / 24 / 32 rows: 8.1 /
         // 8.5 / 9.2 / 14.0 against 5.9 / 8.8 / 9.1 / 14.0 for the wide clusters of 8, so not kept.
-        // Measured, not built yet: pairs at two CTAs an SM (64 registers: ptxas spills 108 bytes) past the rows of one
+        // Past the pairs, a CTA a row at one CTA an SM (no cluster; kPairGumbelBatch vectors a step, 2 / 16 of the row
+        // prefetched) wherever its last wave leaves at most a quarter of the device's SMs idle (99-132, 231-264,
+        // 363-396 rows ... on the H100), else the narrow CTAs. A wave of rows takes 22-26 us at any fill (an SM reads a
+        // whole row), the narrow CTAs ~7 + 0.19 us a row. H100, the bench's timing, two runs, T only at 67 / 96 / 128 /
+        // 132 / 133 / 192 / 256 / 512 / 1024 rows, narrow CTAs against a CTA a row: 20.1 / 25.1-25.2 / 31.4-31.6 /
+        // 32.4-32.5 / 32.6-32.7 / 43.6 / 55.5-55.7 / 104.1-104.3 / 201.6-201.8 against 22.1-22.2 / 22.6 / 25.8 /
+        // 26.2-26.3 / 44.4 / 46.8-46.9 / 50.5-50.6 / 99.6-99.7 / 195.9 us (the same-bytes copy at 128 rows: 24.0). The
+        // whole row prefetched instead: 25.2-25.3 / 26.6-26.7 / 30.0-30.2 / 30.7 / 45.4 / 55.2 / 61.6-61.7 /
+        // 125.6-125.8 / 240.9-241.2; 6 / 16: 23.2-23.3 / 23.5-23.6 / 25.9-26.0 / 26.4 / 43.2-43.3 / 47.5-47.6 / 52.1 /
+        // 100.8-100.9 / 190.5-190.7; at 99 / 128 / 232 / 256 / 512 / 1024 rows, 1 / 16: 22.5-23.0 / 25.6 / 47.3-47.4 /
+        // 50.4-50.5 / 99.1-99.3 / 195.5-195.6, 4 / 16: 22.9-23.0 / 25.6 / 48.4-48.5 / 51.4 / 99.7-99.9 / 192.4-192.6,
+        // against 2 / 16's 22.7 / 25.7-25.8 / 47.7-47.9 / 50.5-50.7 / 99.6-99.7 / 195.7-195.8.
+        // Measured and not built: pairs at two CTAs an SM (64 registers: ptxas spills 108 bytes) past the rows of one
         // CTA an SM, T only at 128 / 192 / 256 / 512 / 1024 rows 31.30 / 43.49 / 55.49 / 104.0 / 201.6 -> 30.13 /
-        // 50.63 / 57.11 / 109.1 / 207.0 us (H100, two runs): better only while one wave holds the rows (to 132).
-        int wide_clusters = 0, pair_rows = 0;
+        // 50.63 / 57.11 / 109.1 / 207.0 us (H100, two runs), against the narrow CTAs then.
+        int wide_clusters = 0, pair_rows = 0, single_rows = 0;
         DSV4_RETURN_IF_FAILED(wide_clusters_resident(wide_clusters));
         const bool narrow = 3 * batch > 4 * int64_t(wide_clusters);
         const int threads = narrow ? kNarrowThreads : kThreads;
         const bool greedy = args.temperature == 0.0f;
-        if (!greedy && narrow) DSV4_RETURN_IF_FAILED(pair_rows_resident(pair_rows));
+        if (!greedy && narrow) {
+            DSV4_RETURN_IF_FAILED(pair_rows_resident(pair_rows));
+            DSV4_RETURN_IF_FAILED(single_rows_resident(single_rows));
+        }
         if (!greedy && narrow && 4 * batch >= 3 * int64_t(pair_rows) && batch <= pair_rows) {
             args.slice = slice_of(args.vocab, kWideBatchRanks);
             DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
                                                   sample_kernel<Mode::kTemperature, kThreads, kWideBatchRanks, 1>,
                                                   static_cast<unsigned>(batch * kWideBatchRanks), kThreads, 0, stream,
                                                   args));
+            return DSV4_OK;
+        }
+        const int64_t single_waves = (batch + single_rows - 1) / max(single_rows, 1);
+        if (!greedy && narrow && batch > pair_rows && 4 * (single_waves * single_rows - batch) <= single_rows) {
+            args.slice = slice_of(args.vocab, 1);
+            DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious,
+                                                  sample_kernel<Mode::kTemperature, kThreads, 1, 1>,
+                                                  static_cast<unsigned>(batch), kThreads, 0, stream, args));
             return DSV4_OK;
         }
         auto kernel = greedy ? (narrow ? sample_kernel<Mode::kGreedy, kNarrowThreads>
@@ -3123,18 +3155,26 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
                                               grid, kThreads, smem, stream, args));
         return DSV4_OK;
     }
-    // Unstaged: one CTA an SM (up to 128 registers, kWideLoadBatch loads in flight) while the rows' clusters fit the
-    // device that way, else two. Flash vocab on the H100, us, one CTA an SM against two: T,k,p at 48 rows 25.0 against
-    // 28.2, at 64 rows 26.5 against 30.6; T,p 32.3 against 34.2 and 34.9 against 35.6. One CTA an SM past that (two
-    // waves), at 96 / 128 / 256 rows, T,k,p took 48.7 / 52.0 / 97.9 against 37.8 / 40.9 / 82.7. 12 or 16 loads in
-    // flight a thread measured slower (T,k,p at 64 rows 27.0, 27.7), as did no L2 prefetch of the slice (28.3) or one
-    // that leaves out the first batch (28.1).
+    // Unstaged, both fast paths alike: pairs of CTAs at one CTA an SM (up to 128 registers, kWideLoadBatch loads in
+    // flight) while they fit the device at once (66 rows on the H100), then a CTA a row at one CTA an SM while those
+    // fit (132), then a CTA a row at two an SM, in waves. The top-k path took pairs at two CTAs an SM in place of the
+    // middle range (67-132 rows) until a CTA a row at one an SM measured faster there, with 3 / 16 of the slice
+    // prefetched (prefetch_sixteenths; H100, the bench's timing, two runs): T,k,p at 67 / 96 / 100 / 128 / 132 rows
+    // 26.05-26.10 / 27.62-27.65 / 27.78-27.80 / 30.42-30.45 / 31.07-31.15 -> 23.05-23.19 / 24.24-24.39 / 24.82-25.40 /
+    // 28.47-28.49 / 28.93-28.95 us (64 and 133 rows unchanged). On older code a CTA a row had measured slower than
+    // pairs at 32 / 64 / 96 rows (below).
+    // Flash vocab on the H100, us, one CTA an SM against two: T,k,p at 48 rows 25.0 against 28.2, at 64 rows 26.5
+    // against 30.6; T,p 32.3 against 34.2 and 34.9 against 35.6. One CTA an SM past that (two waves), at 96 / 128 / 256
+    // rows, T,k,p took 48.7 / 52.0 / 97.9 against 37.8 / 40.9 / 82.7. 12 or 16 loads in flight a thread measured slower
+    // (T,k,p at 64 rows 27.0, 27.7), as did no L2 prefetch of the slice (28.3) or one that leaves out the first batch
+    // (28.1).
     // Past the rows that clusters of kWideBatchRanks hold at two CTAs an SM (one wave), and while the rows fit one wave
-    // at a CTA a row, a row takes one CTA (kWideBatchRanks = 2 against 1, us): T,k,p at 133 / 160 / 200 / 264 rows
-    // 48.9 / 58.4 / 66.9 / 72.7 against 48.3 / 49.9 / 54.3 / 64.8, T,p 69.4 / 71.1 / 83.8 / 93.0 against 64.4 / 65.5 /
-    // 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6 / 227.1
-    // / 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 / 129.7 /
-    // 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9 / 33.1).
+    // at a CTA a row (two an SM), a row takes one CTA (kWideBatchRanks = 2 against 1, us): T,k,p at 133 / 160 / 200 /
+    // 264 rows 48.9 / 58.4 / 66.9 / 72.7 against 48.3 / 49.9 / 54.3 / 64.8, T,p 69.4 / 71.1 / 83.8 / 93.0 against 64.4
+    // / 65.5 / 69.4 / 75.6. Both in two waves or more, a CTA a row measured slower for T,p (320 / 512 / 1024 rows 162.6
+    // / 227.1 / 348.1 against 195.2 / 293.1 / 442.5) and either way for T,k,p (96.1 / 146.0 / 277.3 against 102.9 /
+    // 129.7 / 267.8); below, at a CTA an SM, slower at 32 / 64 / 96 rows (T,k,p 20.7 / 21.5 / 31.4 against 28.4 / 30.9
+    // / 33.1).
     // T,p at a CTA a row from 67 rows on: 80 / 112 / 128 rows 39.7 / 40.4 / 42.3 -> 36.3 / 37.8 / 38.8 us, but the
     // bench's 96-row set with a row off the fast path (kListBudget) 54.8 -> 74.3: one CTA takes the radix path over the
     // whole row, and a CTA a row could not list more with level-0 digits (floors at 7 keep ~4000 z of a row,
@@ -3169,19 +3209,19 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
     // slower).
-    int one_per_sm_rows = 0, two_per_sm_rows = 0, row_per_sm_rows = 0;
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 1>(one_per_sm_rows)));
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 2>(two_per_sm_rows)));
-    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kTopP, 1, 1>(row_per_sm_rows)));
     const bool top_p_alone = !top_k_active && args.top_p < 1.0f;  // (else the top-k fast path, or an extreme T alone)
-    const bool single_rank = top_p_alone ? batch > one_per_sm_rows : batch > two_per_sm_rows;
-    const bool one_cta_an_sm = batch <= one_per_sm_rows || (top_p_alone && batch <= row_per_sm_rows);
-    const int ranks = single_rank ? 1 : kWideBatchRanks;
-    auto kernel = batch <= one_per_sm_rows ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
-                  : !single_rank           ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 2>
-                  : !top_p_alone           ? sample_kernel<Mode::kFiltered, kThreads, 1, 2>
-                  : one_cta_an_sm          ? sample_kernel<Mode::kTopP, kThreads, 1, 1>
-                                           : sample_kernel<Mode::kTopP, kThreads, 1, 2>;
+    int pair_rows = 0, single_rows = 0;
+    DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kFiltered, kWideBatchRanks, 1>(pair_rows)));
+    DSV4_RETURN_IF_FAILED((top_p_alone ? unstaged_rows_resident<Mode::kTopP, 1, 1>(single_rows)
+                                       : unstaged_rows_resident<Mode::kFiltered, 1, 1>(single_rows)));
+    const bool pairs = batch <= pair_rows;
+    const bool one_cta_an_sm = batch <= single_rows;
+    const int ranks = pairs ? kWideBatchRanks : 1;
+    auto kernel = pairs           ? sample_kernel<Mode::kFiltered, kThreads, kWideBatchRanks, 1>
+                  : top_p_alone   ? (one_cta_an_sm ? sample_kernel<Mode::kTopP, kThreads, 1, 1>
+                                                   : sample_kernel<Mode::kTopP, kThreads, 1, 2>)
+                  : one_cta_an_sm ? sample_kernel<Mode::kFiltered, kThreads, 1, 1>
+                                  : sample_kernel<Mode::kFiltered, kThreads, 1, 2>;
     args.slice = slice_of(args.vocab, ranks);
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
                                           kThreads, unstaged_smem(one_cta_an_sm ? 1 : 2), stream, args));

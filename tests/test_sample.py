@@ -33,8 +33,9 @@ TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from ev
 # there too.
 BATCH_FILLERS = [0, 48]
 # Temperature only runs in pairs of 512-thread CTAs from 3/4 of the rows the device holds that way to all of them (50-66
-# rows on a 132-SM device: 48 fillers), and in 256-thread CTAs past them (100 fillers).
-TEMPERATURE_ONLY_FILLERS = [0, 48, 100]
+# rows on a 132-SM device: 48 fillers), in 256-thread CTAs past them (72 fillers), and at a 512-thread CTA a row where
+# those leave at most a quarter of their last wave's SMs idle (99-132 rows, 232-264, ...: 100 fillers).
+TEMPERATURE_ONLY_FILLERS = [0, 48, 72, 100]
 
 
 # ---- runners -----------------------------------------------------------------------------------------------------
@@ -145,6 +146,8 @@ CASES = [
     (41, 3, 64, VOCAB, 1.0, 0, 0.1, 1.0),     # unstaged top-p: ~85% of the mass lies off the kept lists
     (43, 6, 48, VOCAB, 0.8, 0, 0.9, 3.0),     # unstaged top-p at the bench's rows
     (47, 2, 100, VOCAB, 0.8, 0, 0.9, 3.0),    # top-p alone at a CTA a row, one an SM (H100): prefetching ahead
+    (53, 3, 100, VOCAB, 0.8, 50, 0.9, 3.0),   # top-k past the rows of pairs at one CTA an SM (H100)
+    (59, 5, 256, VOCAB, 0.9, 0, 1.0, 2.0),    # temperature only at a CTA a row, in two waves (H100)
     (23, 6, 8, VOCAB, 1.3, 1000, 0.8, 6.0),
     (29, 8, 64, VOCAB, 1.0, 0, 0.99, 8.0),
     (31, 0, 3, 1, 1.0, 0, 0.5, 1.0),
