@@ -3162,7 +3162,11 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // prefetched (prefetch_sixteenths; H100, the bench's timing, two runs): T,k,p at 67 / 96 / 100 / 128 / 132 rows
     // 26.05-26.10 / 27.62-27.65 / 27.78-27.80 / 30.42-30.45 / 31.07-31.15 -> 23.05-23.19 / 24.24-24.39 / 24.82-25.40 /
     // 28.47-28.49 / 28.93-28.95 us (64 and 133 rows unchanged). On older code a CTA a row had measured slower than
-    // pairs at 32 / 64 / 96 rows (below).
+    // pairs at 32 / 64 / 96 rows (below). Measured and not kept: a CTA a row at one CTA an SM in waves too (as
+    // temperature only runs, where its waves are full), at 133 / 192 / 256 / 396 / 512 / 1024 rows, two runs, T,k,p
+    // 39.2-39.3 / 45.0-45.1 / 51.7-51.8 / 89.8 / 100.7 / 195.8-196.1 -> 46.6 / 49.4 / 55.8 / 84.0 / 108.7 / 211.6-211.8
+    // us, T,p 55.1-55.2 / 57.9-58.2 / 61.9-62.1 / 96.2 / 120.0 / 231.7-231.9 -> 56.1-56.3 / 57.6 / 66.7-66.9 /
+    // 100.4-100.7 / 128.1-128.5 / 248.7-249.0.
     // Flash vocab on the H100, us, one CTA an SM against two: T,k,p at 48 rows 25.0 against 28.2, at 64 rows 26.5
     // against 30.6; T,p 32.3 against 34.2 and 34.9 against 35.6. One CTA an SM past that (two waves), at 96 / 128 / 256
     // rows, T,k,p took 48.7 / 52.0 / 97.9 against 37.8 / 40.9 / 82.7. 12 or 16 loads in flight a thread measured slower
