@@ -142,7 +142,10 @@
 // finalize 143 -> 135 us but post_mix 259 -> 268 us. What the partials cost the finalize today (hc_pre from given
 // partials, V4-Pro, H100, the bench's timing, two runs; diagnostics that sum fewer splits, wrong results): all 56
 // splits 4.74-4.75 / 136.3-136.6 us at 64 / 4096 tokens, 28 splits 4.65-4.66 / 132.4-132.5, 1 split 4.50 /
-// 127.7 (a same-bytes copy 3.64 / 108.8 us).
+// 127.7 (a same-bytes copy 3.64 / 108.8 us). Measured and not kept (copy/ours, three runs each, at 64 / 4096 tokens,
+// against 0.77 / 0.80): finalize_warp_kernel summing its partials 28 loads at a time in place of 8 (28 bytes spilled)
+// 0.77-0.78 / 0.80; each warp's partial rows prefetched into L2 (prefetch_l2) before X's first batch 0.77 / 0.77,
+// after it 0.77 / 0.78.
 //
 // Numerics against pydsv4/reference (float64 contractions rounded to fp32):
 //  - mix: fp32 accumulation of tf32-split products in another order: ~1e-6 relative, so post and comb agree to
