@@ -3209,6 +3209,16 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // is kept again from the lanes' lists (keep_lists_again).
     // ncu of T,p at 64 rows (a3d60ce, one CTA an SM): 27.5% of issue slots busy; stalls on loads 28% of samples, fixed
     // latencies 20%, instruction fetch 15%, barriers 8%; 9% on CTA 0's warps polling their mbarrier for CTA 1's pushes.
+    // ncu at deaa257 (H100, the bench's launch, clocks uncontrolled): T,p at 64 rows (pairs, one CTA an SM) 30.6 us,
+    // issue 30% busy, DRAM 34%, 16 warps an SM: latency-bound. T,p at 1024 rows (a CTA a row, two an SM) 241.7 us, DRAM
+    // 66.6%, 0.66 instructions issued a cycle per scheduler (1.81 of 7.54 warps eligible): issue-bound, 155.6 M warp
+    // instructions. Per instruction (SourceCounters), 63% of them are the load pass's loop: a 4-vector step's
+    // unconditional part ~136 instructions (loads, max and NaN, 4 tail terms a vector of FFMA, FMNMX, MUFU.EX2 and
+    // FADD, the vote), and the warps' listing block, ~61-67 instructions a vector (its three ballots, six POPC and the
+    // stores), entered for 94% of vectors: the floor from kRowListBudget lists ~2% of the bench's logits (N(0, 3^2), T
+    // 0.8), so nearly every 128-logit warp vector holds one. The straight-line code (1097 instructions a warp) is
+    // 11.6%. Fewer instructions in that listing is where T,p's large batches would gain; lane lists (kLaneLists) cut it
+    // at one CTA an SM, but at two their 24 slots a lane do not fit (and 12 would overflow: ~5.5 logits a lane listed).
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
