@@ -34,7 +34,7 @@ TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from ev
 BATCH_FILLERS = [0, 48]
 # Temperature only runs in pairs of 512-thread CTAs from 3/4 of the rows the device holds that way to all of them (50-66
 # rows on a 132-SM device: 48 fillers), in 256-thread CTAs past them (72 fillers), and at a 512-thread CTA a row where
-# those leave at most a quarter of their last wave's SMs idle (99-132 rows, 232-264, ...: 100 fillers).
+# those leave at most a quarter of their last wave's SMs idle (99-132 rows, 231-264, ...: 100 fillers).
 TEMPERATURE_ONLY_FILLERS = [0, 48, 72, 100]
 
 
