@@ -213,15 +213,23 @@ constexpr int kGatherCapacity = 512;
 // 80.1 at 256 rows and 137.1 / 139.3 / 141.6 at 512.
 constexpr int kRowListBudget = 2400;
 constexpr int kRowFloorShift = 20;  // half level-0 digits: 4096 of them, over ex[0].hist[0] and [1]
-// The warps' lists at two CTAs an SM: up to ~310 of a warp's 8080 logits reach floor 7 at one CTA a row.
+// The warps' lists of the top-k path at two CTAs an SM (up to ~310 of a warp's 8080 logits reached floor 7 at one CTA
+// a row when top-p alone listed there too).
 constexpr int kWarpReached = 352;
 constexpr int kLaneSlots = 24;  // (16 overflowed the bench's T,p rows: see filtered_sample)
+// Top-p alone at two CTAs an SM lists each lane's own logits too (filtered_sample), in fewer slots a lane: two CTAs an
+// SM hold 113 KB each, 34.5 KB of them Shared, 32 KB the kept list. A lane's logits past its slots go on the CTA's
+// spill list. The bench's rows list ~5.6 logits a lane (~7.8 at floor 7): ~4 spilled a row (~80 at floor 7).
+constexpr int kSharedSmLaneSlots = 11;
+constexpr int kSpillCapacity = 304;
 // At one CTA an SM the unstaged top-p path also keeps the close Gumbels of both CTAs' kept lists (unstaged_top_p),
-// after the lanes' lists: this CTA's [kKeptCapacity], then (CTA 0) its peer's [kKeptCapacity].
+// after the lanes' lists: this CTA's [kKeptCapacity], then (CTA 0) its peer's [kKeptCapacity]. At two, the warps'
+// lists (top-k), or the lanes' and the spill list (top-p alone), whichever is larger.
 constexpr size_t unstaged_smem(int ctas_per_sm) {
     return kKeptCapacity * sizeof(unsigned long long) +
            (ctas_per_sm == 1 ? size_t(kLaneSlots) * kThreads * sizeof(uint2) + 2 * kKeptCapacity * sizeof(float)
-                             : size_t(kWarps) * kWarpReached * sizeof(uint2));
+                             : max(size_t(kWarps) * kWarpReached,
+                                   size_t(kSharedSmLaneSlots) * kThreads + kSpillCapacity) * sizeof(uint2));
 }
 // The unstaged fast paths' first batch: 16-byte vectors a thread (4096 z a CTA). Flash vocab on the H100, 64 rows: 4
 // vectors took T,k,p 26.1 us, T,p 34.7, 2 vectors 25.5 and 33.6; 1 vector (a floor from 2048 z) 95.5 and 33.5: the
@@ -557,6 +565,7 @@ struct alignas(16) Shared {
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
     int kept;   // unstaged fast paths: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
+    int spilled;  // unstaged top-p alone at two CTAs an SM: entries taken on the spill list (may exceed its capacity)
     float list_floor;  // unstaged top-p fast path: every z of the slice at or above it is on the kept list
     float tail_floor;  // its tail mass (the z off the list) is in units of exp(tail_floor): list_floor but re-kept
     uint32_t raise_count[kMaxFloorRaises];  // unstaged top-k fast path: logits seen above each raised floor's digit
@@ -2340,9 +2349,11 @@ struct ListsKeptAgain {
 // (sh.kept is the overflowing count on entry). The tail stays in units of exp(keep_min) (sh.tail_floor). Against the
 // radix path such a row takes ~140 us longer past one wave (launch_sample).
 // entries (x, token): kLaneLists, this lane's slot j at entries[j kThreads] (the lane lists kept every listed z, those
-// below keep_digit among them); else the warp's list, entry i at entries[i] (kept from keep_digit up); j, i < listed.
+// below keep_digit among them), and the CTA's spill list spill[spilled] (kept as the lanes' are); else the warp's
+// list, entry i at entries[i] (kept from keep_digit up); j, i < listed.
 template <bool kLaneLists>
-__device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, int listed, unsigned long long* kept,
+__device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, int listed, const uint2* spill,
+                                                        int spilled, unsigned long long* kept,
                                                         uint32_t keep_digit, float t, float reciprocal_t,
                                                         bool moderate_t, float mass_slope, float mass_offset,
                                                         float tail_mass, Shared& sh) {
@@ -2369,6 +2380,8 @@ __device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, in
             const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
             for (int j = 0; j < steps; ++j)
                 keep_again(j < listed ? entries[j * kThreads] : make_uint2(0u, 0u), j < listed);
+            for (int i = tid; i - lane < spilled; i += kThreads)
+                keep_again(i < spilled ? spill[i] : make_uint2(0u, 0u), i < spilled);
         } else {
             for (int i = lane; i - lane < listed; i += dsv4::kWarpSize)
                 keep_again(i < listed ? entries[i] : make_uint2(0u, 0u), i < listed);
@@ -2396,7 +2409,10 @@ template <int kRanks, int kCtasPerSm, bool kTopPAlone = false>
 __device__ void filtered_sample(const SampleArgs& a) {
     static_assert(!kTopPAlone || kRanks == 1, "top-p alone has instances at one CTA a row");
     constexpr bool kStaged = kRanks == kCluster;
-    constexpr bool kLaneLists = !kStaged && kCtasPerSm == 1;  // the load pass's lists: each lane's own (see below)
+    // The load pass's lists: each lane's own (see below) in kSlots slots, past them (kSpills) the CTA's spill list.
+    constexpr bool kLaneLists = !kStaged && (kCtasPerSm == 1 || kTopPAlone);
+    constexpr int kSlots = kCtasPerSm == 1 ? kLaneSlots : kSharedSmLaneSlots;
+    constexpr bool kSpills = kLaneLists && kCtasPerSm > 1;
     __shared__ Shared sh;
     extern __shared__ float4 z4[];  // kStaged: [slice / 4], this CTA's z
     cg::cluster_group cluster = cg::this_cluster();
@@ -2443,7 +2459,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
     }
     if (fast_top_k || fast_top_p || list_top_p) {
         if (tid == 0) {
-            sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.list_floor = -INFINITY;
+            sh.count = 0, sh.gathered = 0, sh.kept = 0, sh.spilled = 0, sh.list_floor = -INFINITY;
             for (int r = 0; r < kMaxFloorRaises; ++r) sh.raise_count[r] = 0u;
             if (keeps_list && kRanks > 1) init_push_barrier(&sh.push_bar);
         }
@@ -2481,6 +2497,12 @@ __device__ void filtered_sample(const SampleArgs& a) {
     // 25.24 / 26.62 (87 registers against 94). Measured and not kept: every logit stored, unpredicated, to the lane's
     // next free slot (a sink slot past the last, where an overflowing lane's later logits land), T,k,p at 32 / 48 / 64
     // rows 16.21 / 16.86 / 18.01 -> 16.55 / 17.25 / 18.53 us, T,p 21.78 / 21.87 / 24.14 -> 21.63 / 21.90 / 24.26.
+    // Top-p alone at two CTAs an SM (kSpills) lists each lane's own as well, in kSharedSmLaneSlots slots: while a lane
+    // has a slot for each logit of the vector, a predicated store a logit with no bound check; else, in a branch of its
+    // own, its last slots and then the CTA's spill list (an atomic a logit). A logit that finds the spill list full
+    // sends the row to the radix path, as an overflowing lane does at one CTA an SM. Against the warps' lists (H100,
+    // the bench's timing, two runs), T,p at 256 / 512 / 1024 rows 61.9-62.1 / 120.0-120.3 / 231.6-232.1 -> 60.5-60.9 /
+    // 116.8-117.0 / 226.2-226.4 us; ncu at 1024 rows: 155 -> 129 M warp instructions (see launch_sample).
     // The floor rises (top-k): at the end of each batch of loads (for_each_z) every warp counts the logits its list
     // took in the batch that reach raise_at, the bound above which z lies in the digit over the floor's, into the CTA's
     // count for its floor (raise_count[raised], an atomic a warp), and reads back the total: once k logits are counted,
@@ -2607,7 +2629,9 @@ __device__ void filtered_sample(const SampleArgs& a) {
             // store, then the step in place), T,k,p 0.1-0.25 us slower.
             const uint2* lane_slots = reinterpret_cast<const uint2*>(kept + kKeptCapacity) + tid;
             const uint32_t first_slot = dsv4::shared_address(lane_slots);
-            const uint32_t end_slot = first_slot + 8u * kThreads * kLaneSlots;
+            const uint32_t end_slot = first_slot + 8u * kThreads * kSlots;
+            // kSpills: the CTA's spill list [kSpillCapacity], after the lanes' slots
+            uint2* const spill = reinterpret_cast<uint2*>(kept + kKeptCapacity) + kSlots * kThreads;
             uint32_t slot_at = first_slot;
             auto lane_reached = [&] { return static_cast<int>((slot_at - first_slot) / (8u * kThreads)); };
             // Top-k: the warp's floor rises from keep_digit to keep_digit + raised (see above).
@@ -2626,7 +2650,39 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     tail_mass += tail_term(xv.x, mass_slope, mass_offset) + tail_term(xv.y, mass_slope, mass_offset);
                     tail_mass += tail_term(xv.z, mass_slope, mass_offset) + tail_term(xv.w, mass_slope, mass_offset);
                 }
-                if constexpr (kLaneLists) {
+                if constexpr (kSpills) {
+                    if (slot_at + 3u * 8u * kThreads < end_slot) {  // a slot for each of the vector's logits
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const float x = c == 0 ? xv.x : c == 1 ? xv.y : c == 2 ? xv.z : xv.w;
+                            const bool take = x >= logit_floor;
+                            const uint32_t token = static_cast<uint32_t>(begin + 4 * v + c);
+                            if (take) store_shared(slot_at, make_uint2(__float_as_uint(x), token));
+                            slot_at += take ? 8u * kThreads : 0u;
+                        }
+                    } else {
+                        // The lane's last slots, then the spill list; a logit that finds no room there moves slot_at
+                        // past end_slot, which sends the row to the radix path (lane_reached() > kSlots).
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const float x = c == 0 ? xv.x : c == 1 ? xv.y : c == 2 ? xv.z : xv.w;
+                            if (!(x >= logit_floor)) continue;
+                            const uint2 entry =
+                                make_uint2(__float_as_uint(x), static_cast<uint32_t>(begin + 4 * v + c));
+                            if (slot_at < end_slot) {
+                                store_shared(slot_at, entry);
+                                slot_at += 8u * kThreads;
+                            } else {
+                                const int at = atomicAdd(&sh.spilled, 1);
+                                if (at < kSpillCapacity)
+                                    spill[at] = entry;
+                                else
+                                    slot_at = end_slot + 8u * kThreads;
+                            }
+                        }
+                    }
+                    return;
+                } else if constexpr (kLaneLists) {
 #pragma unroll
                     for (int c = 0; c < 4; ++c) {
                         const float x = c == 0 ? xv.x : c == 1 ? xv.y : c == 2 ? xv.z : xv.w;
@@ -2663,7 +2719,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 const uint32_t lanes = __activemask();
                 uint32_t mine = 0;
                 if constexpr (kLaneLists) {
-                    const int listed = min(lane_reached(), kLaneSlots);
+                    const int listed = min(lane_reached(), kSlots);
                     for (int j = counted; j < listed; ++j)
                         mine += __uint_as_float(lane_slots[j * kThreads].x) >= raise_at;
                     counted = listed;
@@ -2692,7 +2748,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
             slice_logits.visit_partial(list_reaching);
             n_reached = __reduce_max_sync(0xFFFFFFFFu, n_reached);
             raised = __reduce_max_sync(0xFFFFFFFFu, raised);
-            if (kLaneLists ? __any_sync(0xFFFFFFFFu, lane_reached() > kLaneSlots) : n_reached > kWarpReached) {
+            if (kLaneLists ? __any_sync(0xFFFFFFFFu, lane_reached() > kSlots) : n_reached > kWarpReached) {
                 // Overflow: the list lost z, perhaps the max, a NaN or a +inf, which the max exchange and the radix
                 // path after it need: the warp's threads take them from their vectors again (from L2).
                 if (lane == 0) atomicAdd(&sh.kept, kListLost);
@@ -2719,7 +2775,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 if (list_top_p && keep) tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
             };
             if constexpr (kLaneLists) {
-                const int listed = min(lane_reached(), kLaneSlots);
+                const int listed = min(lane_reached(), kSlots);
                 if (list_top_p) {
                     // Top-p keeps every logit listed, each lane's at its offset in one range a warp (one atomic): a z
                     // listed below keep_min (within the rounding that logit_floor allows) adds its fixed-point mass
@@ -2757,14 +2813,33 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     divide_and_keep(i < n_reached ? reached[i] : make_uint2(0u, 0u), i < n_reached);
             }
             __syncthreads();
+            // The spill list, as the lanes' lists: top-p keeps every entry, top-k those reaching the floor.
+            const int spilled = kSpills ? min(sh.spilled, kSpillCapacity) : 0;
+            for (int i = tid; i - lane < spilled; i += kThreads) {
+                const bool valid = i < spilled;
+                const uint2 entry = valid ? spill[i] : make_uint2(0u, 0u);
+                if (list_top_p) {
+                    const int at = warp_slot(valid, &sh.kept);
+                    if (valid) {
+                        tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
+                        const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
+                        bad |= !(zz < INFINITY);
+                        take_better(best, best_i, zz, static_cast<int>(entry.y));
+                        if (at < kKeptCapacity) kept[at] = candidate(float_to_key(zz), entry.y);
+                    }
+                } else {
+                    divide_and_keep(entry, valid);
+                }
+            }
+            if (spilled > 0) __syncthreads();
             if constexpr (kTopPAlone) {
                 if (sh.kept > kKeptCapacity && sh.kept < kListLost) {
                     const ListsKeptAgain again =
                         keep_lists_again<kLaneLists>(kLaneLists ? lane_slots : reached,
-                                                     kLaneLists ? min(lane_reached(), kLaneSlots)
+                                                     kLaneLists ? min(lane_reached(), kSlots)
                                                                 : min(n_reached, kWarpReached),
-                                                     kept, keep_digit, t, reciprocal_t, moderate_t, mass_slope,
-                                                     mass_offset, tail_mass, sh);
+                                                     spill, spilled, kept, keep_digit, t, reciprocal_t, moderate_t,
+                                                     mass_slope, mass_offset, tail_mass, sh);
                     raised = again.raised, tail_mass = again.tail_mass;
                 }
                 if (tid == 0) sh.list_floor = key_to_float((keep_digit + raised) << floor_shift);
@@ -3217,8 +3292,21 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // FADD, the vote), and the warps' listing block, ~61-67 instructions a vector (its three ballots, six POPC and the
     // stores), entered for 94% of vectors: the floor from kRowListBudget lists ~2% of the bench's logits (N(0, 3^2), T
     // 0.8), so nearly every 128-logit warp vector holds one. The straight-line code (1097 instructions a warp) is
-    // 11.6%. Fewer instructions in that listing is where T,p's large batches would gain; lane lists (kLaneLists) cut it
-    // at one CTA an SM, but at two their 24 slots a lane do not fit (and 12 would overflow: ~5.5 logits a lane listed).
+    // 11.6%. Lanes' lists in 11 slots and a spill list (filtered_sample's kSpills) took it to 129 M instructions, 0.55
+    // issued a cycle per scheduler (1.24 eligible), DRAM 68.5%, 234.6 us under ncu (226.4 as the bench times it).
+    // Stamps (globaltimer, thread 0 of each CTA and lane 0 of each warp, the bench's launch; a probe, not kept) show
+    // where a row's ~55 us go at 1024 rows: 3.3 us from the start to the first batch's floor (8.8 in the first wave,
+    // which waits for the previous launch), 38 us of the loop (to the warps' mean end), its warps ending 4.1 us apart
+    // (median), 2.2 us from the last warp's end to the lists kept, and 8.1 us of unstaged_top_p (pass A's masses,
+    // bounds and Philox words 4.5, the scan 1.6, pass B 1.2, warp 0's cut and token 0.8). The waves stay in step:
+    // between two of them ~10-12 us pass with almost no CTA in its loop (so no load in flight), ~18 us of the DRAM's
+    // time a wave at 264 CTAs. Measured and not kept (H100, the bench's timing, us at 256 / 512 / 1024 rows against
+    // 60.5 / 116.8 / 226.4): each CTA prefetching 2 / 4 / 8 sixteenths of the row a wave on after its load pass, 60.9 /
+    // 118.0 / 227.3, 60.9 / 119.0 / 229.2, 60.9 / 119.0 / 236.7 (T,k,p, which then spilled 34 bytes, 56.2 against 51.9
+    // at 256 rows; the stamps showed the next wave's start and loop no shorter); 1 / 2 batches prefetched ahead
+    // (for_each_z), 63.2 / 120.5 / 228.4 and 70.1 / 135.0 / 251.7; 6 / 8 vectors a batch (both spilling), 63.7 / 122.7
+    // / 238.3 and 70.5 / 136.7 / 266.2; the lanes' keep loop unrolled 4, within 0.2; unstaged_top_p's entries 6 a
+    // thread at a time in place of 4, 61.2 / 117.0 / 225.6 (128 rows 33.9 -> 34.8).
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us

@@ -402,6 +402,32 @@ def test_a_lane_whose_list_overflows(fillers, rng, stream):
     ledger.assert_rare()
 
 
+def test_lanes_spilling_past_their_slots(rng, stream):
+    """Top-p alone at a CTA a row, two an SM (160 rows on a 132-SM device): each lane lists its own logits in 11 slots,
+    and those past them go on the CTA's spill list of 304. Row 0: thread 5 holds 32 logits that reach the floor (as in
+    test_a_lane_whose_list_overflows), the winner the last of them: 21 spilled, the row stays on the fast path. Row 1:
+    threads 0-15 each hold 32 (336 spilled): the spill list overflows, and the row leaves the fast path rather than
+    lose its winner, thread 15's last."""
+    batch = 160
+    logits = random_logits(rng, batch, VOCAB, 3.0)
+
+    def lane_tokens(thread):  # the first 32 tokens of its vectors thread, thread + 512, ...
+        return (4 * (thread + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
+
+    tokens = lane_tokens(5)
+    logits[0, tokens] = np.linspace(20.0, 30.0, tokens.size, dtype=np.float32)
+    logits[0, tokens[-1]] = 40.0
+    for thread in range(16):
+        logits[1, lane_tokens(thread)] = np.linspace(20.0, 30.0, 32, dtype=np.float32)
+    logits[1, lane_tokens(15)[-1]] = 40.0
+    ledger = MismatchLedger()
+    for seed in range(3):
+        gpu = run_sample(logits, stream, 0.5, 0, 0.9, seed=seed, step=3)
+        assert gpu[0] == tokens[-1] == 14359 and gpu[1] == lane_tokens(15)[-1] == 14399, gpu[:2]
+        ledger.compare(logits, gpu, 0.5, 0, 0.9, seed, 3)
+    ledger.assert_rare()
+
+
 @pytest.mark.parametrize("fillers", BATCH_FILLERS)
 def test_top_p_close_scores(fillers, rng, stream):
     """Top-p without top-k bounds the kept z's scores within ~4e-5 and forms exact scores only where two bounds
