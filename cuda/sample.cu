@@ -3303,10 +3303,14 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // time a wave at 264 CTAs. Measured and not kept (H100, the bench's timing, us at 256 / 512 / 1024 rows against
     // 60.5 / 116.8 / 226.4): each CTA prefetching 2 / 4 / 8 sixteenths of the row a wave on after its load pass, 60.9 /
     // 118.0 / 227.3, 60.9 / 119.0 / 229.2, 60.9 / 119.0 / 236.7 (T,k,p, which then spilled 34 bytes, 56.2 against 51.9
-    // at 256 rows; the stamps showed the next wave's start and loop no shorter); 1 / 2 batches prefetched ahead
-    // (for_each_z), 63.2 / 120.5 / 228.4 and 70.1 / 135.0 / 251.7; 6 / 8 vectors a batch (both spilling), 63.7 / 122.7
-    // / 238.3 and 70.5 / 136.7 / 266.2; the lanes' keep loop unrolled 4, within 0.2; unstaged_top_p's entries 6 a
-    // thread at a time in place of 4, 61.2 / 117.0 / 225.6 (128 rows 33.9 -> 34.8).
+    // at 256 rows; the stamps showed the next wave's start and loop no shorter), or at the end of unstaged_top_p's pass
+    // A (2 / 4 sixteenths: 60.7 / 117.5 / 225.1, 60.6 / 118.1 / 227.1) or of its finish (4 / 8: 60.8 / 118.0 / 228.1,
+    // 60.9 / 120.2 / 238.0); 1 / 2 batches prefetched ahead (for_each_z), 63.2 / 120.5 / 228.4 and 70.1 / 135.0 /
+    // 251.7; 6 / 8 vectors a batch (both spilling), 63.7 / 122.7 / 238.3 and 70.5 / 136.7 / 266.2; the lanes' keep loop
+    // unrolled 4, within 0.2; unstaged_top_p's entries 6 a thread at a time in place of 4, 61.2 / 117.0 / 225.6 (128
+    // rows 33.9 -> 34.8). So logits already in L2 did not shorten a wave's loop, and the DRAM's idle time between waves
+    // is not recovered by prefetching; what remains is a shorter finish, or a CTA that loads one row while it finishes
+    // another (two rows' lists at once, which two CTAs an SM leave no shared memory for).
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
