@@ -2774,6 +2774,14 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 if (keep && at < kKeptCapacity) kept[at] = candidate(key, entry.y);
                 if (list_top_p && keep) tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
             };
+            // Top-p's lane lists (and spill list): a listed logit divided and kept at slot at, its term off the tail.
+            auto keep_listed = [&](uint2 entry, int at) {
+                tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
+                const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
+                bad |= !(zz < INFINITY);
+                take_better(best, best_i, zz, static_cast<int>(entry.y));
+                if (at < kKeptCapacity) kept[at] = candidate(float_to_key(zz), entry.y);
+            };
             if constexpr (kLaneLists) {
                 const int listed = min(lane_reached(), kSlots);
                 if (list_top_p) {
@@ -2795,14 +2803,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     int at = 0;
                     if (lane == 0 && warp_listed > 0) at = atomicAdd(&sh.kept, warp_listed);
                     at = __shfl_sync(0xFFFFFFFFu, at, 0) + before;
-                    for (int j = 0; j < listed; ++j, ++at) {
-                        const uint2 entry = lane_slots[j * kThreads];
-                        tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
-                        const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
-                        bad |= !(zz < INFINITY);
-                        take_better(best, best_i, zz, static_cast<int>(entry.y));
-                        if (at < kKeptCapacity) kept[at] = candidate(float_to_key(zz), entry.y);
-                    }
+                    for (int j = 0; j < listed; ++j, ++at) keep_listed(lane_slots[j * kThreads], at);
                 } else {  // slot j of every lane in step j
                     const int steps = __reduce_max_sync(0xFFFFFFFFu, listed);
                     for (int j = 0; j < steps; ++j)
@@ -2820,13 +2821,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
                 const uint2 entry = valid ? spill[i] : make_uint2(0u, 0u);
                 if (list_top_p) {
                     const int at = warp_slot(valid, &sh.kept);
-                    if (valid) {
-                        tail_mass -= tail_term(__uint_as_float(entry.x), mass_slope, mass_offset);
-                        const float zz = divide_by_temperature(__uint_as_float(entry.x), t, reciprocal_t, moderate_t);
-                        bad |= !(zz < INFINITY);
-                        take_better(best, best_i, zz, static_cast<int>(entry.y));
-                        if (at < kKeptCapacity) kept[at] = candidate(float_to_key(zz), entry.y);
-                    }
+                    if (valid) keep_listed(entry, at);
                 } else {
                     divide_and_keep(entry, valid);
                 }
