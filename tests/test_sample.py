@@ -384,6 +384,12 @@ def test_lists_of_a_slice_ending_inside_a_vector(fillers, rng, stream):
     ledger.assert_rare()
 
 
+def lane_tokens(thread):
+    """The first 32 tokens that thread `thread` of a 512-thread CTA loads at a CTA a row: its vectors thread, thread +
+    512, ..., 4 tokens each."""
+    return (4 * (thread + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
+
+
 @pytest.mark.parametrize("fillers", BATCH_FILLERS + [99])
 def test_a_lane_whose_list_overflows(fillers, rng, stream):
     """Unstaged at one CTA an SM (pairs of CTAs; with 99 fillers on a 132-SM device, top-p alone at a CTA a row), each
@@ -391,7 +397,7 @@ def test_a_lane_whose_list_overflows(fillers, rng, stream):
     3589: tokens 20-23, 2068-2071, ...) holds 32 such logits here, the row's winner the last of them, so its list
     overflows and the row must leave the fast path rather than lose the winner."""
     logits = random_logits(rng, 1 + fillers, VOCAB, 2.0)
-    tokens = (4 * (5 + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
+    tokens = lane_tokens(5)
     logits[0, tokens] = np.linspace(20.0, 30.0, tokens.size, dtype=np.float32)
     logits[0, tokens[-1]] = 40.0
     ledger = MismatchLedger()
@@ -410,10 +416,6 @@ def test_lanes_spilling_past_their_slots(rng, stream):
     lose its winner, thread 15's last."""
     batch = 160
     logits = random_logits(rng, batch, VOCAB, 3.0)
-
-    def lane_tokens(thread):  # the first 32 tokens of its vectors thread, thread + 512, ...
-        return (4 * (thread + 512 * np.arange(8))[:, None] + np.arange(4)).ravel()
-
     tokens = lane_tokens(5)
     logits[0, tokens] = np.linspace(20.0, 30.0, tokens.size, dtype=np.float32)
     logits[0, tokens[-1]] = 40.0
