@@ -285,6 +285,9 @@ struct SampleArgs {
     // (round 0's first word, but for the row) and lo(step M1) ^ round_key[1][0] (round 0's second word, with the key
     // it meets in round 1).
     uint32_t step_high_key, step_low_key;
+    // A launch of one CTA a row at two an SM in more than one wave (stagger_first_wave): its first wave's CTAs
+    // [0, stagger_ctas) (0: none), of which one an SM starts stagger_ns late.
+    uint32_t stagger_ctas, stagger_ns;
 };
 
 // Order-preserving map float -> uint32 (larger float, larger key); -0.0 maps like +0.0 as the floats compare
@@ -2391,6 +2394,45 @@ __device__ __noinline__ ListsKeptAgain keep_lists_again(const uint2* entries, in
     return {raised, tail_mass};
 }
 
+// Tickets of the CTAs that start on each SM (by %smid) in the first wave of a staggered launch, across launches: their
+// parity gives the two CTAs of an SM different roles (stagger_first_wave).
+constexpr int kMaxSmIds = 1024;
+__device__ uint32_t g_first_wave_tickets[kMaxSmIds];
+constexpr int64_t kFlashVocab = 129280;
+constexpr int64_t kStaggerNsAtFlashVocab = 18000;  // the late CTAs' delay, in proportion to the vocab
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    return ns;
+}
+
+// Top-p alone at a CTA a row, two an SM, in waves: the CTAs of a wave load their rows together, then finish them (the
+// cut and the token, ~14 us of ~55 at Flash vocab, no load in flight), so the DRAM idled ~10-12 us between waves, and
+// CTAs that start as others end keep that lockstep. So in the first wave one CTA of each SM starts stagger_ns late;
+// the later waves keep the offset, and one CTA's finish overlaps the other's loads. H100, the bench's timing, two
+// runs, T,p at 300 / 400 / 512 / 768 / 1024 rows: 94.1-94.3 / 106.1-106.3 / 116.7-116.8 / 172.0-172.2 / 226.0-226.3
+// us without; a delay of 10 us 90.4-90.6 / 105.9 / 116.4 / 167.0-167.3 / 216.2-216.4, 14 us 88.4-88.6 / 106.2-106.3
+// / 115.5-115.6 / 163.1-163.5 / 211.2-211.4, 18 us 86.5-86.7 / 106.1-106.3 / 114.6-114.7 / 161.4-161.9 /
+// 209.3-209.6, 24 us 86.9-87.1 / 110.0 / 119.7 / 167.7-167.9 / 215.7-215.8 (256 rows, one wave, not staggered:
+// 60.6). Another run, at 300 / 512 / 768 / 1024 rows: 15 us 87.5 / 114.7-114.8 / 161.8-161.9 / 209.1-209.2, 18 us
+// 86.0 / 114.3-114.4 / 160.7-160.9 / 208.3-208.4, 21 us 85.5 / 115.9 / 162.5-162.7 / 209.4. Measured and not kept: a
+// fixed block range as the late half (CTAs 132-263, in place of the tickets), the same at 1024 rows but 118.3 against
+// 114.6-115.0 at 512; a busy wait in place of __nanosleep, the same; T,k,p staggered by 18 us as well (its finish is
+// shorter), at 300 / 512 / 1024 rows 73.5-73.7 / 104.7-104.9 / 194.7 against 76.2 / 100.7-100.9 / 196.1-196.2.
+__device__ __forceinline__ void stagger_first_wave(const SampleArgs& a) {
+    if (blockIdx.x >= a.stagger_ctas) return;
+    if (threadIdx.x == 0) {
+        uint32_t sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        if (atomicAdd(&g_first_wave_tickets[sm % kMaxSmIds], 1u) & 1u) {
+            const unsigned long long start = global_ns();
+            while (global_ns() - start < a.stagger_ns) __nanosleep(500);
+        }
+    }
+    __syncthreads();
+}
+
 // Top-k and / or top-p, or an extreme temperature: kRanks CTAs of kThreads threads a row. With kCluster ranks (while
 // the rows' clusters fit the device at once) the CTA's z is staged in shared memory. With kWideBatchRanks (beyond, for
 // the top-k fast path and top-p alone: the staged CTAs run 2 an SM and 30 clusters of 8 fit the H100, so 64 rows took 3
@@ -2439,6 +2481,7 @@ __device__ void filtered_sample(const SampleArgs& a) {
         dsv4::wait_previous_kernel();
     else
         dsv4::await_previous_kernel();
+    if constexpr (kTopPAlone && kCtasPerSm == 2) stagger_first_wave(a);
 
     // The top-k fast path (small k): the load pass also builds the level-0 histogram. The top-p fast path (top-p
     // without top-k) tries a candidate search on masses after it.
@@ -3305,7 +3348,8 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
     // unrolled 4, within 0.2; unstaged_top_p's entries 6 a thread at a time in place of 4, 61.2 / 117.0 / 225.6 (128
     // rows 33.9 -> 34.8). So logits already in L2 did not shorten a wave's loop, and the DRAM's idle time between waves
     // is not recovered by prefetching; what remains is a shorter finish, or a CTA that loads one row while it finishes
-    // another (two rows' lists at once, which two CTAs an SM leave no shared memory for).
+    // another (two rows' lists at once, which two CTAs an SM leave no shared memory for). Or the two CTAs of an SM out
+    // of step, one's finish over the other's loads: stagger_first_wave, past one wave (1024 rows 226.2 -> 208.4 us).
     // Measured and not kept: rank 0 of a pair taking 52 / 55 / 58 / 62% of the row (more of the load while rank 1
     // pushes), T,p at 32 / 48 / 64 rows 20.5-20.6 / 21.5-21.6 / 23.3, 20.8 / 21.5-21.6 / 23.1-23.2, 20.9-21.1 /
     // 21.5-21.6 / 23.1-23.2, 21.0 / 21.6 / 23.3-23.4 against an even split's 20.0 / 21.1 / 22.8 (T,k,p 0.3-1.3 us
@@ -3324,6 +3368,12 @@ int launch_sample(SampleArgs args, int64_t batch, cudaStream_t stream) {
                   : one_cta_an_sm ? sample_kernel<Mode::kFiltered, kThreads, 1, 1>
                                   : sample_kernel<Mode::kFiltered, kThreads, 1, 2>;
     args.slice = slice_of(args.vocab, ranks);
+    if (top_p_alone && !one_cta_an_sm) {  // more than a wave: stagger_first_wave
+        int wave_rows = 0;
+        DSV4_RETURN_IF_FAILED((unstaged_rows_resident<Mode::kTopP, 1, 2>(wave_rows)));
+        args.stagger_ctas = batch > wave_rows ? static_cast<uint32_t>(wave_rows) : 0u;
+        args.stagger_ns = static_cast<uint32_t>(args.vocab * kStaggerNsAtFlashVocab / kFlashVocab);
+    }
     DSV4_CHECK_LAUNCH(dsv4::launch_kernel(dsv4::Launch::kOverlapPrevious, kernel, static_cast<unsigned>(batch * ranks),
                                           kThreads, unstaged_smem(one_cta_an_sm ? 1 : 2), stream, args));
     return DSV4_OK;

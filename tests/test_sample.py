@@ -312,8 +312,9 @@ def test_top_k_floor_rises_only_past_k(fillers, rng, stream):
 @pytest.mark.parametrize("batch", [160, 300])
 def test_wide_batches_match_the_cpu_sampler(batch, rng, stream):
     """Past the rows that unstaged clusters of 2 CTAs hold in one wave on a 132-SM device, where each row takes a
-    single CTA: 160 rows in one wave, 300 in two (264 CTAs resident). Row 1 ascends (its lists overflow: the radix
-    path), row 2 holds 3000 ties at its max (too many candidates), row 3 is all equal."""
+    single CTA: 160 rows in one wave, 300 in two (264 CTAs resident; top-p alone starts one CTA of each SM in the first
+    wave late: stagger_first_wave). Row 1 ascends (its lists overflow: the radix path), row 2 holds 3000 ties at its
+    max (too many candidates), row 3 is all equal."""
     logits = random_logits(rng, batch, VOCAB, 3.0)
     logits[1] = np.linspace(-8.0, 8.0, VOCAB, dtype=np.float32)
     logits[2, rng.choice(VOCAB, 3000, replace=False)] = 40.0
