@@ -825,7 +825,10 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 // warp's bf16 y between the pass that forms it (and its sum of squares) and the pass that normalizes and quantizes
 // it. 128 registers, so 4 blocks (16 warps) fit an SM as their y rows do at V4-Pro (168 registers gave 12 warps:
 // hc_pre from partials 144 -> 141 us at V4-Pro x 4096, 85.7 -> 82.6 us at V4-Flash). A resident grid with each warp
-// walking tokens and the next token's first batch in flight during pass 2 was slower (152 us).
+// walking tokens and the next token's first batch in flight during pass 2 was slower (152 us). Measured and not kept:
+// the first wave's blocks 132-263 and 396-527 starting 4 / 8 / 14 us late (as sample.cu's stagger_first_wave, so that
+// some warps stream X while others sum their partials), hc_pre from partials at V4-Pro x 4096 on the H100, copy/ours
+// 0.80 / 0.79 / 0.75 against 0.80 (two runs each).
 __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
     dsv4::await_previous_kernel();
     constexpr bool kPre = true;
