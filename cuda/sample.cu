@@ -285,7 +285,7 @@ struct SampleArgs {
     // (round 0's first word, but for the row) and lo(step M1) ^ round_key[1][0] (round 0's second word, with the key
     // it meets in round 1).
     uint32_t step_high_key, step_low_key;
-    // A launch of one CTA a row at two an SM in more than one wave (stagger_first_wave): its first wave's CTAs
+    // Top-p alone at a CTA a row, two an SM, in more than one wave (stagger_first_wave): the first wave's CTAs
     // [0, stagger_ctas) (0: none), of which one an SM starts stagger_ns late.
     uint32_t stagger_ctas, stagger_ns;
 };
