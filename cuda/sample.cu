@@ -1642,6 +1642,17 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // and with the shorter load pass 38.0 / 38.8 / 64.8 / 125.9 at 80 / 128 / 256 / 512 rows against 36.3 / 37.1 / 62.9
 // / 121.9: the Philox blocks are not what pass A waits on. Not tried: its five shared atomics an entry into the few
 // crowded bins aggregated per warp and bin.
+// At b6abeee, a CTA a row at two CTAs an SM, 256 rows (one wave), stamps (%globaltimer, thread 0 and each warp's lane
+// 0 of every CTA, the bench's launch; medians, us): the warps' loops end 42.0 after the CTA's start (3.8 between the
+// first and the last), then 2.1 to the lists kept, 0.6 to this function, pass A 4.1, the scan 1.6, pass B 1.1, warp
+// 0's cut and token 0.7; the launch's last token at 60.4. With stand-in Gumbels in place of the Philox words (timing
+// only), pass A took 2.3 and T,p at 256 / 512 rows 57.9 / 115.7 us against 60.4 / 114.5: here the Philox words and
+// close Gumbels are ~1.9 us of pass A. Measured and not kept: each warp forming the close Gumbels of its range of the
+// kept list right after its own keep (in ex[1], which top-p alone leaves unused; keep_lists_again's rows formed them
+// again), so that the early warps form theirs while the last ones still load and pass A reads them. Pass A took 2.4,
+// but the lists took 5.4 from the last warp's loop end (against 2.1): H100, the bench's timing, two runs, T,p at 96 /
+// 128 / 256 / 512 / 1024 rows 31.7 / 34.7 / 62.2-62.3 / 116.3 / 212.5 us against 30.9 / 33.8-33.9 / 60.5-60.8 /
+// 114.5-114.8 / 208.5-209.0, and at two CTAs an SM only 30.9 / 33.9 / 62.3-62.4 / 116.0-116.3 / 212.2-212.6.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
