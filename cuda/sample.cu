@@ -1653,6 +1653,11 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // but the lists took 5.4 from the last warp's loop end (against 2.1): H100, the bench's timing, two runs, T,p at 96 /
 // 128 / 256 / 512 / 1024 rows 31.7 / 34.7 / 62.2-62.3 / 116.3 / 212.5 us against 30.9 / 33.8-33.9 / 60.5-60.8 /
 // 114.5-114.8 / 208.5-209.0, and at two CTAs an SM only 30.9 / 33.9 / 62.3-62.4 / 116.0-116.3 / 212.2-212.6.
+// Also measured and not kept: top-p alone's bins in ex[0] and ex[1] (free on that path), cleared before its load pass
+// (no clear and no barrier here) and with no counts (pass B counting the gathered entries, the capacity checked
+// after it): stamps at 256 rows, pass A 4.1 -> 3.9 us and the scan 1.6 -> 1.4, but pass B 1.1 -> 1.4; three runs,
+// T,p at 96 / 128 / 256 / 512 / 1024 rows 30.8-30.9 / 33.7-33.9 / 60.6-60.7 / 114.7-115.0 / 208.8-209.1 us against
+// 30.9-31.0 / 33.8-34.0 / 60.5-60.7 / 114.5-114.9 / 208.8-208.9.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).

@@ -453,7 +453,8 @@ def test_top_p_close_scores(fillers, rng, stream):
     ledger.assert_rare()
 
 
-@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+# Also at a CTA a row (top-p alone past 66 rows on a 132-SM device: one CTA an SM, then two an SM beyond 132 rows).
+@pytest.mark.parametrize("fillers", BATCH_FILLERS + [100, 140])
 def test_top_p_cut_inside_a_frontier_bin(fillers, rng, stream):
     """Unstaged (with fillers), top-p without top-k keeps a candidate for the token only when the mass of the z above
     it, from the mass bins before its own and from its bin-mates of greater z, stays short of the target. Rows 0-3:
@@ -480,7 +481,9 @@ def test_top_p_cut_inside_a_frontier_bin(fillers, rng, stream):
     ledger.assert_rare()
 
 
-@pytest.mark.parametrize("fillers", BATCH_FILLERS)
+# Also at a CTA a row (top-p alone: 67-132 rows at one CTA an SM on a 132-SM device, two an SM beyond), where a row
+# has one list and its floor in half digits: the rows below are described for the pairs, and the same asserts hold.
+@pytest.mark.parametrize("fillers", BATCH_FILLERS + [100, 140])
 def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
