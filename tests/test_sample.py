@@ -32,6 +32,10 @@ TOKEN_POISON = 0x7F  # bytes of an unwritten token: 0x7F7F7F7F, distinct from ev
 # and temperature only, unstaged clusters of 2 for the top-k fast path and top-p alone), and the special rows must hold
 # there too.
 BATCH_FILLERS = [0, 48]
+# Top-p alone past the pairs runs a CTA a row (one CTA an SM for 67-132 rows on a 132-SM device, two an SM beyond: 100
+# and 140 fillers), with one list a row and its floor in half digits; the top-p tests that add these describe their
+# rows for the pairs, and the same asserts hold.
+TOP_P_ALONE_FILLERS = [100, 140]
 # Temperature only runs in pairs of 512-thread CTAs from 3/4 of the rows the device holds that way to all of them (50-66
 # rows on a 132-SM device: 48 fillers), in 256-thread CTAs past them (72 fillers), and at a 512-thread CTA a row where
 # those leave at most a quarter of their last wave's SMs idle (99-132 rows, 231-264, ...: 100 fillers).
@@ -453,8 +457,7 @@ def test_top_p_close_scores(fillers, rng, stream):
     ledger.assert_rare()
 
 
-# Also at a CTA a row (top-p alone past 66 rows on a 132-SM device: one CTA an SM, then two an SM beyond 132 rows).
-@pytest.mark.parametrize("fillers", BATCH_FILLERS + [100, 140])
+@pytest.mark.parametrize("fillers", BATCH_FILLERS + TOP_P_ALONE_FILLERS)
 def test_top_p_cut_inside_a_frontier_bin(fillers, rng, stream):
     """Unstaged (with fillers), top-p without top-k keeps a candidate for the token only when the mass of the z above
     it, from the mass bins before its own and from its bin-mates of greater z, stays short of the target. Rows 0-3:
@@ -481,9 +484,7 @@ def test_top_p_cut_inside_a_frontier_bin(fillers, rng, stream):
     ledger.assert_rare()
 
 
-# Also at a CTA a row (top-p alone: 67-132 rows at one CTA an SM on a 132-SM device, two an SM beyond), where a row
-# has one list and its floor in half digits: the rows below are described for the pairs, and the same asserts hold.
-@pytest.mark.parametrize("fillers", BATCH_FILLERS + [100, 140])
+@pytest.mark.parametrize("fillers", BATCH_FILLERS + TOP_P_ALONE_FILLERS)
 def test_top_p_candidates_and_the_radix_fallback(fillers, rng, stream):
     """Top-p without top-k histograms the masses by zmax - z, keeps every z in the bins before the one where the
     walk reaches top_p and sorts that bin's z (at most 2048) for the cut; a row whose crossing bin holds more (flat
