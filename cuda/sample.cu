@@ -1768,17 +1768,17 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             visit(e, valid, at);
         }
     };
-    // The kept entries are those at or above the row's floor whose greater z leave the mass short of the target:
-    // M(> z) < ceil(top_p * the row's mass), the cut that crossing_cut finds. The token is the kept entry of the best
-    // score, which lies on the frontier of the entries ordered by z: no entry of a larger z scores more. Pass A adds
-    // the masses and, per mass bin (by zmax - z, as crossing_mass_bin; non-increasing in z), the masses, counts and the
-    // largest lower and upper bounds on a score (close bounds, bound_at); a scan gives each bin
-    // the mass of the bins before it and the largest lower bound there. An entry whose upper bound stays below that
-    // bound cannot be the token (an entry of a larger z, so kept if it is, scores more): a bin whose largest upper
-    // bound reaches it holds the frontier's entries, which pass B gathers with their bin-mates (a few bins, ~8 entries
-    // for the bench's rows). Warp 0 then finds each frontier entry's M(> z) from its bin's prefix and its bin-mates,
-    // and the best kept score as finish_top_k does: the entries whose upper bound reaches the largest kept lower bound
-    // contend, and double logs only when more than one does.
+    // The kept entries are those at or above the row's floor whose greater z leave the mass short of the target: M(> z)
+    // < ceil(top_p * the row's mass), the cut that crossing_cut finds. The token is the kept entry of the best score,
+    // which lies on the frontier of the entries ordered by z: no entry of a larger z scores more. Pass A adds the
+    // masses and, per mass bin (by zmax - z, as crossing_mass_bin; non-increasing in z), the masses, counts and the
+    // largest lower and upper bounds on a score (pass_a_bounds); a scan gives each bin the mass of the bins before it
+    // and the largest lower bound there. An entry whose upper bound stays below that bound cannot be the token (an
+    // entry of a larger z, so kept if it is, scores more): a bin whose largest upper bound reaches it holds the
+    // frontier's entries, which pass B gathers with their bin-mates (a few bins, ~8 entries for the bench's rows). Warp
+    // 0 then finds each frontier entry's M(> z) from its bin's prefix and its bin-mates, and the best kept score as
+    // finish_top_k does: the entries whose upper bound reaches the largest kept lower bound contend, and double logs
+    // only when more than one does.
     // Close bounds on the score of entry i, e (kKeptGumbels: from the Gumbels formed ahead, else its Philox word).
     auto bound_at = [&](unsigned long long e, int i) {
         const float z = key_to_float(candidate_key(e));
@@ -1786,6 +1786,20 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
             return bounds_of_close_gumbel(z, i < n_own ? own_gumbels[i] : peer_gumbels[i - n_own]);
         const int token = candidate_token(e);
         return close_score_bounds(z, word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
+    };
+    // Pass A's bounds, which only pick the bins that hold the frontier: without kKeptGumbels, the reach's (gumbel_reach:
+    // one lg2 in place of close_gumbel's two and its series; for u < 1/2 the upper bound is z + 0.69 + slack, where g <=
+    // 0.37, and the lower -inf; above, 2w + 2e-3 apart). Warp 0 still takes close bounds for the gathered entries. At one
+    // CTA a row (H100, the bench's timing, two runs), T,p at 96 / 128 / 256 / 512 / 1024 rows 30.82 / 33.82-33.85 /
+    // 60.41-60.44 / 114.40-114.61 / 208.38-208.82 -> 30.65-30.68 / 33.68-33.70 / 60.07-60.14 / 113.71-113.85 /
+    // 207.72-207.79 us; and with no atomicMax for a lower bound of -inf, 30.67-30.80 / 33.85-33.95 / 60.25-60.31 /
+    // 113.85-114.11 / 207.74-207.82.
+    auto pass_a_bounds = [&](unsigned long long e, int i, float z) {
+        if constexpr (kKeptGumbels) return bound_at(e, i);
+        const int token = candidate_token(e);
+        const GumbelReach r = gumbel_reach(
+            z + kReachShift, word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
+        return ScoreBounds{r.floor - score_slack(r.floor), score_upper(r.reach)};
     };
     unsigned long long target = 0, listed_mass = 0;
     int n_gathered = 0;
@@ -1801,7 +1815,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
                 mass += m;
                 if (valid[k] && key >= floor_key) {
                     const int b = mass_bin(v, zmax);
-                    const ScoreBounds s = bound_at(e[k], at[k]);
+                    const ScoreBounds s = pass_a_bounds(e[k], at[k], v);
                     bins.add(b, m);
                     atomicMax(&bin_lower[b], float_to_key(s.lower));
                     atomicMax(&bin_upper[b], float_to_key(s.upper));
