@@ -611,7 +611,10 @@ __device__ __forceinline__ T warp_inclusive_sum(T x) {
     return x;
 }
 
-// Inclusive scan of one u64 per thread in thread order; also returns the block total.
+// Inclusive scan of one u64 per thread in thread order; also returns the block total. Measured and not kept: the sums
+// over the warps by redux.sync (lane w takes warp w's, in 22-bit pieces) in place of each warp's walk over them, T,p at
+// 1 / 96 / 256 / 512 / 1024 rows 20.49-20.53 / 29.51-29.58 / 58.78-58.94 / 112.02-112.12 / 203.89-204.20 -> 20.27-20.35
+// / 29.50-29.52 / 58.91-59.03 / 112.38-112.62 / 204.87-205.19 us (the staged kernel then spilled 4 bytes).
 __device__ __forceinline__ unsigned long long block_scan(unsigned long long x, unsigned long long& total,
                                                          Shared& sh) {
     const int lane = threadIdx.x % dsv4::kWarpSize, warp = threadIdx.x / dsv4::kWarpSize;
@@ -718,7 +721,12 @@ struct NoBatchEnd {
 // batches wholly inside the slice for every thread in a loop of their own with no per-vector check (the one-CTA-an-SM
 // kernel only), T,k,p at 32 / 48 / 64 rows 15.67 / 16.37 / 17.74 -> 15.69 / 16.71 / 18.13 us, T,p 20.94 / 22.07 / 23.99
 // -> 20.75 / 21.89 / 23.84; and (no change) a running max.NaN over the listing's vectors in place of a NaN test a
-// vector.
+// vector. Also measured and not kept, for top-p alone at two CTAs an SM (whose warps' loops end ~3.8 us apart at 256
+// rows): units of 4 x 32 vectors that the warps take in turn from a shared counter, so that they end together, the tail
+// summed in 64-bit fixed point a unit (so that it does not depend on which warp took which; the tokens repeated over 20
+// launches at 160 / 264 / 300 / 512 rows). T,p at 96 / 128 / 256 / 300 / 512 / 1024 rows 30.59-30.69 / 33.64-33.69 /
+// 59.90-60.05 / 86.12-86.16 / 114.00-114.15 / 208.08-208.41 us against 30.59-30.63 / 33.65-33.80 / 60.09-60.23 /
+// 85.52-85.54 / 113.84-113.88 / 207.74-207.85: the spread is not what the launch waits on.
 template <typename Z, typename Visit, typename BatchEnd = NoBatchEnd>
 __device__ __forceinline__ void for_each_z(const Z& z, Visit visit, BatchEnd batch_end = {}) {
     if constexpr (Z::kWholeBatches) {
@@ -1211,6 +1219,13 @@ __device__ __forceinline__ unsigned long long warp_mass(uint32_t mass) {
     return (static_cast<unsigned long long>(high) << 16) + low;
 }
 
+// The warp's sum of one value below 2^44 a lane, in 22-bit halves (32 of them sum below 2^27): two redux.sync.
+__device__ __forceinline__ unsigned long long warp_sum_below_2_44(unsigned long long x) {
+    const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(x) & 0x3FFFFFu);
+    const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(x >> 22));
+    return (static_cast<unsigned long long>(high) << 22) + low;
+}
+
 // Top-k fast paths, the finish of CTA 0 (every thread calls; returns the token on every thread): in[0, n) holds every
 // z top-k keeps (distinct entries, in no order), out[] kMaxCandidates free entries. For n <= kThreads nothing is
 // sorted:
@@ -1658,6 +1673,20 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // after it): stamps at 256 rows, pass A 4.1 -> 3.9 us and the scan 1.6 -> 1.4, but pass B 1.1 -> 1.4; three runs,
 // T,p at 96 / 128 / 256 / 512 / 1024 rows 30.8-30.9 / 33.7-33.9 / 60.6-60.7 / 114.7-115.0 / 208.8-209.1 us against
 // 30.9-31.0 / 33.8-34.0 / 60.5-60.7 / 114.5-114.9 / 208.8-208.9.
+// ncu at 256 rows (source counters): this function issued ~15.5 K warp instructions a CTA, ~2.6 K of them each warp's
+// own walk over the 16 warps' sums after the scan's barrier, and ~1 K the peer's entry addresses, formed at one rank
+// too. Now a one-rank entry is a load of kept[]; the mass and the largest lower bound before each warp and the gathered
+// count come from the lanes (lane w takes warp w's) by redux.sync, and the max and the invalid flag at the start by
+// warp_best; the bins are cleared in 16-byte stores. H100, the bench's timing, T,p at 96 / 128 / 256 / 512 / 1024 rows,
+// us, against 30.48-30.67 / 33.63-33.81 / 60.03-60.23 / 113.79-114.22 / 207.30-207.85: the one-rank entries 29.96-30.18
+// / 33.19-33.25 / 59.52-59.90 / 113.00-113.15 / 206.32-206.54; with the warps' sums by redux.sync 29.70-29.87 /
+// 32.89-33.21 / 59.15-59.34 / 112.46-112.70 / 205.00-205.33; with warp_best at the start 29.58-29.70 / 32.80-32.85 /
+// 58.99-59.08 / 112.22-112.26 / 204.35-204.47; with the 16-byte clears 29.51-29.65 / 32.67-32.88 / 58.78-59.08 /
+// 112.02-112.32 / 203.89-204.66. Measured and not kept: the lists' and the row's mass by redux.sync as well (ptxas then
+// spilled 28 bytes at two CTAs an SM: 60.41-60.45 / 115.85-115.95 / 213.27-213.30 at 256 / 512 / 1024 rows, though
+// 29.38-29.40 / 32.57-32.67 at 96 / 128), or in place of the sums before each warp (29.87-29.92 / 33.05-33.07 /
+// 59.48-59.51 / 112.95-112.96 / 205.62-205.67); the bins cleared by filtered_sample before its last barrier, so that
+// this function needs no barrier of its own at one rank (within 0.2 us either way).
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
@@ -1672,14 +1701,13 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     float* peer_gumbels = own_gumbels + kKeptCapacity;
     static_assert(2 * kMaxCandidates == kKeptCapacity, "the exchange buffers hold a whole kept list");
     const int tid = threadIdx.x, lane = tid % dsv4::kWarpSize, warp = tid / dsv4::kWarpSize;
-    float own_max = -INFINITY, own_tail = 0.0f;
-    int own_index = INT_MAX, own_bad = 0;
+    // Lane w < kWarps takes warp w's max z and whether it saw an invalid z; the tails' fp32 sum stays in warp order.
+    float own_max = lane < kWarps ? sh.warp_value[lane] : -INFINITY, own_tail = 0.0f;
+    int own_index = lane < kWarps ? sh.warp_index[lane] : INT_MAX;
+    warp_best(own_max, own_index);
+    const int own_bad = __any_sync(0xFFFFFFFFu, lane < kWarps && sh.warp_bad[lane]);
 #pragma unroll 4
-    for (int w = 0; w < kWarps; ++w) {
-        take_better(own_max, own_index, sh.warp_value[w], sh.warp_index[w]);
-        own_bad |= sh.warp_bad[w];
-        own_tail += sh.warp_tail[w];
-    }
+    for (int w = 0; w < kWarps; ++w) own_tail += sh.warp_tail[w];
     const int own_n = sh.kept <= kKeptCapacity ? sh.kept : -1;
     const float own_floor = sh.list_floor;
     if constexpr (kRanks > 1) {
@@ -1727,8 +1755,8 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     static_assert(kGatherCapacity * sizeof(uint4) + 5 * kMassBins * sizeof(uint32_t) <=
                       kWarps * kWarpReached * sizeof(uint2),
                   "scratch holds them");
-    bins.clear();
-    for (int b = tid; b < kMassBins; b += kThreads) bin_lower[b] = 0u, bin_upper[b] = 0u;
+    for (int i = tid; i < 5 * kMassBins / 4; i += kThreads)  // bins, bin_lower and bin_upper: 16-byte stores
+        reinterpret_cast<uint4*>(bin_count)[i] = make_uint4(0u, 0u, 0u, 0u);
     if (tid == 0) sh.count = 0;
     PeerList peer{-INFINITY, INT_MAX, 0, 0, -INFINITY, 0.0f};
     if constexpr (kKeptGumbels)  // (usually while the peer's list is still on its way)
@@ -1747,6 +1775,7 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
     const uint32_t floor_key = float_to_key(row_floor);
     const int n_own = max(own_n, 0), n = n_own + max(peer.n, 0);
     auto entry = [&](int i) {  // the peer's entry j in ex[j / kMaxCandidates]
+        if constexpr (kRanks == 1) return kept[i];
         const int j = i - n_own;
         return j < 0 ? kept[i]
                      : reinterpret_cast<const unsigned long long*>(sh.ex[j / kMaxCandidates].hist)[j % kMaxCandidates];
@@ -1848,12 +1877,10 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         if (lane == dsv4::kWarpSize - 1)
             sh.warp_scan[warp] = inclusive, sh.warp_bound[warp] = inclusive_lower, sh.warp_top[warp] = mass;
         __syncthreads();
-        unsigned long long mass_before = inclusive - mine, row_mass = 0;
-#pragma unroll 4
-        for (int w = 0; w < kWarps; ++w) {
-            if (w < warp) mass_before += sh.warp_scan[w], lower_before = max(lower_before, sh.warp_bound[w]);
-            listed_mass += sh.warp_scan[w], row_mass += sh.warp_top[w];
-        }
+        // Lane w < kWarps takes warp w's sums (below 2^44: the masses of at most kKeptCapacity entries).
+        unsigned long long mass_before =
+            inclusive - mine + warp_sum_below_2_44(lane < warp ? sh.warp_scan[lane] : 0ull);
+        lower_before = max(lower_before, __reduce_max_sync(0xFFFFFFFFu, lane < warp ? sh.warp_bound[lane] : 0u));
         uint32_t gathered_here = 0;
 #pragma unroll
         for (int j = 0; j < kBinsEach; ++j) {
@@ -1866,13 +1893,15 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         }
         const uint32_t warp_gathered = __reduce_add_sync(0xFFFFFFFFu, gathered_here);
         if (lane == 0) sh.warp_floor[warp] = warp_gathered;
+        unsigned long long row_mass = 0;
+#pragma unroll 4
+        for (int w = 0; w < kWarps; ++w) listed_mass += sh.warp_scan[w], row_mass += sh.warp_top[w];
         // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
         row_mass += __float2ull_rn(own_tail * (expf(sh.tail_floor - zmax) * kMassScale));
         if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
         target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
         __syncthreads();
-#pragma unroll 4
-        for (int w = 0; w < kWarps; ++w) n_gathered += static_cast<int>(sh.warp_floor[w]);
+        n_gathered = static_cast<int>(__reduce_add_sync(0xFFFFFFFFu, lane < kWarps ? sh.warp_floor[lane] : 0u));
         fast = listed_mass >= target && n_gathered <= kGatherCapacity;
     }
     if (kRanks > 1 && tid == 0) {
