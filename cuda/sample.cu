@@ -1212,17 +1212,11 @@ __device__ __forceinline__ Greater greater_than(const uint32_t* keys, const uint
     return g;
 }
 
-// The warp's sum of one fixed-point mass a lane (< 2^32 each), in 16-bit halves: two redux.sync.
-__device__ __forceinline__ unsigned long long warp_mass(uint32_t mass) {
-    const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, mass & 0xFFFFu);
-    const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, mass >> 16);
-    return (static_cast<unsigned long long>(high) << 16) + low;
-}
-
-// The warp's sum of one value below 2^44 a lane, in 22-bit halves (32 of them sum below 2^27): two redux.sync.
-__device__ __forceinline__ unsigned long long warp_sum_below_2_44(unsigned long long x) {
-    const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(x) & 0x3FFFFFu);
-    const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(x >> 22));
+// The warp's sum of one fixed-point mass a lane, below 2^44 (the masses of at most kKeptCapacity entries), in 22-bit
+// halves (32 of them sum below 2^27): two redux.sync.
+__device__ __forceinline__ unsigned long long warp_mass(unsigned long long mass) {
+    const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(mass) & 0x3FFFFFu);
+    const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(mass >> 22));
     return (static_cast<unsigned long long>(high) << 22) + low;
 }
 
@@ -1877,9 +1871,8 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         if (lane == dsv4::kWarpSize - 1)
             sh.warp_scan[warp] = inclusive, sh.warp_bound[warp] = inclusive_lower, sh.warp_top[warp] = mass;
         __syncthreads();
-        // Lane w < kWarps takes warp w's sums (below 2^44: the masses of at most kKeptCapacity entries).
-        unsigned long long mass_before =
-            inclusive - mine + warp_sum_below_2_44(lane < warp ? sh.warp_scan[lane] : 0ull);
+        // Lane w < kWarps takes warp w's sums.
+        unsigned long long mass_before = inclusive - mine + warp_mass(lane < warp ? sh.warp_scan[lane] : 0ull);
         lower_before = max(lower_before, __reduce_max_sync(0xFFFFFFFFu, lane < warp ? sh.warp_bound[lane] : 0u));
         uint32_t gathered_here = 0;
 #pragma unroll
