@@ -564,7 +564,8 @@ struct alignas(16) Shared {
     uint32_t digit;
     unsigned long long above;  // z (counts) or mass (top-p fast path) before the chosen digit / bin or range
     int crossing_range;                      // top-p fast path: the range where the walk crosses, its target,
-    unsigned long long crossing_target;      // and how many z the crossing bin holds
+    unsigned long long crossing_target;      // and how many z the crossing bin holds (unstaged_top_p: the target, and
+                                             // the lists' mass in above)
     uint32_t crossing_count;
     int count;  // fast paths: entries in this CTA's gathered candidate list
     int kept;   // unstaged fast paths: z this CTA kept in its load pass (may exceed kKeptCapacity: overflow)
@@ -1676,9 +1677,12 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // / 33.19-33.25 / 59.52-59.90 / 113.00-113.15 / 206.32-206.54; with the warps' sums by redux.sync 29.70-29.87 /
 // 32.89-33.21 / 59.15-59.34 / 112.46-112.70 / 205.00-205.33; with warp_best at the start 29.58-29.70 / 32.80-32.85 /
 // 58.99-59.08 / 112.22-112.26 / 204.35-204.47; with the 16-byte clears 29.51-29.65 / 32.67-32.88 / 58.78-59.08 /
-// 112.02-112.32 / 203.89-204.66. Measured and not kept: the lists' and the row's mass by redux.sync as well (ptxas then
-// spilled 28 bytes at two CTAs an SM: 60.41-60.45 / 115.85-115.95 / 213.27-213.30 at 256 / 512 / 1024 rows, though
-// 29.38-29.40 / 32.57-32.67 at 96 / 128), or in place of the sums before each warp (29.87-29.92 / 33.05-33.07 /
+// 112.02-112.32 / 203.89-204.66. Then the lists' and the row's mass and the target formed by warp 0 alone (lane w
+// takes warp w's sums) and read by every thread after the barrier that follows, in place of each warp's walk over the
+// 16 warps: T,p at 256 / 512 / 1024 rows 58.79-58.92 / 111.96-112.04 / 203.97-204.28 -> 58.45-58.70 / 111.53-111.72 /
+// 202.96-203.26 us. Measured and not kept: those sums by redux.sync in every warp (ptxas then spilled 28 bytes at two
+// CTAs an SM: 60.41-60.45 / 115.85-115.95 / 213.27-213.30 at 256 / 512 / 1024 rows, though 29.38-29.40 / 32.57-32.67
+// at 96 / 128), or in place of the sums before each warp (29.87-29.92 / 33.05-33.07 /
 // 59.48-59.51 / 112.95-112.96 / 205.62-205.67); the bins cleared by filtered_sample before its last barrier, so that
 // this function needs no barrier of its own at one rank (within 0.2 us either way).
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
@@ -1810,13 +1814,13 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         const int token = candidate_token(e);
         return close_score_bounds(z, word_of(philox_words(static_cast<uint32_t>(token / 4), row, a), token % 4));
     };
-    // Pass A's bounds, which only pick the bins that hold the frontier: without kKeptGumbels, the reach's (gumbel_reach:
-    // one lg2 in place of close_gumbel's two and its series; for u < 1/2 the upper bound is z + 0.69 + slack, where g <=
-    // 0.37, and the lower -inf; above, 2w + 2e-3 apart). Warp 0 still takes close bounds for the gathered entries. At one
-    // CTA a row (H100, the bench's timing, two runs), T,p at 96 / 128 / 256 / 512 / 1024 rows 30.82 / 33.82-33.85 /
-    // 60.41-60.44 / 114.40-114.61 / 208.38-208.82 -> 30.65-30.68 / 33.68-33.70 / 60.07-60.14 / 113.71-113.85 /
-    // 207.72-207.79 us; and with no atomicMax for a lower bound of -inf, 30.67-30.80 / 33.85-33.95 / 60.25-60.31 /
-    // 113.85-114.11 / 207.74-207.82.
+    // Pass A's bounds, which only pick the bins that hold the frontier: without kKeptGumbels, the reach's
+    // (gumbel_reach: one lg2 in place of close_gumbel's two and its series; for u < 1/2 the upper bound is z + 0.69 +
+    // slack, where g <= 0.37, and the lower -inf; above, 2w + 2e-3 apart). Warp 0 still takes close bounds for the
+    // gathered entries. At one CTA a row (H100, the bench's timing, two runs), T,p at 96 / 128 / 256 / 512 / 1024 rows
+    // 30.82 / 33.82-33.85 / 60.41-60.44 / 114.40-114.61 / 208.38-208.82 -> 30.65-30.68 / 33.68-33.70 / 60.07-60.14 /
+    // 113.71-113.85 / 207.72-207.79 us; and with no atomicMax for a lower bound of -inf, 30.67-30.80 / 33.85-33.95 /
+    // 60.25-60.31 / 113.85-114.11 / 207.74-207.82.
     auto pass_a_bounds = [&](unsigned long long e, int i, float z) {
         if constexpr (kKeptGumbels) return bound_at(e, i);
         const int token = candidate_token(e);
@@ -1886,14 +1890,18 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
         }
         const uint32_t warp_gathered = __reduce_add_sync(0xFFFFFFFFu, gathered_here);
         if (lane == 0) sh.warp_floor[warp] = warp_gathered;
-        unsigned long long row_mass = 0;
-#pragma unroll 4
-        for (int w = 0; w < kWarps; ++w) listed_mass += sh.warp_scan[w], row_mass += sh.warp_top[w];
-        // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
-        row_mass += __float2ull_rn(own_tail * (expf(sh.tail_floor - zmax) * kMassScale));
-        if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
-        target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
+        if (warp == 0) {  // the lists' mass and the target, for every warp (in sh.above and sh.crossing_target)
+            const unsigned long long listed = warp_mass(lane < kWarps ? sh.warp_scan[lane] : 0ull);
+            unsigned long long row_mass = warp_mass(lane < kWarps ? sh.warp_top[lane] : 0ull);
+            // The tails: exp(floor - zmax) 2^31 per unit (0 when the floor lies 87 below the max).
+            row_mass += __float2ull_rn(own_tail * (expf(sh.tail_floor - zmax) * kMassScale));
+            if (kRanks > 1) row_mass += __float2ull_rn(peer.tail * (expf(peer.floor - zmax) * kMassScale));
+            if (lane == 0)
+                sh.above = listed,
+                sh.crossing_target = static_cast<unsigned long long>(ceil(double(a.top_p) * double(row_mass)));
+        }
         __syncthreads();
+        listed_mass = sh.above, target = sh.crossing_target;
         n_gathered = static_cast<int>(__reduce_add_sync(0xFFFFFFFFu, lane < kWarps ? sh.warp_floor[lane] : 0u));
         fast = listed_mass >= target && n_gathered <= kGatherCapacity;
     }
@@ -2884,7 +2892,11 @@ __device__ void filtered_sample(const SampleArgs& a) {
                     // listed below keep_min (within the rounding that logit_floor allows) adds its fixed-point mass
                     // to the row's in unstaged_top_p instead of its term to the tail, and lies below every floor
                     // there. Against divide_and_keep a step (a vote and an atomic each): T,p at 32 / 48 / 64 rows
-                    // 22.73 / 22.74 / 24.91 -> 21.90 / 21.96 / 24.26 us.
+                    // 22.73 / 22.74 / 24.91 -> 21.90 / 21.96 / 24.26 us. Measured and not kept: each lane's terms off
+                    // its tail and its entries copied to their kept slots, then the warp's range divided and kept in
+                    // place a slot a lane (~6 steps a warp in place of its longest lane list's ~11; no spill): T,p at
+                    // 96 / 256 / 512 / 1024 rows 29.31-29.47 / 58.50-58.69 / 111.57-111.80 / 202.97-203.10 ->
+                    // 29.09-29.19 / 58.60-58.89 / 111.76-111.95 / 202.86-202.95 us.
                     // The warp's lanes' listed logits before this lane's. (Written out: through warp_inclusive_sum the
                     // compiler schedules this kernel otherwise, not timed; as it is, its PTX is that measured.)
                     int before = listed;
