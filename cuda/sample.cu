@@ -1684,7 +1684,19 @@ __device__ __forceinline__ void form_close_gumbels(const unsigned long long* lis
 // CTAs an SM: 60.41-60.45 / 115.85-115.95 / 213.27-213.30 at 256 / 512 / 1024 rows, though 29.38-29.40 / 32.57-32.67
 // at 96 / 128), or in place of the sums before each warp (29.87-29.92 / 33.05-33.07 /
 // 59.48-59.51 / 112.95-112.96 / 205.62-205.67); the bins cleared by filtered_sample before its last barrier, so that
-// this function needs no barrier of its own at one rank (within 0.2 us either way).
+// this function needs no barrier of its own at one rank (within 0.2 us either way). Stamps (a probe build, globaltimer
+// at thread 0, median over the rows; 0.9 us slower at 256 rows) at 96 / 256 / 512 rows, us from the last warp's loop
+// end: the keep 1.8 / 2.2 / 2.0, to this function 0.5 / 0.6 / 0.6, the bins' clear 0.5, pass A 2.7 / 2.7 / 2.9, the
+// scan 0.9 / 0.9 / 1.0, pass B 0.8 / 0.8 / 0.9, warp 0 0.6 / 0.7 / 0.7. By count of its operations pass A is ~110
+// instructions an entry (the Philox block ~45): at 96 rows (one CTA an SM, ~6 entries a lane) its 2.7 us is about half
+// the issue rate of four warps a scheduler. Measured and not kept, T,p at 64 / 96 / 256 / 512 / 1024 rows against
+// 20.92-20.94 / 29.36-29.37 / 58.54-58.59 / 111.59-111.61 / 203.09-203.15 us: the cut first (pass A the masses alone,
+// the scan marking the bins past the cut, then the bounds only of the entries in the bins before it, and the largest
+// lower bound of the bins kept whole in place of the bins' prefix; 24-54% of the bench's lists lie before the cut),
+// 22.25-22.26 / 30.58-30.59 / 59.64-59.77 / 112.87-112.89 / 205.16-205.34: those entries are spread over every warp's
+// lanes, so no warp skips a Philox block, and the passes add two barriers. Against 29.32-29.39 / 58.51-58.59 /
+// 111.47-111.58 at 96 / 256 / 512 rows, pass A's Philox blocks formed outside the branch, two entries at a time,
+// 29.69-29.70 / 59.04-59.09 / 112.37-112.52; four (ptxas spilled 8 bytes), 29.83-30.01 / 60.67-60.68 / 116.85-116.86.
 // Returns true when this CTA is done (the token written); false, the same on every CTA, when a list overflowed, a z is
 // invalid, the lists' mass above the row's floor falls short of the target, or the frontier's bins hold more than
 // kGatherCapacity entries: the max exchange and the radix path follow (its levels clear the exchange buffers they use).
@@ -1779,8 +1791,11 @@ __device__ bool unstaged_top_p(const unsigned long long* kept, unsigned long lon
                      : reinterpret_cast<const unsigned long long*>(sh.ex[j / kMaxCandidates].hist)[j % kMaxCandidates];
     };
     // Entries i = tid + kThreads k of [0, n), kChunk a thread at a time, loaded first: visit(e, valid, i), warp-uniform
-    // trips.
-    constexpr int kChunk = 4;
+    // trips. Pairs take 3: H100, the bench's timing, two runs, T,p at 64 / 96 / 256 / 512 rows against 20.98-21.06 /
+    // 29.45-29.51 / 58.46-58.69 / 111.49-111.74 us with 4 in pairs and at one rank alike: 3, 20.74-20.75 / 29.46-29.48
+    // / 58.50-58.55 / 111.50-111.82; 2, 20.86-20.89 / 29.60-29.71 / 58.67-58.72 / 111.63-111.84; 8 spilled at two CTAs
+    // an SM (56 bytes).
+    constexpr int kChunk = kRanks > 1 ? 3 : 4;
     auto for_each_entry = [&](auto visit) {
         for (int first = tid - lane; first < n; first += kChunk * kThreads) {
             unsigned long long e[kChunk];
