@@ -1213,8 +1213,9 @@ __device__ __forceinline__ Greater greater_than(const uint32_t* keys, const uint
     return g;
 }
 
-// The warp's sum of one fixed-point mass a lane, below 2^44 (the masses of at most kKeptCapacity entries), in 22-bit
-// halves (32 of them sum below 2^27): two redux.sync.
+// The warp's sum of one fixed-point mass a lane, exact for sums below 2^54 (the fast paths' are at most 2^44: two CTAs'
+// kKeptCapacity entries of at most 2^31 each), as the low 22 bits (32 of them sum below 2^27) and the rest: two
+// redux.sync.
 __device__ __forceinline__ unsigned long long warp_mass(unsigned long long mass) {
     const uint32_t low = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(mass) & 0x3FFFFFu);
     const uint32_t high = __reduce_add_sync(0xFFFFFFFFu, static_cast<uint32_t>(mass >> 22));
