@@ -494,6 +494,7 @@ __host__ __device__ constexpr int block_fin_threads(bool pre) { return kBlockFin
 constexpr int kFinWarps = 4;                                      // finalize_warp_kernel: tokens per block
 constexpr int kFinThreads = kFinWarps * dsv4::kWarpSize;
 constexpr int kFinBatch = 4;                                      // 16-byte vectors per lane per copy in flight
+constexpr int kFinNormVecs = 2;                                   // pass 2's vectors per lane at a time
 constexpr int64_t kMaxDim = 8192;                                 // y of a token in shared memory: <= 16 KB
 constexpr int kQuantLanes = kQuantBlock / kBf16PerVec;            // 16 lanes hold one quantization block
 
@@ -646,9 +647,8 @@ __device__ __forceinline__ Vec16 weighted_sum(const Vec16 (&x)[kHc], const float
 
 // Token t's outputs at vector idx from its bf16 y: y (normed when norm), and for hc_pre q with its scale. Every lane
 // of the warp calls it (the quantizer's group shuffles); valid = idx < vecs is uniform over each quantization group.
-// weights points at the norm weights of vector idx (2 float4): in global memory (args.norm_weight + 2 idx) or, with
-// kSmemWeights, in a shared-memory copy.
-template <bool kPre, bool kSmemWeights>
+// weights points at an on-chip copy (shared memory or registers) of the norm weights of vector idx (2 float4).
+template <bool kPre>
 __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t t, int64_t idx, bool valid, Vec16 y,
                                               bool norm, float inv_rms, const float4* weights) {
     float f[8];
@@ -656,8 +656,7 @@ __device__ __forceinline__ void store_outputs(const FinalizeArgs& args, int64_t 
         dsv4::unpack_bf16x8(y, f);
         float w[8] = {};
         if (valid) {
-            const float4 w0 = kSmemWeights ? weights[0] : __ldg(weights);
-            const float4 w1 = kSmemWeights ? weights[1] : __ldg(weights + 1);
+            const float4 w0 = weights[0], w1 = weights[1];
             w[0] = w0.x, w[1] = w0.y, w[2] = w0.z, w[3] = w0.w, w[4] = w1.x, w[5] = w1.y, w[6] = w1.z, w[7] = w1.w;
         }
 #pragma unroll
@@ -816,7 +815,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 #pragma unroll
     for (int v = 0; v < kBlockFinVecs; ++v) {
         const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
-        store_outputs<kPre, true>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms, weight_smem + 2 * idx);
+        store_outputs<kPre>(args, t, idx, idx < args.vecs, raw[v][0], norm, inv_rms, weight_smem + 2 * idx);
     }
 }
 
@@ -829,6 +828,14 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 // the first wave's blocks 132-263 and 396-527 starting 4 / 8 / 14 us late (as sample.cu's stagger_first_wave, so that
 // some warps stream X while others sum their partials), hc_pre from partials at V4-Pro x 4096 on the H100, copy/ours
 // 0.80 / 0.79 / 0.75 against 0.80 (two runs each).
+// Pass 2 took its vectors one a lane at a time, each waiting on its norm weights from L2 (28 KB a token at V4-Pro),
+// and post_and_comb ran before pass 1 (X's first batch in flight). H100, the bench's timing, two or three runs, hc_pre
+// from partials at V4-Pro x 2048 / 4096 tokens 70.6-70.8 / 136.2-136.4 us (copy/ours 0.78 / 0.80): pass 2 two
+// vectors a lane at a time, loads first, 69.7 / 132.9-133.0 (four: 70.1 / 133.6); post_and_comb then after pass 2
+// 68.5-68.7 / 132.3-132.6, or between the passes (kept) 66.7 / 130.9 (0.83 / 0.83); before pass 1's first weighted
+// sums, with its second batch in flight, spilled 204 bytes. V4-Flash x 4096: 81.7 us, 78.6 with pass 2 in pairs and
+// 78.2-78.3 with post_and_comb after it as well. With those two, a warp per token from half of warp_fin_min_tokens:
+// V4-Pro x 1024 39.2 us against 33.6-33.8, V4-Flash x 512 17.6 against 13.6.
 __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
     dsv4::await_previous_kernel();
     constexpr bool kPre = true;
@@ -867,7 +874,6 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
     const float mix = mix_value<kPre>(total, args);
     float p[kHc];
     pre_weights(mix, constants, lane, args.hc_eps, p);
-    post_and_comb(mix, constants, lane, t, args);
 
     // Pass 1: y and its sum of squares; y parked in y_row.
     float sumsq = 0.0f;  // zero from vectors past the row
@@ -886,15 +892,28 @@ __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const Fin
         }
     }
 
-    // Pass 2: RMSNorm + FP8 from y_row.
+    // post and comb (the Sinkhorn), which y does not need, between the passes; then pass 2: RMSNorm + FP8 from y_row,
+    // kFinNormVecs vectors a lane at a time, their y and norm weights (L2) loaded first.
     sumsq = dsv4::warp_reduce_sum(sumsq);
+    post_and_comb(mix, constants, lane, t, args);
     const float inv_rms = rms_scale(sumsq, args.dim, args.norm_eps);
     __syncwarp();
-    for (int64_t first = 0; first < args.vecs; first += dsv4::kWarpSize) {
-        const int64_t idx = first + lane;
-        const bool valid = idx < args.vecs;
-        store_outputs<kPre, false>(args, t, idx, valid, valid ? y_row[idx] : make_uint4(0, 0, 0, 0), true, inv_rms,
-                                   args.norm_weight + 2 * idx);
+    for (int64_t first = 0; first < args.vecs; first += kFinNormVecs * dsv4::kWarpSize) {
+        Vec16 y[kFinNormVecs];
+        float4 weights[kFinNormVecs][2];
+#pragma unroll
+        for (int v = 0; v < kFinNormVecs; ++v) {
+            const int64_t idx = first + lane + v * dsv4::kWarpSize;
+            const bool valid = idx < args.vecs;
+            y[v] = valid ? y_row[idx] : make_uint4(0, 0, 0, 0);
+            weights[v][0] = valid ? __ldg(args.norm_weight + 2 * idx) : make_float4(0, 0, 0, 0);
+            weights[v][1] = valid ? __ldg(args.norm_weight + 2 * idx + 1) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int v = 0; v < kFinNormVecs; ++v) {
+            const int64_t idx = first + lane + v * dsv4::kWarpSize;
+            store_outputs<kPre>(args, t, idx, idx < args.vecs, y[v], true, inv_rms, weights[v]);
+        }
     }
 }
 
@@ -1381,7 +1400,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
         if (out_phase) {
             cp_async_wait<1>();  // the y copy (window j + kResLead's X may still be in flight)
             const float inv_rms = s.inv_rms[j % 2][row_token];
-            store_outputs<false, true>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
+            store_outputs<false>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
                                        s.y[j % 2][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
         y_token += token_stride, y_part += part_stride, red_part += part_stride;
@@ -1820,7 +1839,7 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
         if (norm && jo >= 0 && jo < n_local && y_thread) {
             const int64_t token = token_of(jo, y_t);
             if (token < fin.n_tokens)
-                store_outputs<false, true>(fin, token, rank_vec + y_vec, true, s.y[jo % kCwYSlots][y_vec][y_t], true,
+                store_outputs<false>(fin, token, rank_vec + y_vec, true, s.y[jo % kCwYSlots][y_vec][y_t], true,
                                            s.inv_rms[y_t], weights);
         }
     }
