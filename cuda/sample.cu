@@ -2496,6 +2496,11 @@ __device__ __forceinline__ unsigned long long global_ns() {
 // fixed block range as the late half (CTAs 132-263, in place of the tickets), the same at 1024 rows but 118.3 against
 // 114.6-115.0 at 512; a busy wait in place of __nanosleep, the same; T,k,p staggered by 18 us as well (its finish is
 // shorter), at 300 / 512 / 1024 rows 73.5-73.7 / 104.7-104.9 / 194.7 against 76.2 / 100.7-100.9 / 196.1-196.2.
+// Staggered within one wave as well (every CTA of 133-264 rows, one an SM late by 3 / 6 / 9 / 12 us; the late CTA's
+// finish would run with the SM's issue slots to itself), two runs, T,p at 136 / 200 / 256 / 264 rows 48.9 / 54.4 /
+// 60.0 / 60.9-61.0, 49.8-49.9 / 55.3-55.4 / 60.7-60.8 / 61.6-61.8, 50.9-51.0 / 56.3-56.5 / 61.4-61.6 / 62.2-62.3,
+// 52.5-52.6 / 57.2-57.3 / 62.1-62.2 / 62.8-62.9 us against 47.3 / 53.3 / 58.6-58.7 / 59.4: a wave's loads end no
+// earlier for it, so every delay lengthens the launch.
 __device__ __forceinline__ void stagger_first_wave(const SampleArgs& a) {
     if (blockIdx.x >= a.stagger_ctas) return;
     if (threadIdx.x == 0) {
