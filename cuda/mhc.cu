@@ -835,7 +835,10 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
 // 68.5-68.7 / 132.3-132.6, or between the passes (kept) 66.7 / 130.9 (0.83 / 0.83); before pass 1's first weighted
 // sums, with its second batch in flight, spilled 204 bytes. V4-Flash x 4096: 81.7 us, 78.6 with pass 2 in pairs and
 // 78.2-78.3 with post_and_comb after it as well. With those two, a warp per token from half of warp_fin_min_tokens:
-// V4-Pro x 1024 39.2 us against 33.6-33.8, V4-Flash x 512 17.6 against 13.6.
+// V4-Pro x 1024 39.2 us against 33.6-33.8, V4-Flash x 512 17.6 against 13.6. Then, against 66.6-66.7 / 130.7 us
+// (V4-Flash x 1024 / 4096 24.4 / 78.2; two runs, one at V4-Flash): kFinNormVecs 1 67.9 / 140.5-140.7 (25.7 / 79.1),
+// 4 66.8-67.0 / 131.2 (24.8 / 78.8); kFinBatch 3 67.6-67.8 / 132.4-132.5 (24.8 / 79.0), 5 66.9-67.1 / 131.3-131.6
+// (25.0 / 80.0), none spilling.
 __global__ void __launch_bounds__(kFinThreads, 4) finalize_warp_kernel(const FinalizeArgs args) {
     dsv4::await_previous_kernel();
     constexpr bool kPre = true;
