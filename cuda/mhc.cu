@@ -1404,7 +1404,7 @@ __global__ void __launch_bounds__(kResThreads, 1) resident_head_kernel(const Res
             cp_async_wait<1>();  // the y copy (window j + kResLead's X may still be in flight)
             const float inv_rms = s.inv_rms[j % 2][row_token];
             store_outputs<false>(fin, o_token, chunk_vec + row_vec, o_token < fin.n_tokens,
-                                       s.y[j % 2][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
+                                 s.y[j % 2][row_token][row_vec], true, inv_rms, s.norm_weight + 2 * row_vec);
         }
         y_token += token_stride, y_part += part_stride, red_part += part_stride;
         advance(x_slot, kResXSlots), advance(y_x_slot, kResXSlots);
@@ -1843,7 +1843,7 @@ __global__ void __cluster_dims__(kCwRanks, 1, 1) __launch_bounds__(kCwThreads, 1
             const int64_t token = token_of(jo, y_t);
             if (token < fin.n_tokens)
                 store_outputs<false>(fin, token, rank_vec + y_vec, true, s.y[jo % kCwYSlots][y_vec][y_t], true,
-                                           s.inv_rms[y_t], weights);
+                                     s.inv_rms[y_t], weights);
         }
     }
     cp_async_wait<0>();
