@@ -702,16 +702,17 @@ __device__ __forceinline__ void prefetch_token_inputs(const FinalizeArgs& args, 
 // At 64 tokens the row (its loads, 57 KB of X and 28 KB of norm weights per SM, and the FP8 outputs) and the post /
 // comb warp are about as long (ablations: 20 -> 1 Sinkhorn iteration -0.1 us, no y / q outputs -0.2 us).
 // Measured slower, not kept: each token's row split over a cluster of 4 (up to 33 tokens) or 2 CTAs (up to 66), the
-// sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 ->
-// 8.1 us at 64 (the post / comb warp, not the row, was the longer path then; a cluster barrier alone costs ~0.25 us
-// in a PDL chain, measured on empty kernels). The post / comb warp summing the partials alone and the row warps
-// loading X meanwhile: 4.9 -> 6.8 us at 64 tokens (one warp's 56 loads per lane and sums lengthen the Sinkhorn's
-// path). X loaded with the partials, before their barrier: 5.1 -> 5.6 us (the partials queue behind X); the norm
+// sums of y^2 added through distributed shared memory: V4-Pro hc_pre from partials 5.4 -> 5.9 us at 1 token, 7.5 -> 8.1
+// us at 64 (the post / comb warp, not the row, was the longer path then; a cluster barrier alone costs ~0.25 us in a
+// PDL chain, measured on empty kernels). The post / comb warp summing the partials alone and the row warps loading X
+// meanwhile: 4.9 -> 6.8 us at 64 tokens (one warp's 56 loads per lane and sums lengthen the Sinkhorn's path). The row's
+// loads issued with the partials, before their barrier, when one step (load_row) issued X and the norm weights' copies
+// together: 5.1 -> 5.6 us (the partials queue behind them; X alone with the partials is faster, see below); the
 // weights' copies (28 KB, L2 hits) issued before the partials' loads: 4.91 -> 5.72 us at 64 tokens (V4-Flash 4.46 ->
-// 5.17), or only once y is formed: 5.27-5.37 (hc_head at 64 tokens 7.0 -> 7.4). The quantizer's group max by
-// redux.sync on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us). 16 row warps of 2 vectors a
-// copy (one block an SM) in place of 8 of 4, two runs: V4-Pro hc_pre from partials at 64 tokens 4.94 -> 5.09 us,
-// hc_head at 64 tokens 7.04 -> 8.08, at 4096 184.9 -> 200.4 (V4-Flash 126.8 -> 144.3).
+// 5.17), or only once y is formed: 5.27-5.37 (hc_head at 64 tokens 7.0 -> 7.4). The quantizer's group max by redux.sync
+// on the bit patterns instead of shuffles: slower (kv_fp8 1.67 -> 2.13 us). 16 row warps of 2 vectors a copy (one block
+// an SM) in place of 8 of 4, two runs: V4-Pro hc_pre from partials at 64 tokens 4.94 -> 5.09 us, hc_head at 64 tokens
+// 7.04 -> 8.08, at 4096 184.9 -> 200.4 (V4-Flash 126.8 -> 144.3).
 template <bool kPre>
 __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_kernel(const FinalizeArgs args) {
     prefetch_token_inputs<kPre>(args, blockIdx.x, threadIdx.x, blockDim.x);
@@ -727,14 +728,17 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
     const bool norm = kPre || args.norm_weight != nullptr;
     const MixConstants constants = load_mix_constants<kPre>(args, lane);
 
-    // The row's loads: X and, for the norm, its weights (cp.async). hc_pre issues them once its partials have arrived
-    // (after the barrier below): the post / comb warp's Sinkhorn (~40 dependent divisions) is the longer path and
-    // starts from the partials, which X's 57 KB per token (V4-Pro) would otherwise queue behind in DRAM (hc_pre from
-    // partials, V4-Pro x 64 tokens on the H100: 6.37 -> 5.90 us, 1 token 4.65 -> 4.47). hc_head has no Sinkhorn and
-    // needs X right after the mix, so it issues both at once.
+    // The row's loads: X, right after the partials' (both L2 hits, warmed by prefetch_token_inputs), and for the norm
+    // its weights (cp.async). hc_pre issues the weights once its partials have arrived (after the barrier below): the
+    // post / comb warp's Sinkhorn (~40 dependent divisions) starts from the partials, and the weights issued before
+    // them delayed it (see above). hc_head has no Sinkhorn and issues both at once. hc_pre issued X after the barrier
+    // too (then from DRAM, before the prefetch, that took V4-Pro x 64 tokens 6.37 -> 5.90 us); X here instead, H100,
+    // the bench's timing, three runs, hc_pre from partials at V4-Pro x 1 / 64 / 127 tokens: 4.28-4.30 / 4.69-4.73 /
+    // 6.79-6.83 us (copy/ours 0.77 / 0.78 at 64 / 127) -> 4.25-4.32 / 4.41-4.46 / 6.30-6.35 (0.82 / 0.84), V4-Flash x
+    // 64 4.25 -> 4.10; with the weights issued here as well, 4.42-4.46 / 5.41-5.45 / 6.74-6.80.
     const Vec16* xt = args.x + t * kHc * args.vecs;
     Vec16 raw[kBlockFinVecs][kHc];
-    auto load_row = [&] {
+    auto load_x = [&] {
 #pragma unroll
         for (int v = 0; v < kBlockFinVecs; ++v) {
             const int64_t idx = tid + int64_t(v) * kBlockFinRowThreads;
@@ -742,6 +746,8 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
             for (int i = 0; i < kHc; ++i)
                 raw[v][i] = idx < args.vecs ? __ldg(xt + i * args.vecs + idx) : make_uint4(0, 0, 0, 0);
         }
+    };
+    auto load_weights = [&] {
         if (norm) {
             for (int64_t idx = tid; idx < args.vecs; idx += kBlockFinRowThreads) {
                 cp_async16(weight_smem + 2 * idx, args.norm_weight + 2 * idx, true);
@@ -762,7 +768,8 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
             const int s = warp + b * kBlockFinRowWarps;
             part[b] = has_partial && s < args.splits ? __ldg(pt + s * split_stride) : 0.0f;
         }
-        if constexpr (!kPre) load_row();
+        load_x();
+        if constexpr (!kPre) load_weights();
         float sum = 0.0f;
 #pragma unroll
         for (int b = 0; b < kFinPartialBatch; ++b) sum += part[b];
@@ -779,7 +786,7 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
         warp_sums[warp][lane] = sum;
     }
     __syncthreads();
-    if (kPre && row_warp) load_row();
+    if (kPre && row_warp) load_weights();
 
     // Every warp adds the row warps' sums in order (the same total on each) and forms the mix.
     float total = 0.0f;
