@@ -735,7 +735,10 @@ __global__ void __launch_bounds__(block_fin_threads(kPre), 2) finalize_block_ker
     // too (then from DRAM, before the prefetch, that took V4-Pro x 64 tokens 6.37 -> 5.90 us); X here instead, H100,
     // the bench's timing, three runs, hc_pre from partials at V4-Pro x 1 / 64 / 127 tokens: 4.28-4.30 / 4.69-4.73 /
     // 6.79-6.83 us (copy/ours 0.77 / 0.78 at 64 / 127) -> 4.25-4.32 / 4.41-4.46 / 6.30-6.35 (0.82 / 0.84), V4-Flash x
-    // 64 4.25 -> 4.10; with the weights issued here as well, 4.42-4.46 / 5.41-5.45 / 6.74-6.80.
+    // 64 4.25 -> 4.10; with the weights issued here as well, 4.42-4.46 / 5.41-5.45 / 6.74-6.80. hc_head's weights
+    // after the barrier too, at V4-Pro x 1 / 64 / 127 tokens: timed alone (--only mhc_head, three runs) 4.61-4.62 /
+    // 6.64-6.68 / 11.35-11.42 us against 4.61-4.68 / 6.88-6.91 / 11.75-11.79 (V4-Flash x 64 5.43 against 5.62), but
+    // timed after the other mhc cases (two runs) 4.65 / 6.86 against 4.68-4.69 / 6.84-6.88: not kept.
     const Vec16* xt = args.x + t * kHc * args.vecs;
     Vec16 raw[kBlockFinVecs][kHc];
     auto load_x = [&] {
